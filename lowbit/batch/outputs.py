@@ -1,0 +1,102 @@
+"""The state of a batch output directory: missing, complete (its lowbit.json sha256s verify), or not.
+
+A re-run skips a job only when every file its `lowbit.json` lists exists with the recorded sha256
+(and size, where recorded). The manifest's `files` may be a mapping name -> sha256, name ->
+{"sha256": ..., "size": ...}, or a list of {"name"/"path", "sha256"} records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST_NAME = "lowbit.json"
+_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class OutputState:
+    kind: str          # "missing" | "complete" | "invalid" | "foreign"
+    reason: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.kind == "complete"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_files(manifest: dict) -> dict[str, dict]:
+    """name -> {"sha256": str, "size": int|None} from any of the accepted `files` shapes."""
+    files = manifest.get("files")
+    out: dict[str, dict] = {}
+    if isinstance(files, dict):
+        for name, v in files.items():
+            rec = v if isinstance(v, dict) else {"sha256": v}
+            out[name] = {"sha256": rec.get("sha256"), "size": rec.get("size", rec.get("bytes"))}
+    elif isinstance(files, list):
+        for rec in files:
+            if isinstance(rec, dict):
+                name = rec.get("name") or rec.get("path") or rec.get("file")
+                out[str(name)] = {"sha256": rec.get("sha256"), "size": rec.get("size", rec.get("bytes"))}
+    return out
+
+
+def _check_file(root: Path, name: str, rec: dict) -> str | None:
+    p = root / name
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        return f"manifest names {name!r}, outside the output"
+    if not p.is_file():
+        return f"{name} is missing"
+    if rec.get("size") is not None and p.stat().st_size != int(rec["size"]):
+        return f"{name} has {p.stat().st_size} bytes, the manifest says {rec['size']}"
+    if not isinstance(rec.get("sha256"), str):
+        return f"the manifest has no sha256 for {name}"
+    if sha256_file(p) != rec["sha256"].lower():
+        return f"{name} does not match its sha256 in {MANIFEST_NAME}"
+    return None
+
+
+def output_state(out_dir) -> OutputState:
+    """Is `out_dir` a complete, unmodified lowbit output?"""
+    root = Path(out_dir)
+    if not root.exists():
+        return OutputState("missing")
+    mpath = root / MANIFEST_NAME
+    if not mpath.is_file():
+        kind = "invalid" if root.is_dir() and not any(root.iterdir()) else "foreign"
+        return OutputState(kind, f"{root} exists but has no {MANIFEST_NAME}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return OutputState("invalid", f"{mpath} is unreadable ({e})")
+    files = manifest_files(manifest) if isinstance(manifest, dict) else {}
+    if not files:
+        return OutputState("invalid", f"{mpath} lists no files")
+    for name, rec in sorted(files.items()):
+        problem = _check_file(root, name, rec)
+        if problem:
+            return OutputState("invalid", problem)
+    return OutputState("complete")
+
+
+def output_bytes(out_dir) -> int:
+    """Total bytes of the files in an output directory (not recursive)."""
+    root = Path(out_dir)
+    return sum(p.stat().st_size for p in root.iterdir() if p.is_file()) if root.is_dir() else 0
+
+
+def source_bytes(source) -> int | None:
+    """Bytes of the safetensors shards of a local source directory (None for a hub id)."""
+    root = Path(source)
+    if not root.is_dir():
+        return None
+    return sum(p.stat().st_size for p in root.glob("*.safetensors"))

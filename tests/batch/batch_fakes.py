@@ -1,0 +1,50 @@
+"""Fake job functions for the batch runner tests (importable by name in spawned workers).
+
+The behaviour comes from the source directory name `fake-<kind>-<n>`:
+ok (writes a small output with a valid lowbit.json, atomically), raise (an unexpected exception),
+error (a returned failure), crash (os._exit(7)), sigkill (the worker kills itself), hang (sleeps),
+garbage (returns a non-dict).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def write_fake_output(out: str, payload: bytes) -> None:
+    out_p = Path(out)
+    tmp = out_p.with_name(out_p.name + ".fake-partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "model.safetensors").write_bytes(payload)
+    files = {"model.safetensors": {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}}
+    (tmp / "lowbit.json").write_text(json.dumps({"files": files}))
+    os.replace(tmp, out_p)
+
+
+def fake_job(job: dict, progress=None) -> dict:
+    kind = Path(job["source"]).name.split("-")[1]
+    if progress:
+        progress(1, 2)
+    if kind == "ok":
+        payload = f"{job['source']}|{job['scheme']}".encode() * 8
+        write_fake_output(job["output"], payload)
+        if progress:
+            progress(2, 2)
+        return {"status": "ok", "error": None, "bytes_in": 4 * len(payload),
+                "bytes_out": len(payload), "ratio": 4.0, "seconds": 0.01}
+    if kind == "raise":
+        raise RuntimeError("injected bug")
+    if kind == "error":
+        return {"status": "failed", "error": "injected failure", "seconds": 0.0}
+    if kind == "crash":
+        os._exit(7)
+    if kind == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hang":
+        time.sleep(600)
+    return "garbage"
