@@ -1,0 +1,101 @@
+"""Backends: the operations the model needs, on the host (numpy) or the GPU (cupy), and device choice.
+
+An `ops` object gives the model `xp`, `asarray`, `vector(name)`, `linear(prefix, x)` (with the
+module's bias when it has one), `embed(ids)`, `lm_head(h)` and `moe_experts(...)`. The CPU one
+dequantizes to float32 (lowbit.runtime.weights); the CUDA one lives in lowbit.runtime.cuda_ops.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import psutil
+
+from lowbit.errors import LowbitError
+from lowbit.formats.checkpoint import Checkpoint
+from lowbit.runtime.config import ModelConfig
+from lowbit.runtime.weights import CpuWeights, dequantized, module_layout
+
+log = logging.getLogger(__name__)
+
+
+def cuda_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def select_device(device: str) -> str:
+    """'auto' -> 'cuda' when cupy sees a GPU, else 'cpu'; 'cuda' without one is an error."""
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise LowbitError("--device cuda: no CUDA GPU visible to cupy; install lowbit[gpu] on a GPU machine "
+                          "or use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise LowbitError(f"--device {device!r}: expected auto, cpu or cuda")
+    return device
+
+
+class CpuOps:
+    """numpy, float32. Linear weights dequantized once and cached under `cap_bytes` (LRU beyond it)."""
+
+    xp = np
+
+    def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, cap_bytes: int | None = None):
+        if cap_bytes is None:
+            cap_bytes = int(psutil.virtual_memory().available * 0.6)
+        self.cfg, self.w = cfg, CpuWeights(ckpt, cap_bytes)
+        self.embed_w = dequantized(ckpt, "model.embed_tokens")
+        self.tied = cfg.tie_embeddings or module_layout(ckpt, "lm_head") is None
+        if self.tied and not cfg.tie_embeddings:
+            log.warning("%s: no lm_head.weight; using the tied embeddings", ckpt.path)
+
+    @staticmethod
+    def asarray(a):
+        return np.asarray(a)
+
+    def vector(self, name: str):
+        return self.w.vector(name)
+
+    def linear(self, prefix: str, x):
+        y = x @ self.w.linear(prefix).T
+        b = self.w.vector(f"{prefix}.bias")
+        return y if b is None else y + b
+
+    def embed(self, ids):
+        return self.embed_w[np.asarray(ids)]
+
+    def lm_head(self, h):
+        return h @ self.embed_w.T if self.tied else self.linear("lm_head", h)
+
+    def moe_experts(self, p: str, x, top, w, names, mlp):
+        """Sum over each token's top-k experts, each expert run once on the tokens that chose it."""
+        out = np.zeros_like(x)
+        for e in np.unique(top):
+            rows, slot = np.nonzero(top == e)
+            out[rows] += mlp(f"{p}.experts.{int(e)}", x[rows], names) * w[rows, slot][:, None]
+        return out
+
+
+    # --- the generate loop's needs (same names on the CUDA backend) ---
+    @staticmethod
+    def ids(ids):
+        return np.asarray(ids, dtype=np.int64)
+
+    @staticmethod
+    def to_host(a):
+        return np.asarray(a)
+
+    @staticmethod
+    def synchronize():
+        pass
+
+    @staticmethod
+    def decode_step(model, token: int, pos: int):
+        """Logits [vocab] of one new token at position pos."""
+        return model.forward(np.array([token], dtype=np.int64), pos)[0]

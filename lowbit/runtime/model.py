@@ -1,0 +1,102 @@
+"""The transformer, in one readable file: Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE.
+
+Module names are the names on disk (`model.layers.{i}.self_attn.q_proj`, `...block_sparse_moe.experts.{e}.w1`,
+`...mlp.shared_expert_gate`); `ops` (lowbit.runtime.backend) turns a name into a matmul on the host
+(numpy, dequantized float32) or on the GPU (cupy, our kernels). Activations are float32 on both.
+The math follows transformers' modeling files: pre-norm RMSNorm, RoPE in the rotate-half layout,
+GQA (query head h reads kv head h // group), SiLU-gated MLP, softmax router with top-k
+(renormalized for Mixtral and Qwen3-MoE, and for Qwen2-MoE when norm_topk_prob), and Qwen2-MoE's
+shared expert scaled by sigmoid(shared_expert_gate(x)).
+"""
+
+from __future__ import annotations
+
+import math
+
+from lowbit.runtime.config import ModelConfig, rope_tables
+from lowbit.runtime.kv_cache import KVCache
+
+
+class Transformer:
+    def __init__(self, cfg: ModelConfig, ops, max_context: int):
+        self.cfg, self.ops, self.xp = cfg, ops, ops.xp
+        self.max_context = max_context
+        cos, sin = rope_tables(cfg, max_context)
+        self.cos, self.sin = ops.asarray(cos), ops.asarray(sin)
+        self.kv = KVCache(self.xp, cfg.layers, cfg.kv_heads, max_context, cfg.head_dim)
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+
+    def forward(self, ids, pos: int, last_only: bool = False):
+        """Logits float32 [M, vocab] for tokens `ids` (xp int array [M]) at positions pos..pos+M-1.
+
+        The KV cache must hold exactly `pos` tokens; afterwards it holds pos + M.
+        """
+        cfg, ops = self.cfg, self.ops
+        h = ops.embed(ids)
+        for i in range(cfg.layers):
+            p = f"model.layers.{i}"
+            h = h + self.attention(i, self.rms_norm(h, f"{p}.input_layernorm.weight"), pos)
+            x = self.rms_norm(h, f"{p}.post_attention_layernorm.weight")
+            h = h + (self.moe(i, x) if cfg.moe_layer(i) else self.mlp(f"{p}.mlp", x))
+        self.kv.length = pos + h.shape[0]
+        if last_only:
+            h = h[-1:]
+        return ops.lm_head(self.rms_norm(h, "model.norm.weight"))
+
+    def rms_norm(self, x, name: str):
+        xp = self.xp
+        var = xp.mean(x * x, axis=-1, keepdims=True)
+        return x * (1.0 / xp.sqrt(var + self.cfg.eps)) * self.ops.vector(name)
+
+    def rope(self, x, pos: int):
+        """x [M, heads, D] rotated at positions pos.. (rotate_half: pairs (j, j + D/2))."""
+        m, d = x.shape[0], x.shape[-1]
+        cos, sin = self.cos[pos:pos + m, None, :], self.sin[pos:pos + m, None, :]
+        rot = self.xp.concatenate([-x[..., d // 2:], x[..., :d // 2]], axis=-1)
+        return x * cos + rot * sin
+
+    def attention(self, i: int, x, pos: int):
+        cfg, ops, xp = self.cfg, self.ops, self.xp
+        p = f"model.layers.{i}.self_attn"
+        m, hd, nkv = x.shape[0], cfg.head_dim, cfg.kv_heads
+        q = ops.linear(f"{p}.q_proj", x).reshape(m, cfg.heads, hd)
+        k = ops.linear(f"{p}.k_proj", x).reshape(m, nkv, hd)
+        v = ops.linear(f"{p}.v_proj", x).reshape(m, nkv, hd)
+        if cfg.qk_norm:
+            q, k = self.rms_norm(q, f"{p}.q_norm.weight"), self.rms_norm(k, f"{p}.k_norm.weight")
+        q, k = self.rope(q, pos), self.rope(k, pos)
+        keys, values = self.kv.append(i, pos, k, v)          # [nkv, T, D], T = pos + m
+        group = cfg.heads // nkv
+        qg = q.reshape(m, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * m, hd)
+        s = (qg @ keys.transpose(0, 2, 1)).reshape(nkv, group, m, keys.shape[1]) * self.scale
+        s = s + self.kv.mask(pos, m, cfg.sliding_window)      # causal (and sliding-window) mask
+        s = xp.exp(s - s.max(axis=-1, keepdims=True))
+        s = s / s.sum(axis=-1, keepdims=True)
+        o = (s.reshape(nkv, group * m, -1) @ values).reshape(nkv, group, m, hd)
+        o = o.transpose(2, 0, 1, 3).reshape(m, cfg.heads * hd)
+        return ops.linear(f"{p}.o_proj", o)
+
+    def mlp(self, p: str, x, names=("gate_proj", "up_proj", "down_proj")):
+        gate, up, down = names
+        g = self.ops.linear(f"{p}.{gate}", x)
+        return self.ops.linear(f"{p}.{down}", g / (1.0 + self.xp.exp(-g)) * self.ops.linear(f"{p}.{up}", x))
+
+    def moe(self, i: int, x):
+        """Sparse MoE block: router softmax, top-k experts per token, weighted sum (+ shared expert)."""
+        cfg, ops, xp = self.cfg, self.ops, self.xp
+        mixtral = cfg.arch == "mixtral"
+        p = f"model.layers.{i}.block_sparse_moe" if mixtral else f"model.layers.{i}.mlp"
+        names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+        logits = ops.linear(f"{p}.gate", x)
+        probs = xp.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs = probs / probs.sum(axis=-1, keepdims=True)
+        top = xp.argsort(-probs, axis=-1, kind="stable")[:, :cfg.top_k]       # [M, k]
+        w = xp.take_along_axis(probs, top, axis=-1)
+        if cfg.norm_topk:
+            w = w / w.sum(axis=-1, keepdims=True)
+        out = ops.moe_experts(p, x, top, w, names, self.mlp)
+        if cfg.shared_intermediate:
+            shared = self.mlp(f"{p}.shared_expert", x)
+            gate = ops.linear(f"{p}.shared_expert_gate", x)
+            out = out + shared / (1.0 + xp.exp(-gate))
+        return out
