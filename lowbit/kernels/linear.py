@@ -1,0 +1,48 @@
+"""`linear(w, x)`: y = x @ W^T for any batch, picking the kernel: GEMV for M <= 16, GEMM above.
+
+x is bf16 [..., K] (leading dims are flattened into M); the result is bf16 [..., N]. When
+`lowbit.kernels.gemm` is not importable yet, M > 16 falls back to dequantize + cupy matmul (float32),
+which is correct but slow, and logs once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lowbit.errors import KernelError
+from lowbit.kernels.weights import GpuWeight
+
+log = logging.getLogger(__name__)
+GEMV_MAX_M = 16
+_warned = False
+
+
+def _fallback(w: GpuWeight, x2):
+    import cupy
+
+    global _warned
+    if not _warned:
+        log.warning("lowbit.kernels.gemm is missing: M > 16 uses dequantize + cupy matmul (slow)")
+        _warned = True
+    y = x2.astype(cupy.float32) @ w.dequantize().T
+    return y.astype(x2.dtype)
+
+
+def linear(w: GpuWeight, x, act: str = "bf16", out=None):
+    if x.ndim < 1 or x.shape[-1] != w.k:
+        raise KernelError(f"{w.name}: x has shape {tuple(x.shape)}, expected [..., {w.k}] (K of the weight)")
+    lead = tuple(x.shape[:-1])
+    x2 = x.reshape(-1, w.k)
+    m = x2.shape[0]
+    if m <= GEMV_MAX_M:
+        from lowbit.kernels.gemv import gemv
+
+        y = gemv(w, x2, act=act, out=out)
+    else:
+        try:
+            from lowbit.kernels.gemm import gemm
+        except ImportError:
+            y = _fallback(w, x2)
+        else:
+            y = gemm(w, x2, act=act)
+    return y.reshape(lead + (w.n,))
