@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -32,11 +33,14 @@ def fake_job(job: dict, progress=None) -> dict:
         progress(1, 2)
     if kind == "ok":
         payload = f"{job['source']}|{job['scheme']}".encode() * 8
+        if job.get("_overwrite"):  # the runner asks to replace an output that failed verification
+            shutil.rmtree(job["output"])
         write_fake_output(job["output"], payload)
         if progress:
             progress(2, 2)
-        return {"status": "ok", "error": None, "bytes_in": 4 * len(payload),
-                "bytes_out": len(payload), "ratio": 4.0, "seconds": 0.01}
+        out_bytes = sum(p.stat().st_size for p in Path(job["output"]).iterdir())
+        return {"status": "ok", "error": None, "bytes_in": 4 * out_bytes,
+                "bytes_out": out_bytes, "ratio": 4.0, "seconds": 0.01}
     if kind == "raise":
         raise RuntimeError("injected bug")
     if kind == "error":
