@@ -16,6 +16,7 @@ import json
 import math
 import os
 import struct
+import threading
 from pathlib import Path
 
 import ml_dtypes
@@ -178,6 +179,7 @@ class ShardWriter:
         raw += b" " * (-len(raw) % 8)
         self.data_start = 8 + len(raw)
         self._written = {name: 0 for name in self.entries}
+        self._lock = threading.Lock()
         self._f = open(self.path, "wb")
         self._f.write(struct.pack("<Q", len(raw)) + raw)
         self._f.truncate(self.data_start + self.data_len)
@@ -194,7 +196,8 @@ class ShardWriter:
                                   f"its {end - begin} bytes (internal: plan/quantizer mismatch)")
         os.pwrite(self._f.fileno(), memoryview(data.reshape(-1).view(np.uint8)),
                   self.data_start + begin + offset)
-        self._written[name] += data.nbytes
+        with self._lock:
+            self._written[name] += data.nbytes
 
     def close(self) -> None:
         if self._f.closed:
