@@ -49,7 +49,7 @@ class CpuOps:
     def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, cap_bytes: int | None = None):
         if cap_bytes is None:
             cap_bytes = int(psutil.virtual_memory().available * 0.6)
-        self.cfg, self.w = cfg, CpuWeights(ckpt, cap_bytes)
+        self.cfg, self.w, self._rows = cfg, CpuWeights(ckpt, cap_bytes), {}
         self.embed_w = dequantized(ckpt, "model.embed_tokens")
         self.tied = cfg.tie_embeddings or module_layout(ckpt, "lm_head") is None
         if self.tied and not cfg.tie_embeddings:
@@ -66,6 +66,19 @@ class CpuOps:
         y = x @ self.w.linear(prefix).T
         b = self.w.vector(f"{prefix}.bias")
         return y if b is None else y + b
+
+    def linears(self, prefixes: tuple[str, ...], x) -> list:
+        """Several linear modules on the same input, as one matmul over their stacked weights."""
+        y = x @ self.w.linear(prefixes).T
+        outs, n0 = [], 0
+        for p in prefixes:
+            n = self._rows.get(p)
+            if n is None:
+                n = self._rows[p] = self.w.ckpt.shape(_weight_name(self.w.ckpt, p))[0]
+            b = self.w.vector(f"{p}.bias")
+            outs.append(y[:, n0:n0 + n] if b is None else y[:, n0:n0 + n] + b)
+            n0 += n
+        return outs
 
     def embed(self, ids):
         return self.embed_w[np.asarray(ids)]
@@ -99,3 +112,8 @@ class CpuOps:
     def decode_step(model, token: int, pos: int):
         """Logits [vocab] of one new token at position pos."""
         return model.forward(np.array([token], dtype=np.int64), pos)[0]
+
+
+def _weight_name(ckpt: Checkpoint, prefix: str) -> str:
+    """The tensor whose first dim is N: `weight` (dense, fp8) or `weight_packed` (nvfp4, int4)."""
+    return f"{prefix}.weight" if f"{prefix}.weight" in ckpt else f"{prefix}.weight_packed"

@@ -59,9 +59,8 @@ class Transformer:
         cfg, ops, xp = self.cfg, self.ops, self.xp
         p = f"model.layers.{i}.self_attn"
         m, hd, nkv = x.shape[0], cfg.head_dim, cfg.kv_heads
-        q = ops.linear(f"{p}.q_proj", x).reshape(m, cfg.heads, hd)
-        k = ops.linear(f"{p}.k_proj", x).reshape(m, nkv, hd)
-        v = ops.linear(f"{p}.v_proj", x).reshape(m, nkv, hd)
+        q, k, v = ops.linears((f"{p}.q_proj", f"{p}.k_proj", f"{p}.v_proj"), x)
+        q, k, v = q.reshape(m, cfg.heads, hd), k.reshape(m, nkv, hd), v.reshape(m, nkv, hd)
         if cfg.qk_norm:
             q, k = self.rms_norm(q, f"{p}.q_norm.weight"), self.rms_norm(k, f"{p}.k_norm.weight")
         q, k = self.rope(q, pos), self.rope(k, pos)
@@ -78,8 +77,8 @@ class Transformer:
 
     def mlp(self, p: str, x, names=("gate_proj", "up_proj", "down_proj")):
         gate, up, down = names
-        g = self.ops.linear(f"{p}.{gate}", x)
-        return self.ops.linear(f"{p}.{down}", g / (1.0 + self.xp.exp(-g)) * self.ops.linear(f"{p}.{up}", x))
+        g, u = self.ops.linears((f"{p}.{gate}", f"{p}.{up}"), x)
+        return self.ops.linear(f"{p}.{down}", g / (1.0 + self.xp.exp(-g)) * u)
 
     def moe(self, i: int, x):
         """Sparse MoE block: router softmax, top-k experts per token, weighted sum (+ shared expert)."""

@@ -81,12 +81,16 @@ class CpuWeights:
             self._vectors[name] = np.array(self.ckpt.get(name), dtype=np.float32) if name in self.ckpt else None
         return self._vectors[name]
 
-    def linear(self, prefix: str) -> np.ndarray:
+    def linear(self, prefix: str | tuple[str, ...]) -> np.ndarray:
+        """[N, K] float32; a tuple of modules sharing the input gives them stacked along N (one matmul)."""
         w = self._cache.get(prefix)
         if w is not None:
             self._cache.move_to_end(prefix)
             return w
-        w = dequantized(self.ckpt, prefix)
+        if isinstance(prefix, tuple):
+            w = np.concatenate([dequantized(self.ckpt, p) for p in prefix], axis=0)
+        else:
+            w = dequantized(self.ckpt, prefix)
         while self._cache and self.used + w.nbytes > self.cap:
             _, old = self._cache.popitem(last=False)
             self.used -= old.nbytes
