@@ -117,6 +117,10 @@ def _shard_files(root: Path, trusted: Path) -> dict[str, list[str] | None]:
                 raise CheckpointError(f"{index_path}: tensor {tensor!r} names shard {file!r}, a path "
                                       f"outside {root}; the index must name files in the checkpoint")
             shards.setdefault(file, []).append(tensor)
+        for p in sorted(root.glob("model-*-of-*.safetensors")):
+            if p.name not in shards:  # a shard of the set the index forgot: its tensors would vanish
+                raise CheckpointError(f"{index_path}: does not name shard {p.name} that is in {root}; "
+                                      "the index and shards disagree: re-download or rebuild the index")
         return shards
     if (root / SINGLE_NAME).exists():
         return {SINGLE_NAME: None}
