@@ -1,0 +1,256 @@
+// common.cuh: the shared skeleton of every lowbit GEMV kernel (y = x @ W^T, M = 1..16).
+//
+// Geometry. A CTA of GEMV_WARPS warps owns one tile of 16 output rows (W rows) and, with split-K,
+// one slice of K (blockIdx.y of `splits`). Inside the CTA every warp streams a contiguous run of
+// "iterations"; one iteration = 4 lanes x one 16-byte chunk of W per row, i.e. KI = 4*EC elements of K
+// for the 16 rows of the tile (EC = elements per 16-byte chunk: bf16 8, fp8 16, fp4/int4 32).
+// Lane (g = lane/4, t = lane%4) loads rows g and g+8 of the tile, chunk (it*4 + t) of each row, with
+// 16-byte non-temporal loads (ld.global.nc.L1::no_allocate), GEMV_UNROLL iterations in flight.
+//
+// Math. The chunk is decoded to bf16 pairs and fed to the tensor cores with
+// mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32: A = 16 W rows x 16 k-slots, B = 16 k-slots x 8 tokens,
+// C = fp32 [16 rows x 8 tokens] (two C tiles for M > 8). A lane supplies the same 4 k-slots
+// ({2t,2t+1,2t+8,2t+9}) of A and of B, so any mapping of a lane's own K positions onto its k-slots is
+// valid as long as A and B use the same one: each scheme decodes in the order cheapest for it and
+// permutes its x pairs the same way (P::xperm). The activation x (bf16 [M, K] row-major) is read through
+// the read-only cache (16-byte loads when K % 8 == 0), token g (and g+8) per lane, zeros past M and K.
+// Products of two bf16 are exact in fp32; accumulation is fp32.
+//
+// Epilogue. Per-warp partial sums are reduced in shared memory in a fixed order; with splits > 1 each
+// CTA writes its partial to the fp32 workspace ws[tile][split][MT*4][32], and the last CTA of a tile
+// (atomic counter cnt[tile], reset by that CTA) sums the splits in order and writes y. Deterministic.
+// Every y[token < M][row < N] is written exactly once.
+//
+// Preconditions (checked by the Python launcher, lowbit/kernels/gemv.py): pointers to contiguous device
+// arrays; 1 <= M <= 8*MT; cnt zeroed before first use (it is self-resetting) and not shared by two
+// launches running at the same time.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <stdint.h>
+
+#ifndef GEMV_WARPS
+#define GEMV_WARPS 8
+#endif
+#ifndef GEMV_UNROLL
+#define GEMV_UNROLL 4
+#endif
+
+namespace lb {
+
+struct Args {
+  const uint8_t* w;      // weight bytes (any scheme), row-major [N, row_bytes]
+  const void* s;         // weight scales (scheme-specific)
+  const int* z;          // int4 zero points or nullptr
+  const float* gscale;   // nvfp4 global scale [1] (a divisor) or nullptr
+  const uint16_t* x;     // bf16 bits [M, K]
+  const float* xs;       // activation scales (A8: [M, ceil(K/128)], A4: [M] inverse global) or nullptr
+  uint16_t* y;           // bf16 bits [M, N]
+  float* ws;             // split-K workspace
+  int* cnt;              // split-K counters [tiles]
+  int n, k, m, splits, group;
+};
+
+__device__ __forceinline__ uint4 zero4() { return make_uint4(0u, 0u, 0u, 0u); }
+
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+// 16 bytes of row `row` of a [N, row_bytes] byte matrix at byte offset `off`; zero past the row or N.
+__device__ __forceinline__ uint4 load_row_chunk(const uint8_t* base, int n, long row_bytes, int row, long off) {
+  if (row >= n || off >= row_bytes) return zero4();
+  const uint8_t* p = base + (long)row * row_bytes + off;
+  if ((row_bytes & 15) == 0) return ld_stream16(p);
+  uint32_t wv[4] = {0u, 0u, 0u, 0u};
+  for (int i = 0; i < 16; ++i)
+    if (off + i < row_bytes) wv[i >> 2] |= (uint32_t)__ldg(p + i) << (8 * (i & 3));
+  return make_uint4(wv[0], wv[1], wv[2], wv[3]);
+}
+
+// NP bf16 pairs (2*NP elements) of x[token, k0 ...]; zeros past M and K.
+template <int NP>
+__device__ __forceinline__ void load_x(const Args& a, int token, int k0, uint32_t (&X)[NP]) {
+#pragma unroll
+  for (int i = 0; i < NP; ++i) X[i] = 0u;
+  if (token >= a.m || k0 >= a.k) return;
+  const uint16_t* row = a.x + (long)token * a.k + k0;
+  if ((a.k & 7) == 0 && k0 + 2 * NP <= a.k) {
+#pragma unroll
+    for (int i = 0; i < NP / 4; ++i) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(row) + i);
+      X[4 * i] = v.x; X[4 * i + 1] = v.y; X[4 * i + 2] = v.z; X[4 * i + 3] = v.w;
+    }
+  } else {
+    for (int i = 0; i < 2 * NP; ++i)
+      if (k0 + i < a.k) X[i >> 1] |= (uint32_t)__ldg(row + i) << (16 * (i & 1));
+  }
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// All mmas of one chunk: A = rows g (RA) and g+8 (RB), B = the token tile(s) X[mt].
+template <int NP, int MT>
+__device__ __forceinline__ void mma_chunk(float (&c)[MT][4], const uint32_t (&RA)[NP], const uint32_t (&RB)[NP],
+                                          const uint32_t (&X)[MT][NP]) {
+#pragma unroll
+  for (int j = 0; j < NP / 2; ++j)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) mma_bf16(c[mt], RA[2 * j], RB[2 * j], RA[2 * j + 1], RB[2 * j + 1],
+                                             X[mt][2 * j], X[mt][2 * j + 1]);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t hmul2_bf16(uint32_t a, uint32_t b) {
+  __nv_bfloat162 r = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+__device__ __forceinline__ uint32_t hsub2_bf16(uint32_t a, uint32_t b) {
+  __nv_bfloat162 r = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+// Two E4M3 bytes (low byte first) -> bf16x2, exact, through the hardware cvt (e4m3x2 -> f16x2).
+__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint16_t two) {
+  __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two, __NV_E4M3);
+  const float2 f = __half22float2(*reinterpret_cast<__half2*>(&h));
+  return pack_bf16x2(f.x, f.y);
+}
+
+__device__ __forceinline__ float e4m3_to_float(uint8_t b) {
+  __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)b, __NV_E4M3);
+  return __half2float(*reinterpret_cast<__half*>(&h));
+}
+
+// Sum the per-warp accumulators, combine split-K partials, scale, write y. See the header.
+template <class P, int MT>
+__device__ __forceinline__ void epilogue(const Args& a, const P& p, float (&acc)[MT][4], int tile, int split) {
+  __shared__ float red[GEMV_WARPS][MT * 4][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < MT * 4; ++r) red[warp][r][lane] = acc[r >> 2][r & 3];
+  __syncthreads();
+  if (warp != 0) return;
+  float v[MT * 4];
+#pragma unroll
+  for (int r = 0; r < MT * 4; ++r) {
+    v[r] = 0.f;
+    for (int w = 0; w < GEMV_WARPS; ++w) v[r] += red[w][r][lane];
+  }
+  if (a.splits > 1) {
+    float* base = a.ws + (long)tile * a.splits * (MT * 4 * 32);
+#pragma unroll
+    for (int r = 0; r < MT * 4; ++r) __stcg(base + ((long)split * MT * 4 + r) * 32 + lane, v[r]);
+    __threadfence();
+    int last = 0;
+    if (lane == 0) last = atomicAdd(a.cnt + tile, 1) == a.splits - 1;
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int r = 0; r < MT * 4; ++r) v[r] = 0.f;
+    for (int s = 0; s < a.splits; ++s)
+#pragma unroll
+      for (int r = 0; r < MT * 4; ++r) v[r] += __ldcg(base + ((long)s * MT * 4 + r) * 32 + lane);
+    if (lane == 0) a.cnt[tile] = 0;
+  }
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int row = tile * 16 + g + 8 * h, token = 8 * mt + 2 * t + j;
+        if (row < a.n && token < a.m) {
+          const float out = v[mt * 4 + 2 * h + j] * p.out_scale(token);
+          a.y[(long)token * a.n + row] = __bfloat16_as_ushort(__float2bfloat16_rn(out));
+        }
+      }
+}
+
+// The GEMV main loop, shared by every scheme. P supplies EC, PARTIAL, decode, xperm, partial, out_scale.
+template <class P, int MT>
+__device__ __forceinline__ void gemv_body(const Args& a) {
+  constexpr int EC = P::EC, NP = EC / 2, KI = 4 * EC, U = GEMV_UNROLL;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int tile = blockIdx.x, split = blockIdx.y;
+  const int ra = tile * 16 + g, rb = ra + 8;
+  const long row_bytes = (long)a.k * P::BITS / 8;
+  const int iters = (a.k + KI - 1) / KI;
+  const int per_split = (iters + a.splits - 1) / a.splits;
+  const int s_beg = min(iters, split * per_split), s_end = min(iters, s_beg + per_split);
+  const int per_warp = (s_end - s_beg + GEMV_WARPS - 1) / GEMV_WARPS;
+  const int it_beg = min(s_end, s_beg + warp * per_warp), it_end = min(s_end, it_beg + per_warp);
+  const P p(a, tile);
+  float acc[MT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
+
+  for (int it0 = it_beg; it0 < it_end; it0 += U) {
+    uint4 wa[U], wb[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const long off = ((long)(it0 + u) * 4 + t) * 16;
+      const bool ok = it0 + u < it_end;
+      wa[u] = ok ? load_row_chunk(a.w, a.n, row_bytes, ra, off) : zero4();
+      wb[u] = ok ? load_row_chunk(a.w, a.n, row_bytes, rb, off) : zero4();
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (it0 + u >= it_end) break;
+      const int k0 = ((it0 + u) * 4 + t) * EC;
+      uint32_t X[MT][NP], RA[NP], RB[NP];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        load_x<NP>(a, g + 8 * mt, k0, X[mt]);
+        P::xperm(X[mt]);
+      }
+      p.decode(wa[u], ra, k0, RA);
+      p.decode(wb[u], rb, k0, RB);
+      if constexpr (P::PARTIAL) {
+        float part[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) part[mt][i] = 0.f;
+        mma_chunk<NP, MT>(part, RA, RB, X);
+        p.partial(acc, part, (it0 + u) * KI);
+      } else {
+        mma_chunk<NP, MT>(acc, RA, RB, X);
+      }
+    }
+  }
+  epilogue<P, MT>(a, p, acc, tile, split);
+}
+
+}  // namespace lb
+
+// One extern "C" kernel per (policy, token tiles), with the argument list every launcher passes.
+#define LB_GEMV_KERNEL(NAME, POLICY, MT)                                                              \
+  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                        \
+      NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint16_t* x,     \
+           const float* xs, uint16_t* y, float* ws, int* cnt, int n, int k, int m, int splits,         \
+           int group) {                                                                               \
+    const lb::Args a{w, s, z, gscale, x, xs, y, ws, cnt, n, k, m, splits, group};                      \
+    lb::gemv_body<POLICY, MT>(a);                                                                     \
+  }

@@ -1,0 +1,59 @@
+// gemv_fp8.cu: y[M, N] = x[M, K] @ W[N, K]^T for the fp8-block scheme (W8A16 and W8A8).
+//
+// Operands: W = `weight` E4M3 bytes [N, K] row-major; S = `weight_scale_inv` f32 [ceil(N/128), ceil(K/128)],
+// MULTIPLIED at dequant (W = e4m3(code) * S[n/128, k/128]); x bf16 [M, K]; y bf16 [M, N].
+// W8A8 (gemv_fp8_a8_*): x holds the bf16 values of E4M3 activation codes and xs f32 [M, ceil(K/128)] their
+// per-token, per-128-channel scales, both written by act_quant_fp8 (gemv_act.cu); the product is
+// sum_blocks S[n,b] * xs[m,b] * sum_k code_w * code_x.
+// Geometry (common.cuh): grid (ceil(N/16), splits), GEMV_WARPS warps; 16-byte chunk = 16 codes; one
+// iteration (64 elements of K) lies inside one 128-block, so the tile's mma partial of an iteration is
+// multiplied by that block's scale(s) in fp32 and added: the codes go to the tensor cores unscaled and
+// the result is exact up to fp32 accumulation. E4M3 -> bf16 through the hardware cvt (e4m3x2 -> f16x2).
+// Preconditions: 1 <= M <= 8 / 16; any N and K >= 1 (16-byte loads when K % 16 == 0, masked otherwise).
+// Reference: formats.fp8_block.dequantize + float64 matmul (A8: with x dequantized by the same recipe,
+// lowbit.verify.reference.quantize_act_fp8).
+#include "common.cuh"
+
+template <bool A8>
+struct PolicyFP8 {
+  static constexpr int EC = 16, BITS = 8;
+  static constexpr bool PARTIAL = true;
+  const float* s;
+  const float* xs;
+  int kb_count, m, rowblock;
+  __device__ PolicyFP8(const lb::Args& a, int tile)
+      : s(static_cast<const float*>(a.s)), xs(a.xs), kb_count((a.k + 127) / 128), m(a.m),
+        rowblock(tile * 16 / 128) {}
+  __device__ static void xperm(uint32_t (&)[EC / 2]) {}
+  __device__ void decode(const uint4& raw, int, int, uint32_t (&A)[EC / 2]) const {
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      A[2 * i] = lb::e4m3x2_to_bf16x2((uint16_t)(w[i] & 0xffffu));
+      A[2 * i + 1] = lb::e4m3x2_to_bf16x2((uint16_t)(w[i] >> 16));
+    }
+  }
+  template <int MT>
+  __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], int kfirst) const {
+    const int kb = kfirst / 128;
+    const float sw = __ldg(s + (long)rowblock * kb_count + kb);
+    const int t = threadIdx.x & 3;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float s0 = sw, s1 = sw;
+      if (A8) {
+        const int t0 = 8 * mt + 2 * t, t1 = t0 + 1;
+        s0 = t0 < m ? sw * __ldg(xs + (long)t0 * kb_count + kb) : 0.f;
+        s1 = t1 < m ? sw * __ldg(xs + (long)t1 * kb_count + kb) : 0.f;
+      }
+      acc[mt][0] += part[mt][0] * s0; acc[mt][1] += part[mt][1] * s1;
+      acc[mt][2] += part[mt][2] * s0; acc[mt][3] += part[mt][3] * s1;
+    }
+  }
+  __device__ float out_scale(int) const { return 1.f; }
+};
+
+LB_GEMV_KERNEL(gemv_fp8_m8, PolicyFP8<false>, 1)
+LB_GEMV_KERNEL(gemv_fp8_m16, PolicyFP8<false>, 2)
+LB_GEMV_KERNEL(gemv_fp8_a8_m8, PolicyFP8<true>, 1)
+LB_GEMV_KERNEL(gemv_fp8_a8_m16, PolicyFP8<true>, 2)
