@@ -55,6 +55,12 @@ class CpuOps:
         if self.tied and not cfg.tie_embeddings:
             log.warning("%s: no lm_head.weight; using the tied embeddings", ckpt.path)
 
+    def fits_in_cache(self) -> bool:
+        """Whether all weights, dequantized to float32, fit under the cache cap."""
+        ck = self.w.ckpt
+        elems = sum(4 * ck.nbytes(n) // max(1, _itemsize(ck.dtype(n))) for n in ck.names())
+        return elems * 2 <= self.w.cap   # x2: the packed nibbles of 4-bit layouts count half an element
+
     @staticmethod
     def asarray(a):
         return np.asarray(a)
@@ -117,3 +123,9 @@ class CpuOps:
 def _weight_name(ckpt: Checkpoint, prefix: str) -> str:
     """The tensor whose first dim is N: `weight` (dense, fp8) or `weight_packed` (nvfp4, int4)."""
     return f"{prefix}.weight" if f"{prefix}.weight" in ckpt else f"{prefix}.weight_packed"
+
+
+def _itemsize(st_dtype: str) -> int:
+    from lowbit.formats.safetensors_io import DTYPES
+
+    return DTYPES[st_dtype].itemsize

@@ -83,6 +83,9 @@ class Engine:
             self.tokenizer = Tokenizer(self.path)
         self.eos_ids = set(self.tokenizer.eos_ids if self.tokenizer else ()) | set(self.cfg.eos_ids)
         self.cached: list[int] = []          # the token ids whose keys/values are in the KV cache
+        if self.device == "cpu" and self.ops.fits_in_cache():
+            self.logits([0])                 # dequantize every layer once, now, not in the first prompt
+            self.reset()
 
     @property
     def max_context(self) -> int:
@@ -123,10 +126,11 @@ class Engine:
         for i in range(max_new_tokens):
             tok = sampler(logits, seen)
             stats.generated += 1
-            yield tok
             if tok in self.eos_ids:
                 stats.stop = "eos"
+                yield tok
                 return
+            yield tok
             if i + 1 == max_new_tokens:
                 break
             pos = len(self.cached)
@@ -149,3 +153,14 @@ class Engine:
         text_ids = [t for t in out if t not in self.eos_ids]
         text = self.tokenizer.decode(text_ids) if self.tokenizer else ""
         return Result(list(prompt), out, text, stats)
+
+    def prompt_ids(self, prompt: str, raw: bool = False, system: str | None = None) -> list[int]:
+        """Token ids of a one-shot prompt: the chat template applied unless raw."""
+        if self.tokenizer is None:
+            from lowbit.errors import ConfigError
+
+            raise ConfigError(f"{self.path}: no tokenizer.json; copy the source model's tokenizer files here")
+        if raw:
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return self.tokenizer.encode_chat(msgs)
