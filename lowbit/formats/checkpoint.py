@@ -41,6 +41,8 @@ def read_json(path: Path, what: str, error=CheckpointError) -> dict:
         raise error(f"{path}: missing {what}; a Hugging Face checkpoint directory needs one") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path}: {what} is not valid JSON ({e}); fix or re-download it") from None
+    except RecursionError:  # absurdly deep nesting: [[[[...
+        raise error(f"{path}: {what} is nested too deeply to be valid; fix or re-download it") from None
     if not isinstance(data, dict):
         raise error(f"{path}: {what} is not a JSON object; fix or re-download it")
     return data

@@ -66,7 +66,7 @@ def _bad(path: Path, what: str) -> CheckpointError:
 def _check_entry(path: Path, name: str, e, data_len: int) -> tuple[int, int]:
     if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= e.keys():
         raise _bad(path, f"tensor {name!r} header entry {e!r} lacks dtype/shape/data_offsets")
-    if e["dtype"] not in DTYPES:
+    if not isinstance(e["dtype"], str) or e["dtype"] not in DTYPES:
         raise CheckpointError(
             f"{path}: tensor {name!r} has dtype {e['dtype']!r}, which lowbit cannot read "
             f"(known: {', '.join(DTYPES)}); convert the source to BF16 first")
@@ -100,7 +100,7 @@ def read_header(path: Path) -> tuple[dict, int]:
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: [[[[...
         raise _bad(path, f"header is not valid JSON ({e.__class__.__name__})") from None
     if not isinstance(header, dict):
         raise _bad(path, "header is not a JSON object")
