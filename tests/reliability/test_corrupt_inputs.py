@@ -186,3 +186,34 @@ def test_reader_refuses_with_clear_message(src_copy, corrupt):
     assert names in msg, msg          # names the file or tensor
     assert "\n" not in msg            # one line
     assert isinstance(e.value, LowbitError)
+
+
+def _deep(n: int = 200_000) -> bytes:
+    return b"[" * n + b"]" * n
+
+
+@pytest.mark.parametrize("target", ["shard header", "index", "config.json"])
+def test_deeply_nested_json_refused(src_copy, target):
+    # json.loads raises RecursionError (not JSONDecodeError) on deep nesting: found by the fuzz test
+    if target == "shard header":
+        p = src_copy / "model.safetensors"
+        for s in _shards(src_copy):
+            s.unlink()
+        (src_copy / INDEX_NAME).unlink()
+        p.write_bytes(struct.pack("<Q", len(_deep())) + _deep())
+    else:
+        p = src_copy / (INDEX_NAME if target == "index" else "config.json")
+        p.write_bytes(_deep())
+    with pytest.raises(LowbitError) as e:
+        open_checkpoint(src_copy)
+    assert p.name in str(e.value)
+
+
+def test_non_string_dtype_refused(src_copy):
+    # found by the fuzz test: an unhashable dtype crashed the reader with TypeError
+    p = _shards(src_copy)[0]
+    h, data = _header(p)
+    h[_first_tensor(h)]["dtype"] = ["BF16"]
+    _rewrite(p, h, data)
+    with pytest.raises(CheckpointError, match="which lowbit cannot read"):
+        open_checkpoint(src_copy)
