@@ -76,7 +76,7 @@ def output_state(out_dir) -> OutputState:
         return OutputState(kind, f"{root} exists but has no {MANIFEST_NAME}")
     try:
         manifest = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         return OutputState("invalid", f"{mpath} is unreadable ({e})")
     files = manifest_files(manifest) if isinstance(manifest, dict) else {}
     if not files:

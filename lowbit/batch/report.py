@@ -85,7 +85,7 @@ def read_previous(output_root) -> dict[tuple[str, str], dict]:
     try:
         data = json.loads(path.read_text())
         return {(j["output"], j["scheme"]): j for j in data.get("jobs", []) if isinstance(j, dict)}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return {}
 
 
