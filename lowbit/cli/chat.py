@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from lowbit.cli.generate import make_params, sampling_options
@@ -31,7 +33,7 @@ def chat(ckpt, system, max_new_tokens, temperature, top_k, top_p, repetition_pen
     eng = Engine(ckpt, device=device, max_context=max_context)
     session = ChatSession(eng, system, params, max_new_tokens)
     show_think = not hide_thinking
-    stdin = click.get_text_stream("stdin")
+    stdin = sys.stdin
     click.echo(f"lowbit chat: {ckpt} on {eng.device}, {eng.max_context} positions. {HELP}")
     while (line := _read(stdin)) is not None:
         cmd = line.strip()
@@ -67,5 +69,5 @@ def chat(ckpt, system, max_new_tokens, temperature, top_k, top_p, repetition_pen
             continue
         click.echo()
         note = " | context full: /reset to continue" if stats.stop == "context" else ""
-        click.echo(click.style(f"[prefill {stats.prefilled} tok | {stats.generated} tok, "
+        click.echo(click.style(f"[prefill {stats.prefilled} of {stats.prompt_tokens} tok | {stats.generated} tok, "
                                f"{stats.decode_tok_s:.1f} tok/s{note}]", dim=True))
