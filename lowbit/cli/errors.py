@@ -13,7 +13,7 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 def run_cli(group: click.Group) -> int:
     try:
-        group.main(standalone_mode=False)
+        rv = group.main(standalone_mode=False)  # ctx.exit(n) comes back here as the return value n
     except LowbitError as e:
         click.echo(f"lowbit: error: {e}", err=True)
         return EXIT_BAD_INPUT
@@ -28,4 +28,4 @@ def run_cli(group: click.Group) -> int:
     except KeyboardInterrupt:
         click.echo("lowbit: interrupted", err=True)
         return 130
-    return EXIT_OK
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else EXIT_OK
