@@ -119,6 +119,10 @@ def _shard_files(root: Path, trusted: Path) -> dict[str, list[str] | None]:
                 raise CheckpointError(f"{index_path}: tensor {tensor!r} names shard {file!r}, a path "
                                       f"outside {root}; the index must name files in the checkpoint")
             shards.setdefault(file, []).append(tensor)
+        for file, listed in sorted(shards.items()):
+            if not (root / file).exists() and not (root / file).is_symlink():
+                raise CheckpointError(f"{index_path}: names shard {file!r} (e.g. tensor {listed[0]!r}) "
+                                      f"but {root / file} does not exist; re-download the checkpoint")
         for p in sorted(root.glob("model-*-of-*.safetensors")):
             if p.name not in shards:  # a shard of the set the index forgot: its tensors would vanish
                 raise CheckpointError(f"{index_path}: does not name shard {p.name} that is in {root}; "

@@ -1,12 +1,4 @@
-"""The converter: architecture rules, the plan, the streaming executor, hub resolution.
-
-`from lowbit.quantize import convert` (lazy, so `lowbit.quantize.archs` imports stay light).
+"""The converter: architecture rules (archs), the header-only plan (plan), the streaming executor
+(stream, convert), hub resolution (hub), the manifest and resume journal (manifest), the cupy twin of
+the quantizers (gpu) and `inspect` (report). Entry point: `lowbit.quantize.convert.convert`.
 """
-
-from __future__ import annotations
-
-
-def convert(*args, **kwargs):
-    from lowbit.quantize.convert import convert as _convert
-
-    return _convert(*args, **kwargs)

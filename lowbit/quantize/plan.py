@@ -81,10 +81,10 @@ def check_source(ck: Checkpoint) -> None:
         raise ConfigError(f"{ck.path / 'config.json'}: the source is already quantized "
                           f"(quant_method {qc.get('quant_method')!r}); convert the BF16 original")
     for name in ck.names():
-        leaf = name.rpartition(".")[2]
-        if leaf in _QUANT_SUFFIXES:
+        if name.rpartition(".")[2] in _QUANT_SUFFIXES:
             raise CheckpointError(f"{ck.path / ck.file_of(name)}: tensor {name!r} is a quantized "
                                   "checkpoint's tensor; convert the BF16 original")
+    for name in ck.names():
         if ck.dtype(name) not in SOURCE_DTYPES:
             raise CheckpointError(f"{ck.path / ck.file_of(name)}: tensor {name!r} has dtype "
                                   f"{ck.dtype(name)}; lowbit converts {'/'.join(SOURCE_DTYPES)} "

@@ -105,7 +105,8 @@ def quantize_item(ck: Checkpoint, it: Item, writer: ShardWriter, pool: ThreadPoo
     def one(rng):
         r0, rows = rng
         w32 = to_f32(ck.read(it.source, r0, rows))
-        out = quantize_fn(scheme, w32, chunk_opts)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN/Inf caught below
+            out = quantize_fn(scheme, w32, chunk_opts)
         before = mod.tensor_layout(r0, k, **opts)
         for sfx, arr in out.items():
             name = f"{it.module}.{sfx}"
