@@ -23,6 +23,18 @@ log = logging.getLogger(__name__)
 REJECTED_SUFFIX = ".rejected"
 
 
+class _Accumulate:
+    """The converter reports bytes just read; the batch progress line wants (done, total)."""
+
+    def __init__(self, progress):
+        self.progress, self.done = progress, 0
+
+    def __call__(self, n: int, total: int) -> None:
+        self.done += int(n)
+        if self.progress is not None:
+            self.progress(self.done, total)
+
+
 def _convert(job: Job, progress, overwrite: bool):
     from lowbit.quantize.convert import convert
 
@@ -31,34 +43,29 @@ def _convert(job: Job, progress, overwrite: bool):
                    asymmetric=o.get("asymmetric", False), ignore=tuple(o.get("ignore", ())),
                    generic=o.get("generic", False), device=o.get("device", "auto"),
                    max_shard_size=o.get("max_shard_size", "5GB"), overwrite=overwrite, resume=True,
-                   progress=progress)
+                   progress=_Accumulate(progress))
 
 
-def _local_source(job: Job, summary) -> str | None:
-    """The directory the conversion read (a hub source resolves to its local snapshot)."""
-    for attr in ("source_dir", "source_path", "src"):
-        p = getattr(summary, attr, None)
-        if p and Path(p).is_dir():
-            return str(p)
-    return job.source if Path(job.source).is_dir() else None
+def _local_source(job: Job) -> str:
+    """The directory the conversion read (a hub id resolves to its cached snapshot)."""
+    from lowbit.quantize.hub import resolve_source
+
+    return str(resolve_source(job.source).path)
 
 
 def _measure(job: Job, summary, result: dict) -> None:
     from lowbit.batch.quality import error_summary
 
-    result["bytes_in"] = int(getattr(summary, "bytes_in", 0) or 0)
-    result["bytes_out"] = output_bytes(job.output)
+    result["bytes_in"] = int(summary.bytes_in)
+    result["bytes_out"] = int(summary.bytes_out) or output_bytes(job.output)
     if result["bytes_in"] and result["bytes_out"]:
         result["ratio"] = round(result["bytes_in"] / result["bytes_out"], 4)
-    result["kept"] = len(getattr(summary, "kept", ()) or ())
-    result["warnings"] = [str(w) for w in (getattr(summary, "warnings", ()) or ())]
+    result["kept"] = len(summary.kept)
+    result["resumed_shards"] = summary.resumed_shards
+    result["warnings"] = [str(w) for w in summary.warnings]
     if not job.verify:
         return
-    src = _local_source(job, summary)
-    if src is None:
-        result["warnings"].append("no local source to compare against: error not measured")
-        return
-    err = error_summary(job.output, src, job.scheme)
+    err = error_summary(job.output, _local_source(job), job.scheme)
     result["worst_error"] = err.to_dict()
     if err.kept_mismatch:
         raise LowbitError(f"{job.output}: kept tensor {err.kept_mismatch} differs from the source; "

@@ -89,9 +89,9 @@ def output_state(out_dir) -> OutputState:
 
 
 def output_bytes(out_dir) -> int:
-    """Total bytes of the files in an output directory (not recursive)."""
+    """Bytes of the safetensors shards of an output directory (what the ratio compares)."""
     root = Path(out_dir)
-    return sum(p.stat().st_size for p in root.iterdir() if p.is_file()) if root.is_dir() else 0
+    return sum(p.stat().st_size for p in root.glob("*.safetensors")) if root.is_dir() else 0
 
 
 def source_bytes(source) -> int | None:

@@ -28,7 +28,7 @@ def make_record(job, result) -> dict:
            "output": job.output, "error": result.get("error")}
     for key in RECORD_KEYS[5:]:
         rec[key] = result.get(key)
-    for key in ("note", "kept", "warnings", "push"):
+    for key in ("note", "kept", "resumed_shards", "warnings", "push"):
         if result.get(key) not in (None, [], ""):
             rec[key] = result[key]
     return rec

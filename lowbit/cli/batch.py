@@ -25,10 +25,10 @@ class _Bars:
         if kind == "plan":
             self.jobs = data["jobs"]
             self.total = tqdm(total=len(self.jobs), initial=len(self.jobs) - len(data["todo"]),
-                              desc="batch", unit="job", position=0, dynamic_ncols=True)
+                              desc="batch", unit="job", position=0, dynamic_ncols=True, disable=None)
         elif kind == "start":
             bar = tqdm(total=None, desc=f"[{slot}] {self.jobs[index].label}", unit="B", unit_scale=True,
-                       position=1 + (slot or 0), leave=False, dynamic_ncols=True)
+                       position=1 + (slot or 0), leave=False, dynamic_ncols=True, disable=None)
             self.slots[slot] = bar
         elif kind == "progress" and slot in self.slots:
             done, total = data

@@ -38,7 +38,7 @@ def fake_job(job: dict, progress=None) -> dict:
         write_fake_output(job["output"], payload)
         if progress:
             progress(2, 2)
-        out_bytes = sum(p.stat().st_size for p in Path(job["output"]).iterdir())
+        out_bytes = sum(p.stat().st_size for p in Path(job["output"]).glob("*.safetensors"))
         return {"status": "ok", "error": None, "bytes_in": 4 * out_bytes,
                 "bytes_out": out_bytes, "ratio": 4.0, "seconds": 0.01}
     if kind == "raise":
