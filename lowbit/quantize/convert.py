@@ -10,6 +10,7 @@ OS error keeps it for the resume.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -172,12 +173,29 @@ def convert(src, out, scheme: str, *, group_size: int = 128, asymmetric: bool = 
     except LowbitError:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    except OSError as e:  # disk full, permissions, I/O: one clear line; finished shards kept to resume
+        raise _os_error(e, out, partial) from None
     files = sorted(p.name for p in out.iterdir())
     return ConvertSummary(
         scheme=scheme, options=plan.opts, source=source.ident, out=str(out), device=dev, files=files,
         bytes_in=total, bytes_out=sum((out / f).stat().st_size for f in files if f.endswith(".safetensors")),
         quantized=sum(it.quantize for it in plan.items), kept=plan.kept, warnings=plan.warnings,
         seconds=time.perf_counter() - t0, manifest=str(out / manifest.name), resumed_shards=reused)
+
+
+class OutputWriteError(LowbitError, OSError):
+    """Writing the output failed (disk full, permissions, I/O): a LowbitError (one line in the CLI)
+    that is still an OSError for callers that handle those."""
+
+
+def _os_error(e: OSError, out: Path, partial: Path) -> LowbitError:
+    kept = len(list(partial.glob("*.safetensors"))) if partial.is_dir() else 0
+    if not kept:  # nothing worth resuming: leave nothing behind
+        shutil.rmtree(partial, ignore_errors=True)
+    what = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return OutputWriteError(f"{out}: writing failed: {what} (errno {e.errno}, {e.filename or partial}); "
+                       f"{kept} finished shard(s) kept in {partial} to resume: free space or fix "
+                       "permissions and re-run, or delete that directory")
 
 
 def _run(ck: Checkpoint, plan: Plan, partial: Path, journal: Journal, quantize_fn, progress, total) -> int:
@@ -190,6 +208,10 @@ def _run(ck: Checkpoint, plan: Plan, partial: Path, journal: Journal, quantize_f
                 reused += 1
                 progress(sum(it.in_bytes for it in shard.items), total)
                 continue
-            _write_shard(ck, plan, shard, path, pool, amax, quantize_fn, progress, total)
+            try:
+                _write_shard(ck, plan, shard, path, pool, amax, quantize_fn, progress, total)
+            except BaseException:
+                path.unlink(missing_ok=True)  # never leave a half-written shard behind
+                raise
             journal.record(shard.file, sha256_file(path))
     return reused
