@@ -1,0 +1,188 @@
+"""`gemv(w, x, act)`: y = x @ W^T for M = 1..16 on the GPU, reading the on-disk layouts directly.
+
+Kernels: cuda/gemv_{bf16,fp8,nvfp4,int4}.cu (+ gemv_act.cu for W8A8 / W4A4 activation quantization).
+act: "bf16" (weight-only; every scheme), "fp8" (fp8-block W8A8: x quantized to E4M3 per token per 128
+channels), "nvfp4" (nvfp4 W4A4: x quantized to NVFP4, per-16 E4M3 scales, dynamic per-token global).
+Launch: grid (ceil(N/16), splits), GEMV_WARPS warps per CTA; `splits` > 1 (split-K with a deterministic
+last-CTA reduction) when the row tiles alone cannot fill the GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from lowbit.errors import KernelError
+from lowbit.kernels.weights import GpuWeight
+
+WARPS = 8
+ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "nvfp4": ("nvfp4",)}
+_FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
+_TAGS = {("bf16", "bf16"): "bf16", ("fp8-block", "bf16"): "fp8", ("fp8-block", "fp8"): "fp8_a8",
+         ("nvfp4", "bf16"): "nvfp4", ("nvfp4", "nvfp4"): "nvfp4_a4", ("int4", "bf16"): "int4"}
+#: K per warp iteration (4 lanes x one 16-byte chunk) per weight scheme
+_KI = {"bf16": 32, "fp8-block": 64, "nvfp4": 128, "int4": 128}
+#: a NULL device pointer as a kernel argument (8 bytes of zeros)
+NULL = np.uint64(0)
+
+
+def _bf16():
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def check_activation(x, k: int, name: str = "x", max_m: int = 16) -> int:
+    """Validate x (cupy bf16 [M, K], C-contiguous, 16-byte aligned, current device); return M."""
+    import cupy
+
+    if not isinstance(x, cupy.ndarray):
+        raise KernelError(f"{name}: expected a cupy array on the GPU, found {type(x).__name__}; use cupy.asarray")
+    if x.dtype != _bf16():
+        raise KernelError(f"{name}: expected dtype bfloat16, found {x.dtype}; cast with x.astype(ml_dtypes.bfloat16)")
+    if x.ndim != 2 or x.shape[1] != k:
+        raise KernelError(f"{name}: expected shape [M, {k}], found {tuple(x.shape)}")
+    m = int(x.shape[0])
+    if not 1 <= m <= max_m:
+        raise KernelError(f"{name}: GEMV takes 1 <= M <= {max_m} rows, found M={m}; use lowbit.kernels.linear")
+    if not x.flags.c_contiguous:
+        raise KernelError(f"{name}: must be C-contiguous; pass cupy.ascontiguousarray({name})")
+    if x.data.ptr % 16:
+        raise KernelError(f"{name}: data pointer is not 16-byte aligned; pass a fresh copy ({name}.copy())")
+    if x.device.id != cupy.cuda.Device().id:
+        raise KernelError(f"{name}: lives on device {x.device.id}, current device is {cupy.cuda.Device().id}")
+    return m
+
+
+def _check_out(out, m: int, n: int):
+    import cupy
+
+    if out is None:
+        return cupy.empty((m, n), dtype=_bf16())
+    if not isinstance(out, cupy.ndarray) or out.dtype != _bf16() or tuple(out.shape) != (m, n) \
+            or not out.flags.c_contiguous:
+        raise KernelError(f"out: expected a C-contiguous cupy bfloat16 array [{m}, {n}], found "
+                          f"{getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}")
+    return out
+
+
+def _check_weight(w: GpuWeight, act: str) -> None:
+    if act not in ACTS:
+        raise KernelError(f"act={act!r} is not known; use one of {', '.join(ACTS)}")
+    if w.scheme not in ACTS[act]:
+        raise KernelError(f"{w.name}: act={act!r} needs a {' or '.join(ACTS[act])} weight, found {w.scheme}; "
+                          f"use act='bf16' for weight-only")
+    if w.experts is not None:
+        raise KernelError(f"{w.name}: stacked weight of {w.experts} experts; call gemv on w.expert(i)")
+    for suffix, t in w.tensors.items():
+        if not t.flags.c_contiguous or t.data.ptr % 16 and suffix in ("weight", "weight_packed"):
+            raise KernelError(f"{w.name}.{suffix}: must be C-contiguous and 16-byte aligned; re-upload with to_gpu")
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id: int) -> int:
+    import cupy
+
+    return int(cupy.cuda.Device(device_id).attributes["MultiProcessorCount"])
+
+
+def plan_splits(n: int, k: int, scheme: str, sm_count: int, warps: int = WARPS) -> int:
+    """Split-K factor: enough CTAs for ~4 per SM, while every warp keeps >= 2 iterations. Pure function."""
+    tiles = -(-n // 16)
+    iters = -(-k // _KI[scheme])
+    target = 4 * sm_count
+    if tiles >= target:
+        return 1
+    by_fill = -(-target // tiles)
+    by_work = max(1, iters // (2 * warps))
+    return int(max(1, min(by_fill, by_work, 64)))
+
+
+class _Workspace:
+    """Per-device split-K scratch: fp32 partials and self-resetting int32 counters (zeroed once)."""
+
+    def __init__(self):
+        self.ws = {}
+        self.cnt = {}
+
+    def get(self, dev: int, floats: int, tiles: int):
+        import cupy
+
+        if self.ws.get(dev) is None or self.ws[dev].size < floats:
+            self.ws[dev] = cupy.empty(max(floats, 1 << 16), dtype=cupy.float32)
+        if self.cnt.get(dev) is None or self.cnt[dev].size < tiles:
+            cupy.cuda.Device().synchronize()
+            self.cnt[dev] = cupy.zeros(max(tiles, 4096), dtype=cupy.int32)
+        return self.ws[dev], self.cnt[dev]
+
+
+_WS = _Workspace()
+
+
+def quantize_act_fp8(x, codes: bool = False):
+    """x bf16 [M, K] -> (xq bf16 [M, K] = E4M3 values, xs f32 [M, ceil(K/128)][, codes uint8 [M, K]])."""
+    import cupy
+
+    from lowbit.kernels.compile import get_function
+
+    m = check_activation(x, int(x.shape[-1]) if x.ndim == 2 else -1)
+    k = int(x.shape[1])
+    kbc = -(-k // 128)
+    xq = cupy.empty_like(x)
+    xs = cupy.empty((m, kbc), dtype=cupy.float32)
+    cd = cupy.empty((m, k), dtype=cupy.uint8) if codes else None
+    fn = get_function("gemv_act.cu", "act_quant_fp8")
+    fn((-(-m * kbc // 8),), (256,), (x, xq, xs, cd if codes else NULL, np.int32(m), np.int32(k)))
+    return (xq, xs, cd) if codes else (xq, xs)
+
+
+def quantize_act_nvfp4(x, codes: bool = False):
+    """x bf16 [M, K] -> (xq bf16 = e2m1 * s8, xs f32 [M] = 1/global[, codes u8 [M, K/2], scales u8 [M, K/16]])."""
+    import cupy
+
+    from lowbit.kernels.compile import get_function
+
+    m = check_activation(x, int(x.shape[-1]) if x.ndim == 2 else -1)
+    k = int(x.shape[1])
+    if k % 16:
+        raise KernelError(f"x: NVFP4 activation quantization needs K % 16 == 0, found K={k}")
+    xq = cupy.empty_like(x)
+    xs = cupy.empty((m,), dtype=cupy.float32)
+    cd = cupy.empty((m, k // 2), dtype=cupy.uint8) if codes else None
+    sc = cupy.empty((m, k // 16), dtype=cupy.uint8) if codes else None
+    fn = get_function("gemv_act.cu", "act_quant_nvfp4")
+    fn((m,), (256,), (x, xq, xs, cd if codes else NULL, sc if codes else NULL, np.int32(m), np.int32(k)))
+    return (xq, xs, cd, sc) if codes else (xq, xs)
+
+
+def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None):
+    """y bf16 [M, N] = x @ W^T, M in 1..16, fp32 accumulation. `splits` overrides the split-K plan."""
+    from lowbit.kernels.compile import get_function
+
+    _check_weight(w, act)
+    m = check_activation(x, w.k)
+    y = _check_out(out, m, w.n)
+    dev = x.device.id
+    mt = 1 if m <= 8 else 2
+    tiles = -(-w.n // 16)
+    s = splits if splits is not None else plan_splits(w.n, w.k, w.scheme, _sm_count(dev))
+    if not 1 <= s <= 65535:
+        raise KernelError(f"splits={s} must be in 1..65535")
+    ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
+    xs = NULL
+    if act == "fp8":
+        x, xs = quantize_act_fp8(x)
+    elif act == "nvfp4":
+        x, xs = quantize_act_nvfp4(x)
+    t = w.tensors
+    main = t.get("weight", t.get("weight_packed"))
+    scale = t.get("weight_scale_inv", t.get("weight_scale", NULL))
+    zp = t.get("weight_zero_point", NULL)
+    gscale = t.get("weight_global_scale", NULL)
+    fn = get_function(_FILES[w.scheme], f"gemv_{_TAGS[(w.scheme, act)]}_m{8 * mt}", {"GEMV_WARPS": WARPS})
+    group = w.group_size if w.scheme == "int4" else 0
+    fn((tiles, s), (WARPS * 32,),
+       (main, scale, zp, gscale, x, xs, y, ws, cnt,
+        np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group)))
+    return y
