@@ -1,0 +1,1 @@
+"""Verification: structure, quantization error and GPU kernels vs references; the benchmark harness."""
