@@ -131,7 +131,12 @@ def run_batch(manifest: BatchManifest, *, executor: str = "local", workers: int 
         if push_org:
             _push_all(manifest, records, push_org, dry_run_dir, hub_api, on_event)
         report = BatchReport(records, executor=executor, seconds=time.monotonic() - t0)
-        write_report(report, root)
+        try:
+            write_report(report, root)
+        except OSError as e:  # e.g. the disk filled up: the caller still gets the results
+            report.extra["report_error"] = (f"{root}: could not write the report ({e.strerror or e}); "
+                                            "free space and re-run (finished jobs are skipped)")
+            log.error(report.extra["report_error"])
     return report
 
 

@@ -85,5 +85,5 @@ def batch(ctx, manifest, workers, executor, ray_address, push_org, dry_run, as_j
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(summary_table(report))
-        click.echo(f"report: {report.path}")
+        click.echo(f"report: {report.path}" if report.path else report.extra["report_error"])
     ctx.exit(report.exit_code)
