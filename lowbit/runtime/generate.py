@@ -164,3 +164,21 @@ class Engine:
             return self.tokenizer.encode(prompt, add_special_tokens=True)
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return self.tokenizer.encode_chat(msgs)
+
+
+def perplexity(engine: Engine, ids: list[int]) -> float:
+    """exp(mean negative log-likelihood) of ids[1:] given the prefix, in one prefill."""
+    import numpy as np
+
+    logits = engine.logits(ids[:-1]).astype(np.float64)
+    m = logits.max(axis=-1, keepdims=True)
+    logp = logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
+    nll = -logp[np.arange(len(ids) - 1), ids[1:]]
+    return float(np.exp(nll.mean()))
+
+
+def sample_text() -> str:
+    """The shipped public-domain text (lowbit/data/perplexity.txt)."""
+    from importlib.resources import files
+
+    return files("lowbit").joinpath("data/perplexity.txt").read_text(encoding="utf-8")
