@@ -1,0 +1,131 @@
+// gemm_common.cuh: PTX helpers shared by gemm_*.cu and moe_*.cu (cp.async, ldmatrix, mma.sync,
+// the grouped-tile lookup and the element decoders). Header only; every .cu that includes it
+// compiles standalone with `nvcc -std=c++17 -cubin -arch=sm_90a` (and sm_120a).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+typedef __nv_bfloat162 bf162;
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy global -> shared; src_bytes = 0 zero-fills the destination (predicated load).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
+    int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
+                                            const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_u32(p)));
+}
+
+// D += A(16x16 bf16, row) * B(16x8 bf16, col), fp32 accumulate.
+__device__ __forceinline__ void mma_bf16(float* d, const uint32_t* a, const uint32_t* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// D += A(16x32 e4m3, row) * B(32x8 e4m3, col), fp32 accumulate (sm_89+).
+__device__ __forceinline__ void mma_e4m3(float* d, const uint32_t* a, const uint32_t* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Grouped (MoE) tiles. Rows of A are sorted by expert: expert e owns rows [offs[e], offs[e+1]).
+// tile_offs[e] = sum over experts < e of ceil(count/BM); tile_offs[E] = number of live m-tiles.
+// Dense GEMM passes offs == nullptr: one group, e = 0, rows [0, M).
+struct TileRows {
+    int e, m0, m_end;
+};
+__device__ __forceinline__ bool grouped_tile(int bx, int bm, int M, int E, const int* __restrict__ offs,
+                                             const int* __restrict__ tile_offs, TileRows& t) {
+    if (offs == nullptr) {
+        t.e = 0;
+        t.m0 = bx * bm;
+        t.m_end = M;
+        return t.m0 < M;
+    }
+    if (bx >= tile_offs[E]) return false;
+    int lo = 0, hi = E - 1;  // largest e with tile_offs[e] <= bx (empty experts share values: take last)
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (tile_offs[mid] <= bx) lo = mid; else hi = mid - 1;
+    }
+    t.e = lo;
+    t.m0 = offs[lo] + (bx - tile_offs[lo]) * bm;
+    t.m_end = offs[lo + 1];
+    return t.m0 < t.m_end;
+}
+
+// ---- element decoders -------------------------------------------------------------------------
+// two e4m3 bytes (low byte = first element) -> float2 (exact; hardware cvt on sm_89+)
+__device__ __forceinline__ float2 e4m3x2_to_float2(uint16_t v) {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(v), __NV_E4M3);
+    return __half22float2(*reinterpret_cast<__half2*>(&h));
+}
+__device__ __forceinline__ float e4m3_to_float(uint8_t v) {
+    __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(v), __NV_E4M3);
+    return __half2float(*reinterpret_cast<__half*>(&h));
+}
+// one byte of two E2M1 codes (low nibble = first element) -> half2 holding value * 2^-14 (exact:
+// the code's 2 exponent bits and 1 mantissa bit drop into the half's exponent/mantissa fields,
+// subnormals included). Multiply by 2^14 * scale afterwards.
+__device__ __forceinline__ float2 e2m1x2_to_float2_scaled(uint32_t b, float s) {
+    uint32_t h = ((b & 0x7u) << 9) | ((b & 0x8u) << 12) | ((b & 0x70u) << 21) | ((b & 0x80u) << 24);
+    float2 f = __half22float2(*reinterpret_cast<__half2*>(&h));
+    return make_float2(f.x * s, f.y * s);
+}
+__device__ __forceinline__ uint32_t pack_bf162(float a, float b) {
+    bf162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+// Per-row scales of a weight chunk starting at element k of row n of expert e, as on disk
+// (see gemm_w16.cu for the layouts). Scheme 2 folds the 2^14 of the E2M1 decoder and the global divisor.
+struct Scl {
+    float s0, s1;  // fp8: s0; nvfp4: per 16-group factors; int4: s0 = scale
+    uint32_t z;    // int4: stored zero point (zp + 8), 8 for symmetric
+};
+
+template <int SCH, int G>
+__device__ __forceinline__ Scl load_scale(int e, int n, int k, int N, int K, const void* __restrict__ wscale,
+                                          const int32_t* __restrict__ wzero, float gs) {
+    Scl s{0.f, 0.f, 8u};
+    if (n >= N || k >= K) return s;
+    if constexpr (SCH == 1) {
+    const int nb = (N + 127) / 128, kb = (K + 127) / 128;
+    s.s0 = __ldg(static_cast<const float*>(wscale) + ((size_t)e * nb + n / 128) * kb + k / 128);
+    } else if constexpr (SCH == 2) {
+    const uint16_t v = __ldg(reinterpret_cast<const unsigned short*>(
+        static_cast<const uint8_t*>(wscale) + ((size_t)e * N + n) * (K / 16) + k / 16));
+    const float f = 16384.0f / gs;  // the E2M1 decoder leaves a 2^-14 factor; global is a divisor
+    s.s0 = e4m3_to_float(v & 0xff) * f;
+    s.s1 = e4m3_to_float(v >> 8) * f;
+    } else if constexpr (SCH == 3) {
+    const int ng = K / G;
+    s.s0 = __bfloat162float(static_cast<const bf16*>(wscale)[((size_t)e * N + n) * ng + k / G]);
+    if (wzero != nullptr) {
+        const uint32_t w = __ldg(wzero + ((size_t)e * ((N + 7) / 8) + n / 8) * ng + k / G);
+        s.z = (w >> (4 * (n % 8))) & 15u;
+    }
+    }
+    return s;
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }

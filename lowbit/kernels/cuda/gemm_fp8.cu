@@ -1,0 +1,224 @@
+// gemm_fp8.cu: fp8-block W8A8 GEMM, the DeepSeek-V3 recipe.
+//
+// act_quant_fp8: x bf16 [rows, K] (row r read from x[a_rows[r]] when a_rows is given) ->
+//   xq e4m3 [rows, K], xs f32 [ceil(K/128), rows] (k-block major, so a tile's row scales are
+//   contiguous). Per row and 128-channel block: s = amax/448 (1 when amax == 0), q = e4m3_satfinite(x / s)
+//   (IEEE division, RNE), i.e. exactly lowbit.verify.gemm_checks.quantize_act_ref.
+//   Launch: one warp per (row, k-block), block 256, grid ceil(rows*kb/8).
+//
+// gemm_fp8_kernel: y[M,N] = sum_kb (xq[:,kb] @ Wq[:,kb]^T) * xs[kb, m] * ws[n/128, kb], with W e4m3
+//   [E,N,K] and ws f32 [E, ceil(N/128), ceil(K/128)] as on disk (weight_scale_inv, a multiplier).
+//   Each 128-K block is accumulated in fp32 by mma.sync.m16n8k32.e4m3 into a temporary, then scaled
+//   and added to the main fp32 accumulator (promotion per K-block). bf16 output; with gate
+//   ([M,N] bf16, optional) y = silu(gate) * acc (the MoE up-projection).
+//   Reference: dequantize(W) and the dequantized activations, float64 matmul.
+//   Tiles (compile-time): BM x BN (BN <= 128 so a tile sits in one 128-row scale block), BK = 128,
+//   WARPS_M x WARPS_N warps, STAGES-deep cp.async ring; rows padded to 144 bytes (conflict-free
+//   ldmatrix). Grid (m_tiles, ceil(N/BN), splits); grouped (MoE) mode and split-K as in gemm_w16.cu.
+//   Preconditions (launcher): K % 32 == 0, contiguous 16-byte aligned operands.
+#include "gemm_common.cuh"
+
+#ifndef BM
+#define BM 128
+#endif
+#ifndef BN
+#define BN 128
+#endif
+#ifndef WARPS_M
+#define WARPS_M 2
+#endif
+#ifndef WARPS_N
+#define WARPS_N 4
+#endif
+#ifndef STAGES
+#define STAGES 3
+#endif
+
+#define BK 128
+#define RST (BK + 16)  // padded smem row in bytes
+#define NT (WARPS_M * WARPS_N * 32)
+#define WTM (BM / WARPS_M)
+#define WTN (BN / WARPS_N)
+#define MI (WTM / 16)
+#define NI (WTN / 8)
+static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be a multiple of 16x16");
+static_assert(BN <= 128, "a tile must sit inside one 128-row weight-scale block");
+
+constexpr int A_STAGE = BM * RST;
+constexpr int B_STAGE = BN * RST;
+
+extern "C" __global__ void act_quant_fp8(const bf16* __restrict__ x, const int* __restrict__ a_rows, int rows,
+                                         int K, uint8_t* __restrict__ xq, float* __restrict__ xs) {
+    const int kb = (K + 127) / 128;
+    const long long w = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (w >= (long long)rows * kb) return;
+    const int r = (int)(w / kb), b = (int)(w % kb);
+    const int src = a_rows ? a_rows[r] : r;
+    const int k = b * 128 + lane * 4;
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    if (k < K) {  // K % 32 == 0: a lane's 4 elements are all in range or all out
+        const uint2 raw = *reinterpret_cast<const uint2*>(x + (size_t)src * K + k);
+        const float2 a = __bfloat1622float2(*reinterpret_cast<const bf162*>(&raw.x));
+        const float2 c = __bfloat1622float2(*reinterpret_cast<const bf162*>(&raw.y));
+        v[0] = a.x; v[1] = a.y; v[2] = c.x; v[3] = c.y;
+    }
+    float m = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float s = m / 448.0f;
+    if (m == 0.f) s = 1.0f;
+    if (k < K) {
+        const __nv_fp8x2_storage_t lo = __nv_cvt_float2_to_fp8x2(make_float2(v[0] / s, v[1] / s), __NV_SATFINITE, __NV_E4M3);
+        const __nv_fp8x2_storage_t hi = __nv_cvt_float2_to_fp8x2(make_float2(v[2] / s, v[3] / s), __NV_SATFINITE, __NV_E4M3);
+        *reinterpret_cast<uint32_t*>(xq + (size_t)r * K + k) = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+    if (lane == 0) xs[(size_t)b * rows + r] = s;
+}
+
+extern "C" __global__ void __launch_bounds__(NT, 1) gemm_fp8_kernel(
+    const uint8_t* __restrict__ xq, const float* __restrict__ xs, const uint8_t* __restrict__ wq,
+    const float* __restrict__ wscale, const bf16* __restrict__ gate, bf16* __restrict__ y, float* __restrict__ ypart, int M, int N, int K,
+    int k_len, int E, const int* __restrict__ offs, const int* __restrict__ tile_offs) {
+    extern __shared__ __align__(128) uint8_t smem[];
+    uint8_t* As = smem;
+    uint8_t* Bs = smem + STAGES * A_STAGE;
+
+    TileRows tr;
+    if (!grouped_tile(blockIdx.x, BM, M, E, offs, tile_offs, tr)) return;
+    const int n0 = blockIdx.y * BN;
+    const int kbeg = blockIdx.z * k_len;
+    const int kend = min(K, kbeg + k_len);
+    const int nk = (kend - kbeg + BK - 1) / BK;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int nkb = (K + 127) / 128;
+    const uint8_t* wbase = wq + (size_t)tr.e * N * K;
+    const float* wsrow = wscale + ((size_t)tr.e * ((N + 127) / 128) + n0 / 128) * nkb;
+
+    auto load_stage = [&](int kt) {
+        const int st = kt % STAGES, k0 = kbeg + kt * BK;
+        for (int idx = tid; idx < BM * 8; idx += NT) {
+            const int r = idx / 8, c = idx % 8, row = tr.m0 + r, kc = k0 + c * 16;
+            const bool ok = row < tr.m_end && kc < kend;
+            cp_async16(As + st * A_STAGE + r * RST + c * 16, ok ? (const void*)(xq + (size_t)row * K + kc) : (const void*)xq, ok);
+        }
+        for (int idx = tid; idx < BN * 8; idx += NT) {
+            const int r = idx / 8, c = idx % 8, n = n0 + r, kc = k0 + c * 16;
+            const bool ok = n < N && kc < kend;
+            cp_async16(Bs + st * B_STAGE + r * RST + c * 16, ok ? (const void*)(wbase + (size_t)n * K + kc) : (const void*)wq, ok);
+        }
+    };
+    // row scales of this thread's accumulator rows for k-block kb (0 for rows past the group)
+    auto load_ascale = [&](int kt, float (&a)[MI][2]) {
+        const int kb = (kbeg + kt * BK) / 128;
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int row = tr.m0 + wm * WTM + i * 16 + g + h * 8;
+                a[i][h] = row < tr.m_end ? __ldg(xs + (size_t)kb * M + row) : 0.f;
+            }
+    };
+
+    float acc[MI][NI][4], tmp[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < nk) load_stage(s);
+        cp_async_commit();
+    }
+    float anext[MI][2];
+    load_ascale(0, anext);
+    float wnext = __ldg(wsrow + kbeg / 128);
+
+    for (int kt = 0; kt < nk; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int st = kt % STAGES;
+        float acur[MI][2];
+#pragma unroll
+        for (int i = 0; i < MI; ++i) { acur[i][0] = anext[i][0]; acur[i][1] = anext[i][1]; }
+        const float wcur = wnext;
+        if (kt + 1 < nk) {
+            load_ascale(kt + 1, anext);
+            wnext = __ldg(wsrow + (kbeg + (kt + 1) * BK) / 128);
+        }
+        if (kt + STAGES - 1 < nk) load_stage(kt + STAGES - 1);
+        cp_async_commit();
+
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+            for (int j = 0; j < NI; ++j)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) tmp[i][j][c] = 0.f;
+        const uint8_t* as = As + st * A_STAGE;
+        const uint8_t* bs = Bs + st * B_STAGE;
+#pragma unroll
+        for (int ks = 0; ks < BK / 32; ++ks) {
+            uint32_t af[MI][4], bfr[NI][2];
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+                ldmatrix_x4(af[i][0], af[i][1], af[i][2], af[i][3],
+                            as + (wm * WTM + i * 16 + (lane & 15)) * RST + ks * 32 + (lane >> 4) * 16);
+#pragma unroll
+            for (int j = 0; j < NI / 2; ++j)
+                ldmatrix_x4(bfr[2 * j][0], bfr[2 * j][1], bfr[2 * j + 1][0], bfr[2 * j + 1][1],
+                            bs + (wn * WTN + j * 16 + (lane & 7) + (lane >> 4) * 8) * RST + ks * 32 +
+                                ((lane >> 3) & 1) * 16);
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+#pragma unroll
+                for (int j = 0; j < NI; ++j) mma_e4m3(tmp[i][j], af[i], bfr[j]);
+        }
+#pragma unroll
+        for (int i = 0; i < MI; ++i) {
+            const float s0 = acur[i][0] * wcur, s1 = acur[i][1] * wcur;
+#pragma unroll
+            for (int j = 0; j < NI; ++j) {
+                acc[i][j][0] += tmp[i][j][0] * s0;
+                acc[i][j][1] += tmp[i][j][1] * s0;
+                acc[i][j][2] += tmp[i][j][2] * s1;
+                acc[i][j][3] += tmp[i][j][3] * s1;
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = tr.m0 + wm * WTM + i * 16 + g + h * 8;
+            if (row >= tr.m_end) continue;
+#pragma unroll
+            for (int j = 0; j < NI; ++j) {
+                const int col = n0 + wn * WTN + j * 8 + t4 * 2;
+                if (col >= N) continue;
+                float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                if (gridDim.z == 1 && gate != nullptr) {
+                    v0 *= silu(__bfloat162float(gate[(size_t)row * N + col]));
+                    if (col + 1 < N) v1 *= silu(__bfloat162float(gate[(size_t)row * N + col + 1]));
+                }
+                if (gridDim.z > 1) {
+                    float* p = ypart + ((size_t)blockIdx.z * M + row) * N + col;
+                    p[0] = v0;
+                    if (col + 1 < N) p[1] = v1;
+                } else if (col + 1 < N && N % 2 == 0) {
+                    *reinterpret_cast<bf162*>(y + (size_t)row * N + col) = __floats2bfloat162_rn(v0, v1);
+                } else {
+                    y[(size_t)row * N + col] = __float2bfloat16_rn(v0);
+                    if (col + 1 < N) y[(size_t)row * N + col + 1] = __float2bfloat16_rn(v1);
+                }
+            }
+        }
+    }
+}

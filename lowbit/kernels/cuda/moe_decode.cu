@@ -1,0 +1,190 @@
+// moe_decode.cu: the MoE expert MLP for a few tokens (decode) as grouped GEMVs. Each chosen expert's
+// rows are streamed once per (token, slot) with 16-byte loads and dequantized in registers; no
+// permutation, no atomics. Reference: lowbit/verify/moe_reference.py (moe_experts_ref).
+//
+// Weights as on disk, stacked over experts (see gemm_w16.cu for the SCHEME layouts 0..3):
+//   gate, up [E, I, H]; down [E, H, I]. ids i32 [T*k] (pair p = t*k + j), wts f32 [T*k].
+// moe_decode_gate_up: h bf16 [T*k, I], h[p, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), e = ids[p].
+//   grid (ceil(I/8), T*k), block 256 (one warp per row i, both gate and up), dynamic smem H*2 (x_t).
+// moe_decode_down: out bf16 [T, H], out[t, n] = sum_j wts[t*k+j] * (down_{ids[t*k+j]}[n] . h[t*k+j]).
+//   grid (ceil(H/8), T), block 256 (one warp per output row), dynamic smem k*I*2 (the token's h rows).
+// Preconditions (launcher): H and I multiples of 32; k <= 32; contiguous, 16-byte aligned operands.
+#include "gemm_common.cuh"
+
+#ifndef SCHEME
+#define SCHEME 1
+#endif
+#ifndef INT4_GROUP
+#define INT4_GROUP 128
+#endif
+#define U 8  // chunks in flight per lane
+
+#if SCHEME == 0
+#define EPC 8
+#elif SCHEME == 1
+#define EPC 16
+#else
+#define EPC 32
+#endif
+
+__device__ __forceinline__ size_t row_bytes(int K) { return (size_t)K * EPC / 16; }
+
+// dot of one 16-byte weight chunk (EPC elements) with EPC bf16 activations in shared memory
+__device__ __forceinline__ float chunk_dot(const uint4 raw, const bf16* xk, const Scl& s) {
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+    const uint4* x4 = reinterpret_cast<const uint4*>(xk);
+    float acc = 0.f;
+#if SCHEME == 0
+    const uint4 xv = x4[0];
+    const uint32_t xa[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 a = __bfloat1622float2(*reinterpret_cast<const bf162*>(&w[i]));
+        const float2 b = __bfloat1622float2(*reinterpret_cast<const bf162*>(&xa[i]));
+        acc = fmaf(a.x, b.x, fmaf(a.y, b.y, acc));
+    }
+    return acc;
+#elif SCHEME == 1
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const uint4 xv = x4[h];
+        const uint32_t xa[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const uint32_t q = w[2 * h + i];
+            const float2 a = e4m3x2_to_float2(q & 0xffff), b = e4m3x2_to_float2(q >> 16);
+            const float2 xa0 = __bfloat1622float2(*reinterpret_cast<const bf162*>(&xa[2 * i]));
+            const float2 xa1 = __bfloat1622float2(*reinterpret_cast<const bf162*>(&xa[2 * i + 1]));
+            acc = fmaf(a.x, xa0.x, fmaf(a.y, xa0.y, fmaf(b.x, xa1.x, fmaf(b.y, xa1.y, acc))));
+        }
+    }
+    return acc * s.s0;
+#else
+    float part[2] = {0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // word i: elements 8i..8i+7
+        const uint4 xv = x4[i];
+        const uint32_t xa[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float2 xf = __bfloat1622float2(*reinterpret_cast<const bf162*>(&xa[j]));
+            const uint32_t b = (w[i] >> (8 * j)) & 0xff;
+#if SCHEME == 2
+            const float2 v = e2m1x2_to_float2_scaled(b, 1.0f);
+            part[i >> 1] = fmaf(v.x, xf.x, fmaf(v.y, xf.y, part[i >> 1]));
+#else
+            const float lo = (float)(int)((b & 0xf) - s.z), hi = (float)(int)((b >> 4) - s.z);
+            part[0] = fmaf(lo, xf.x, fmaf(hi, xf.y, part[0]));
+#endif
+        }
+    }
+#if SCHEME == 2
+    return part[0] * s.s0 + part[1] * s.s1;
+#else
+    return part[0] * s.s0;
+#endif
+#endif
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ void copy_to_smem(bf16* dst, const bf16* src, int n) {
+    for (int c = threadIdx.x; c < n / 8; c += blockDim.x)
+        reinterpret_cast<uint4*>(dst)[c] = reinterpret_cast<const uint4*>(src)[c];
+}
+
+extern "C" __global__ void __launch_bounds__(256) moe_decode_gate_up(
+    const bf16* __restrict__ x, const int* __restrict__ ids, int k, int E, int I, int H,
+    const uint8_t* __restrict__ gq, const void* __restrict__ gsc, const int32_t* __restrict__ gz,
+    const float* __restrict__ gg, const uint8_t* __restrict__ uq, const void* __restrict__ usc,
+    const int32_t* __restrict__ uz, const float* __restrict__ ug, bf16* __restrict__ h) {
+    extern __shared__ __align__(16) uint8_t smem_raw[];
+    bf16* xs = reinterpret_cast<bf16*>(smem_raw);
+    const int p = blockIdx.y, t = p / k, e = ids[p];
+    copy_to_smem(xs, x + (size_t)t * H, H);
+    __syncthreads();
+    const int lane = threadIdx.x & 31, i = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (i >= I) return;
+    const float g_gs = (SCHEME == 2) ? gg[e] : 1.f, u_gs = (SCHEME == 2) ? ug[e] : 1.f;
+    const uint8_t* grow = gq + ((size_t)e * I + i) * row_bytes(H);
+    const uint8_t* urow = uq + ((size_t)e * I + i) * row_bytes(H);
+    const int cpr = H / EPC, total = 2 * cpr;
+    float sg = 0.f, su = 0.f;
+    for (int base = 0; base < total; base += 32 * U) {
+        uint4 raw[U];
+        Scl sc[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int idx = base + lane + 32 * u;
+            if (idx < total) {
+                const bool up = idx >= cpr;
+                const int c = up ? idx - cpr : idx;
+                raw[u] = __ldg(reinterpret_cast<const uint4*>(up ? urow : grow) + c);
+                sc[u] = up ? load_scale<SCHEME, INT4_GROUP>(e, i, c * EPC, I, H, usc, uz, u_gs)
+                           : load_scale<SCHEME, INT4_GROUP>(e, i, c * EPC, I, H, gsc, gz, g_gs);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int idx = base + lane + 32 * u;
+            if (idx < total) {
+                const bool up = idx >= cpr;
+                const int c = up ? idx - cpr : idx;
+                const float d = chunk_dot(raw[u], xs + c * EPC, sc[u]);
+                if (up) su += d; else sg += d;
+            }
+        }
+    }
+    sg = warp_sum(sg);
+    su = warp_sum(su);
+    if (lane == 0) h[(size_t)p * I + i] = __float2bfloat16_rn(silu(sg) * su);
+}
+
+extern "C" __global__ void __launch_bounds__(256) moe_decode_down(
+    const bf16* __restrict__ h, const int* __restrict__ ids, const float* __restrict__ wts, int k, int E, int H,
+    int I, const uint8_t* __restrict__ dq, const void* __restrict__ dsc, const int32_t* __restrict__ dz,
+    const float* __restrict__ dg, bf16* __restrict__ out) {
+    extern __shared__ __align__(16) uint8_t smem_raw[];
+    bf16* hs = reinterpret_cast<bf16*>(smem_raw);
+    __shared__ int eid[32];
+    __shared__ float ew[32], egs[32];
+    const int t = blockIdx.y;
+    copy_to_smem(hs, h + (size_t)t * k * I, k * I);
+    if (threadIdx.x < k) {
+        eid[threadIdx.x] = ids[t * k + threadIdx.x];
+        ew[threadIdx.x] = wts[t * k + threadIdx.x];
+        egs[threadIdx.x] = (SCHEME == 2) ? dg[eid[threadIdx.x]] : 1.f;
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31, n = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (n >= H) return;
+    const int cpr = I / EPC, total = k * cpr;
+    float acc = 0.f;
+    for (int base = 0; base < total; base += 32 * U) {
+        uint4 raw[U];
+        Scl sc[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int idx = base + lane + 32 * u;
+            if (idx < total) {
+                const int j = idx / cpr, c = idx - j * cpr, e = eid[j];
+                raw[u] = __ldg(reinterpret_cast<const uint4*>(dq + ((size_t)e * H + n) * row_bytes(I)) + c);
+                sc[u] = load_scale<SCHEME, INT4_GROUP>(e, n, c * EPC, H, I, dsc, dz, egs[j]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int idx = base + lane + 32 * u;
+            if (idx < total) {
+                const int j = idx / cpr, c = idx - j * cpr;
+                acc = fmaf(ew[j], chunk_dot(raw[u], hs + j * I + c * EPC, sc[u]), acc);
+            }
+        }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) out[(size_t)t * H + n] = __float2bfloat16_rn(acc);
+}

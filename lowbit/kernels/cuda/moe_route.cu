@@ -1,0 +1,150 @@
+// moe_route.cu: MoE routing, token permutation and combine. Reference: lowbit/verify/moe_reference.py.
+//
+// router_logits: logits f32 [T, E] = x bf16 [T, H] . Wr bf16 [E, H] (fp32 accumulate). One warp per
+//   (token, expert); block 256 = 8 experts; grid (ceil(E/8), T). Used for few tokens (decode); many
+//   tokens use cuBLAS. Preconditions: H % 8 == 0, rows 16-byte aligned.
+// router_topk: ids i32 [T, k], weights f32 [T, k] from logits f32 [T, E]; one warp per token,
+//   E <= 32*MAXV, k <= E. Top-k by repeated warp argmax (ties -> lower expert index).
+//   norm 0 (Mixtral): softmax over the chosen k logits. norm 1 (Qwen3-MoE): softmax over all E, take
+//   the chosen probabilities, divided by their sum when norm_topk_prob (renorm) != 0.
+// moe_align: single block (1024 threads). From ids [n = T*k] and E: offs [E+1] (rows of expert e are
+//   [offs[e], offs[e+1]) in sorted order), tile_offs [E+1] (cumulative ceil(count/bm)), pos [n]
+//   (sorted row of assignment i) and sorted_tok [n] (token of sorted row r). Order inside an expert
+//   follows shared-memory atomics (arbitrary, and irrelevant: rows are independent). No host sync.
+//   Dynamic smem: 2*E ints. Precondition: 0 <= ids < E.
+// moe_combine: out bf16 [T, H] = sum_j weights[t, j] * ys bf16 [pos[t*k + j], H] (fp32 sum);
+//   grid T, block 256.
+#include "gemm_common.cuh"
+
+#ifndef MAXV
+#define MAXV 8
+#endif
+
+extern "C" __global__ void router_logits(const bf16* __restrict__ x, const bf16* __restrict__ wr, int E, int H,
+                                         float* __restrict__ logits) {
+    const int t = blockIdx.y, e = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (e >= E) return;
+    const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)t * H);
+    const uint4* w = reinterpret_cast<const uint4*>(wr + (size_t)e * H);
+    float s = 0.f;
+    for (int c = lane; c < H / 8; c += 32) {
+        const uint4 a = xr[c], b = __ldg(w + c);
+        const uint32_t av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float2 fa = __bfloat1622float2(*reinterpret_cast<const bf162*>(&av[i]));
+            const float2 fb = __bfloat1622float2(*reinterpret_cast<const bf162*>(&bv[i]));
+            s = fmaf(fa.x, fb.x, s);
+            s = fmaf(fa.y, fb.y, s);
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) logits[(size_t)t * E + e] = s;
+}
+
+extern "C" __global__ void router_topk(const float* __restrict__ logits, int T, int E, int k, int norm, int renorm,
+                                       int* __restrict__ ids, float* __restrict__ wts) {
+    const int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (t >= T) return;
+    float v[MAXV];
+    bool taken[MAXV];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < MAXV; ++i) {
+        const int e = lane + 32 * i;
+        v[i] = e < E ? logits[(size_t)t * E + e] : -INFINITY;
+        taken[i] = e >= E;
+        mx = fmaxf(mx, v[i]);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float total = 0.f;  // sum over all E of exp(l - max) (Qwen3 softmax denominator)
+#pragma unroll
+    for (int i = 0; i < MAXV; ++i)
+        if (lane + 32 * i < E) total += __expf(v[i] - mx);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
+
+    float chosen_l = 0.f, chosen_sum = 0.f;  // lane j < k keeps the j-th chosen logit
+    for (int j = 0; j < k; ++j) {
+        float bv = -INFINITY;
+        int be = 0x7fffffff;
+#pragma unroll
+        for (int i = 0; i < MAXV; ++i)
+            if (!taken[i] && (v[i] > bv || (v[i] == bv && lane + 32 * i < be))) { bv = v[i]; be = lane + 32 * i; }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (ov > bv || (ov == bv && oe < be)) { bv = ov; be = oe; }
+        }
+#pragma unroll
+        for (int i = 0; i < MAXV; ++i)
+            if (lane + 32 * i == be) taken[i] = true;
+        if (lane == j) chosen_l = bv;
+        if (lane == 0) ids[(size_t)t * k + j] = be;
+        chosen_sum += __expf(bv - mx);  // the first chosen is the max: exp(0) = 1
+    }
+    if (lane < k) {
+        const float p = __expf(chosen_l - mx);
+        float w;
+        if (norm == 0) w = p / chosen_sum;          // Mixtral: softmax over the k chosen logits
+        else if (renorm) w = (p / total) / (chosen_sum / total);
+        else w = p / total;                         // Qwen3 without norm_topk_prob
+        wts[(size_t)t * k + lane] = w;
+    }
+}
+
+extern "C" __global__ void moe_align(const int* __restrict__ ids, int n, int k, int E, int bm,
+                                     int* __restrict__ offs, int* __restrict__ tile_offs, int* __restrict__ pos,
+                                     int* __restrict__ sorted_tok) {
+    extern __shared__ int sm[];
+    int* cnt = sm;
+    int* base = sm + E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) pos[i] = atomicAdd(&cnt[ids[i]], 1);
+    __syncthreads();
+    if (threadIdx.x < 32) {  // one warp: exclusive scans of counts and tiles, E/32 experts per lane
+        const int lane = threadIdx.x, per = (E + 31) / 32, e0 = lane * per;
+        int rows = 0, tiles = 0;
+        for (int e = e0; e < min(E, e0 + per); ++e) { rows += cnt[e]; tiles += (cnt[e] + bm - 1) / bm; }
+        int r_inc = rows, t_inc = tiles;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int r = __shfl_up_sync(0xffffffffu, r_inc, o), tt = __shfl_up_sync(0xffffffffu, t_inc, o);
+            if (lane >= o) { r_inc += r; t_inc += tt; }
+        }
+        int r = r_inc - rows, tl = t_inc - tiles;
+        for (int e = e0; e < min(E, e0 + per); ++e) {
+            base[e] = r;
+            offs[e] = r;
+            tile_offs[e] = tl;
+            r += cnt[e];
+            tl += (cnt[e] + bm - 1) / bm;
+        }
+        if (lane == 31) { offs[E] = r_inc; tile_offs[E] = t_inc; }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int p = base[ids[i]] + pos[i];
+        pos[i] = p;
+        sorted_tok[p] = i / k;
+    }
+}
+
+extern "C" __global__ void moe_combine(const bf16* __restrict__ ys, const int* __restrict__ pos,
+                                       const float* __restrict__ wts, int k, int H, bf16* __restrict__ out) {
+    const int t = blockIdx.x;
+    for (int c = threadIdx.x; c < H / 2; c += blockDim.x) {
+        float a = 0.f, b = 0.f;
+        for (int j = 0; j < k; ++j) {
+            const float w = wts[(size_t)t * k + j];
+            const float2 v = __bfloat1622float2(reinterpret_cast<const bf162*>(ys + (size_t)pos[t * k + j] * H)[c]);
+            a = fmaf(w, v.x, a);
+            b = fmaf(w, v.y, b);
+        }
+        reinterpret_cast<bf162*>(out + (size_t)t * H)[c] = __floats2bfloat162_rn(a, b);
+    }
+}

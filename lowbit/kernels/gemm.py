@@ -1,0 +1,198 @@
+"""Prefill GEMM: `gemm(w, x, act)` -> y = x @ W^T for a `GpuWeight` in its on-disk layout.
+
+Paths (the weight is never repacked):
+  bf16 weight                    cuBLAS through cupy.matmul (the baseline)
+  fp8-block, act="fp8"  (W8A8)   act_quant_fp8 (per token per 128 channels, amax/448) then
+                                 gemm_fp8_kernel: e4m3 mma.sync, fp32 promotion per 128-K block
+  fp8-block / nvfp4 / int4, act="bf16" (W8A16, W4A16)
+                                 gemm_w16_kernel: weight tile dequantized in shared memory to bf16,
+                                 bf16 mma.sync, cp.async pipeline
+Tiles, pipeline depth and split-K come from `_TILES` / `plan()` (a small table by M; split-K when the
+output tiles cannot fill the GPU). `grouped_*` are the same kernels over MoE rows sorted by expert.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbit.errors import KernelError
+from lowbit.kernels.compile import get_function
+from lowbit.kernels.weights import GpuWeight
+
+SCHEME_IDS = {"bf16": 0, "fp8-block": 1, "nvfp4": 2, "int4": 3}
+_RAW_ROW = {0: 144, 1: 64, 2: 32, 3: 32}  # bytes of one W row per 64-K stage (bf16 padded)
+
+
+@dataclass(frozen=True)
+class Tile:
+    bm: int
+    bn: int
+    warps_m: int
+    warps_n: int
+    stages: int
+
+    @property
+    def threads(self) -> int:
+        return self.warps_m * self.warps_n * 32
+
+
+# (max M, tile) for each kernel family: the first row whose max M >= M is used.
+_TILES = {
+    "w16": [(16, Tile(16, 128, 1, 4, 4)), (32, Tile(32, 128, 1, 4, 4)), (64, Tile(64, 128, 2, 2, 4)),
+            (1 << 62, Tile(128, 128, 2, 4, 3))],
+    "fp8": [(16, Tile(16, 128, 1, 4, 4)), (64, Tile(64, 128, 2, 2, 4)), (1 << 62, Tile(128, 128, 2, 4, 4))],
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms() -> int:
+    import cupy
+
+    return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+
+
+def pick_tile(kind: str, m: int) -> Tile:
+    for max_m, t in _TILES[kind]:
+        if m <= max_m:
+            return t
+    raise AssertionError("tile table has no catch-all row")
+
+
+def plan(kind: str, m: int, n: int, k: int) -> tuple[Tile, int, int]:
+    """(tile, splits, k_len): split K (in 128-multiples) while the output tiles fill < 2 waves of SMs."""
+    t = pick_tile(kind, m)
+    tiles = -(-m // t.bm) * -(-n // t.bn)
+    splits = 1
+    target = 2 * _num_sms()
+    while tiles * splits * 2 <= target and k // (splits * 2) >= 512:
+        splits *= 2
+    k_len = -(-(-(-k // splits)) // 128) * 128
+    return t, -(-k // k_len), k_len
+
+
+def smem_bytes(kind: str, t: Tile, scheme_id: int = 0) -> int:
+    if kind == "fp8":
+        return t.stages * (t.bm + t.bn) * 144
+    wbf = 0 if scheme_id == 0 else t.bn * 144
+    return t.stages * (t.bm * 144 + t.bn * _RAW_ROW[scheme_id]) + wbf
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(kind: str, t: Tile, scheme_id: int = 0, group: int = 128):
+    defines = {"BM": t.bm, "BN": t.bn, "WARPS_M": t.warps_m, "WARPS_N": t.warps_n, "STAGES": t.stages}
+    if kind == "w16":
+        defines.update(SCHEME=scheme_id, INT4_GROUP=group)
+        f = get_function("gemm_w16.cu", "gemm_w16_kernel", defines)
+    else:
+        f = get_function("gemm_fp8.cu", "gemm_fp8_kernel", defines)
+    f.max_dynamic_shared_size_bytes = smem_bytes(kind, t, scheme_id)
+    return f
+
+
+def _ptr(a) -> int:
+    return 0 if a is None else a.data.ptr
+
+
+def check_x(w: GpuWeight, x, what: str = "x") -> None:
+    import cupy
+
+    if not isinstance(x, cupy.ndarray):
+        raise KernelError(f"{w.name}: {what} must be a cupy array on the GPU, found {type(x).__name__}")
+    if x.ndim != 2 or x.shape[1] != w.k:
+        raise KernelError(f"{w.name}: {what} has shape {tuple(x.shape)}, expected [M, {w.k}]")
+    from lowbit.formats.numerics import BF16
+
+    if x.dtype != BF16:
+        raise KernelError(f"{w.name}: {what} has dtype {x.dtype}, expected bfloat16; cast it with .astype")
+    if not x.flags.c_contiguous or x.data.ptr % 16:
+        raise KernelError(f"{w.name}: {what} must be C-contiguous and 16-byte aligned; use cupy.ascontiguousarray")
+    if w.k % 32:
+        raise KernelError(f"{w.name}: K={w.k} is not a multiple of 32, which the GEMM kernels need; "
+                          "use the dequantize fallback (lowbit.kernels.linear) for this tensor")
+
+
+def _weight_args(w: GpuWeight):
+    """(wq, wscale, wzero, wglobal) device pointers for gemm_w16_kernel."""
+    t = w.tensors
+    if w.scheme == "bf16":
+        return t["weight"], None, None, None
+    if w.scheme == "fp8-block":
+        return t["weight"], t["weight_scale_inv"], None, None
+    if w.scheme == "nvfp4":
+        return t["weight_packed"], t["weight_scale"], None, t["weight_global_scale"]
+    if w.scheme == "int4":
+        return t["weight_packed"], t["weight_scale"], t.get("weight_zero_point"), None
+    raise KernelError(f"{w.name}: scheme {w.scheme!r} has no GEMM kernel")
+
+
+def quantize_act_fp8(x, a_rows=None, rows: int | None = None):
+    """x bf16 [*, K] -> (xq uint8 e4m3 [rows, K], xs f32 [ceil(K/128), rows]); row r reads x[a_rows[r]]."""
+    import cupy
+
+    k = x.shape[1]
+    rows = x.shape[0] if rows is None else rows
+    xq = cupy.empty((rows, k), cupy.uint8)
+    xs = cupy.empty((-(-k // 128), rows), cupy.float32)
+    warps = rows * (-(-k // 128))
+    if warps:
+        f = get_function("gemm_fp8.cu", "act_quant_fp8")
+        f((-(-warps // 8),), (256,), (x, _ptr(a_rows), np.int32(rows), np.int32(k), xq, xs))
+    return xq, xs
+
+
+def launch(w: GpuWeight, x, act: str, *, rows: int, y, a_rows=None, gate=None, groups=None,
+           tile: Tile | None = None, splits: int = 1, k_len: int | None = None, m_tiles: int | None = None):
+    """Run one GEMM kernel into y [rows, N]. groups = (E, offs, tile_offs) for the MoE grouped mode."""
+    import cupy
+
+    kind = "fp8" if act == "fp8" else "w16"
+    t = tile or pick_tile(kind, rows)
+    k_len = k_len or -(-w.k // 128) * 128
+    e, offs, tile_offs = groups if groups else (1, None, None)
+    m_tiles = m_tiles or -(-rows // t.bm)
+    grid = (max(m_tiles, 1), -(-w.n // t.bn), splits)
+    ypart = cupy.empty((splits, rows, w.n), cupy.float32) if splits > 1 else None
+    dims = (np.int32(rows), np.int32(w.n), np.int32(w.k), np.int32(k_len), np.int32(e), _ptr(offs), _ptr(tile_offs))
+    if kind == "fp8":
+        if w.scheme != "fp8-block":
+            raise KernelError(f"{w.name}: act='fp8' needs an fp8-block weight, found {w.scheme}")
+        if gate is not None:
+            raise KernelError(f"{w.name}: the W8A8 kernel has no fused SiLU gate")
+        xq, xs = quantize_act_fp8(x, a_rows, rows)
+        f = _kernel("fp8", t)
+        args = (xq, xs, w.tensors["weight"], w.tensors["weight_scale_inv"], y, _ptr(ypart)) + dims
+        f(grid, (t.threads,), args, shared_mem=smem_bytes("fp8", t))
+    else:
+        sid = SCHEME_IDS[w.scheme]
+        f = _kernel("w16", t, sid, w.group_size)
+        wq, ws, wz, wg = _weight_args(w)
+        g_ptr = _ptr(gate) if splits == 1 else 0
+        args = (x, _ptr(a_rows), wq, _ptr(ws), _ptr(wz), _ptr(wg), g_ptr, y, _ptr(ypart)) + dims
+        f(grid, (t.threads,), args, shared_mem=smem_bytes("w16", t, sid))
+    if splits > 1:
+        total = rows * w.n
+        red = get_function("gemm_w16.cu", "gemm_splitk_reduce")
+        red((min(-(-total // 256), 4096),), (256,), (ypart, np.int32(splits), np.int64(total), _ptr(gate), y))
+    return y
+
+
+def gemm(w: GpuWeight, x, act: str = "bf16", out=None):
+    """y bf16 [M, N] = x bf16 [M, K] @ W^T. act: "bf16" (weight-only) or "fp8" (fp8-block W8A8)."""
+    import cupy
+
+    if w.experts is not None:
+        raise KernelError(f"{w.name}: gemm() takes one linear; stacked experts go through lowbit.kernels.moe")
+    if act not in ("bf16", "fp8"):
+        raise KernelError(f"{w.name}: act={act!r} is not supported by the GEMM; use 'bf16' or 'fp8'")
+    check_x(w, x)
+    m = x.shape[0]
+    y = out if out is not None else cupy.empty((m, w.n), x.dtype)
+    if m == 0:
+        return y
+    if w.scheme == "bf16" and act == "bf16":
+        return cupy.matmul(x, w.tensors["weight"].T, out=y)
+    t, splits, k_len = plan("fp8" if act == "fp8" else "w16", m, w.n, w.k)
+    return launch(w, x, act, rows=m, y=y, tile=t, splits=splits, k_len=k_len)

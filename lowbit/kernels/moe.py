@@ -1,0 +1,175 @@
+"""MoE layer on the GPU: router, token permutation, grouped GEMM over stacked experts, weighted combine.
+
+`MoeWeights` holds each projection once, stacked over experts in the on-disk layout:
+gate/up [E, I, H], down [E, H, I] (`GpuWeight` with a leading expert dim; no per-expert copies stay
+on the GPU). `moe_forward(x, router_w, experts, top_k, norm, norm_topk_prob, act)` -> bf16 [T, H].
+
+Two paths, neither with a host synchronisation or a Python loop over experts:
+  decode (T <= DECODE_MAX_TOKENS): moe_decode_gate_up + moe_decode_down, grouped GEMVs that stream
+    each chosen expert's rows once per (token, slot) and sum the k experts in registers.
+  prefill: moe_align (sort assignments by expert, offsets by scan), gate and up grouped GEMMs that
+    gather x rows on the fly (the up GEMM applies silu(gate) * up in its epilogue), the down grouped
+    GEMM, then moe_combine (weighted sum back to token order). act="fp8" runs the fp8-block
+    experts as W8A8 (activations quantized per token per 128 channels), else weight-only.
+Reference: lowbit.verify.moe_reference.moe_ref (float64 numpy).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbit.errors import KernelError
+from lowbit.kernels import gemm as _gemm
+from lowbit.kernels import moe_router
+from lowbit.kernels.compile import get_function
+from lowbit.kernels.weights import GpuWeight, to_gpu
+
+DECODE_MAX_TOKENS = 4
+PROJS = ("gate", "up", "down")
+
+
+@dataclass
+class MoeWeights:
+    scheme: str
+    gate: GpuWeight  # [E, I, H]
+    up: GpuWeight  # [E, I, H]
+    down: GpuWeight  # [E, H, I]
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.gate.experts)
+
+    @property
+    def hidden(self) -> int:
+        return self.gate.k
+
+    @property
+    def intermediate(self) -> int:
+        return self.gate.n
+
+    def expert_nbytes(self) -> int:
+        """Bytes of one expert (gate + up + down, scales included)."""
+        return (self.gate.nbytes() + self.up.nbytes() + self.down.nbytes()) // self.num_experts
+
+    @classmethod
+    def from_checkpoint_tensors(cls, scheme: str, experts, *, name: str = "experts", **opts) -> "MoeWeights":
+        """experts: a sequence over E of {"gate"|"up"|"down": {suffix: array}} (numpy, memmap or cupy),
+        each in the on-disk layout of `scheme` (or {"weight": bf16} for "bf16"). Each projection is
+        stacked once into [E, ...] and uploaded; the per-expert inputs are not kept."""
+        if not experts:
+            raise KernelError(f"{name}: no experts given")
+        stacked = {}
+        for proj in PROJS:
+            try:
+                parts = [ex[proj] for ex in experts]
+            except KeyError:
+                raise KernelError(f"{name}: every expert needs 'gate', 'up' and 'down' tensors") from None
+            tensors = {s: _stack([p[s] for p in parts]) for s in parts[0] if s != "weight_shape"}
+            stacked[proj] = to_gpu(scheme, tensors, name=f"{name}.{proj}", **opts)
+        w = cls(scheme, stacked["gate"], stacked["up"], stacked["down"])
+        w.check()
+        return w
+
+    def check(self) -> None:
+        g, u, d = self.gate, self.up, self.down
+        if not (g.experts == u.experts == d.experts) or g.experts is None:
+            raise KernelError(f"{g.name}: gate/up/down must all be stacked over the same experts")
+        if (g.n, g.k) != (u.n, u.k) or (d.n, d.k) != (g.k, g.n):
+            raise KernelError(f"{g.name}: shapes gate {g.n}x{g.k}, up {u.n}x{u.k}, down {d.n}x{d.k} do not form "
+                              "an expert MLP (gate/up [I, H], down [H, I])")
+        if g.k % 32 or g.n % 32:
+            raise KernelError(f"{g.name}: hidden {g.k} and intermediate {g.n} must be multiples of 32")
+
+
+def _stack(arrays):
+    import cupy
+
+    if any(isinstance(a, cupy.ndarray) for a in arrays):
+        return cupy.stack([cupy.asarray(a) for a in arrays])
+    return np.stack([np.asarray(a) for a in arrays])
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_kernels(scheme_id: int, group: int):
+    d = {"SCHEME": scheme_id, "INT4_GROUP": group}
+    return (get_function("moe_decode.cu", "moe_decode_gate_up", d),
+            get_function("moe_decode.cu", "moe_decode_down", d))
+
+
+def _ptrs(w: GpuWeight):
+    return tuple(_gemm._ptr(a) for a in _gemm._weight_args(w))
+
+
+def _decode(x, ids, wts, ew: MoeWeights, out=None):
+    import cupy
+
+    t, k = ids.shape
+    e, i_dim, h_dim = ew.num_experts, ew.intermediate, ew.hidden
+    fgu, fdown = _decode_kernels(_gemm.SCHEME_IDS[ew.scheme], ew.gate.group_size)
+    h = cupy.empty((t * k, i_dim), x.dtype)
+    out = cupy.empty((t, h_dim), x.dtype) if out is None else out
+    fgu.max_dynamic_shared_size_bytes = h_dim * 2
+    fgu((-(-i_dim // 8), t * k), (256,),
+        (x, ids, np.int32(k), np.int32(e), np.int32(i_dim), np.int32(h_dim)) + _ptrs(ew.gate) + _ptrs(ew.up) + (h,),
+        shared_mem=h_dim * 2)
+    fdown.max_dynamic_shared_size_bytes = k * i_dim * 2
+    fdown((-(-h_dim // 8), t), (256,),
+          (h, ids, wts, np.int32(k), np.int32(e), np.int32(h_dim), np.int32(i_dim)) + _ptrs(ew.down) + (out,),
+          shared_mem=k * i_dim * 2)
+    return out
+
+
+def _prefill(x, ids, wts, ew: MoeWeights, act: str, out=None):
+    import cupy
+
+    t, k = ids.shape
+    e, i_dim, h_dim = ew.num_experts, ew.intermediate, ew.hidden
+    rows = t * k
+    kind = "fp8" if act == "fp8" else "w16"
+    tile = _gemm.pick_tile(kind, -(-rows // e))
+    perm = moe_router.align(ids, e, tile.bm)
+    groups = (e, perm.offs, perm.tile_offs)
+    m_tiles = -(-rows // tile.bm) + e
+    common = dict(rows=rows, groups=groups, tile=tile, m_tiles=m_tiles)
+    g = cupy.empty((rows, i_dim), x.dtype)
+    _gemm.launch(ew.gate, x, act, y=g, a_rows=perm.sorted_tok, **common)
+    hbuf = cupy.empty((rows, i_dim), x.dtype)
+    _gemm.launch(ew.up, x, act, y=hbuf, a_rows=perm.sorted_tok, gate=g, **common)
+    yd = cupy.empty((rows, h_dim), x.dtype)
+    _gemm.launch(ew.down, hbuf, act, y=yd, **common)
+    return moe_router.combine(yd, perm, wts, t, out=out)
+
+
+def moe_experts(x, ids, wts, experts: MoeWeights, act: str = "bf16", path: str | None = None, out=None):
+    """sum_j wts[t, j] * expert_{ids[t, j]}(x[t]) for routing decided already (ids int32, wts f32 [T, k])."""
+    import cupy
+
+    if act not in ("bf16", "fp8"):
+        raise KernelError(f"{experts.gate.name}: act={act!r}; use 'bf16' or 'fp8'")
+    if act == "fp8" and experts.scheme != "fp8-block":
+        raise KernelError(f"{experts.gate.name}: act='fp8' needs fp8-block experts, found {experts.scheme}")
+    _gemm.check_x(experts.gate, x)
+    if ids.ndim != 2 or ids.shape[0] != x.shape[0] or ids.dtype != cupy.int32 or wts.shape != ids.shape:
+        raise KernelError(f"{experts.gate.name}: ids must be int32 [T, k] and weights f32 [T, k] for x [T, H]")
+    wts = cupy.ascontiguousarray(wts, dtype=cupy.float32)
+    ids = cupy.ascontiguousarray(ids)
+    if x.shape[0] == 0:
+        return cupy.empty((0, experts.hidden), x.dtype)
+    use_decode = path == "decode" or (path is None and x.shape[0] <= DECODE_MAX_TOKENS)
+    if out is not None and (out.shape != (x.shape[0], experts.hidden) or out.dtype != x.dtype
+                            or not out.flags.c_contiguous):
+        raise KernelError(f"{experts.gate.name}: out must be contiguous bf16 [{x.shape[0]}, {experts.hidden}]")
+    return _decode(x, ids, wts, experts, out) if use_decode else _prefill(x, ids, wts, experts, act, out)
+
+
+def moe_forward(x, router_w, experts: MoeWeights, top_k: int, norm: str = "mixtral",
+                norm_topk_prob: bool = True, act: str = "bf16", path: str | None = None, out=None):
+    """The MoE block: bf16 x [T, H], router weight bf16 [E, H] -> bf16 [T, H]."""
+    if router_w.shape[0] != experts.num_experts:
+        raise KernelError(f"{experts.gate.name}: router has {router_w.shape[0]} experts, weights have "
+                          f"{experts.num_experts}")
+    ids, wts = moe_router.route(x, router_w, top_k, norm, norm_topk_prob)
+    return moe_experts(x, ids, wts, experts, act=act, path=path, out=out)

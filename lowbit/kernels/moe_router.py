@@ -1,0 +1,111 @@
+"""MoE routing and token permutation on the GPU (kernels in cuda/moe_route.cu). No host synchronisation.
+
+`route(x, router_w, top_k, norm, norm_topk_prob)` -> (ids int32 [T, k], weights f32 [T, k]):
+logits in fp32 (few tokens: router_logits kernel; many: cuBLAS on fp32 copies), then router_topk
+with the model's normalisation ("mixtral" | "qwen3"), matching lowbit.verify.moe_reference.route_ref.
+`align(ids, E, bm)` -> Permutation (offs, tile_offs, pos, sorted_tok) for the grouped GEMM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbit.errors import KernelError
+from lowbit.kernels.compile import get_function
+
+NORMS = {"mixtral": 0, "qwen3": 1}
+LOGITS_KERNEL_MAX_T = 64  # above this, cuBLAS computes the router logits
+MAX_EXPERTS = 256  # router_topk keeps E/32 <= MAXV values per lane
+
+
+@dataclass
+class Permutation:
+    offs: object  # int32 [E+1]: rows of expert e are [offs[e], offs[e+1]) in sorted order
+    tile_offs: object  # int32 [E+1]: cumulative ceil(rows/bm)
+    pos: object  # int32 [T*k]: sorted row of assignment (t, j)
+    sorted_tok: object  # int32 [T*k]: token of each sorted row
+    bm: int
+    rows: int  # T*k
+
+
+def router_logits(x, router_w):
+    import cupy
+
+    t, h = x.shape
+    e = router_w.shape[0]
+    if t > LOGITS_KERNEL_MAX_T:
+        return cupy.matmul(x.astype(cupy.float32), router_w.astype(cupy.float32).T)
+    out = cupy.empty((t, e), cupy.float32)
+    if t:
+        f = get_function("moe_route.cu", "router_logits")
+        f((-(-e // 8), t), (256,), (x, router_w, np.int32(e), np.int32(h), out))
+    return out
+
+
+def topk(logits, top_k: int, norm: str = "mixtral", norm_topk_prob: bool = True):
+    import cupy
+
+    if norm not in NORMS:
+        raise KernelError(f"router: norm={norm!r} is not known; use one of {', '.join(NORMS)}")
+    t, e = logits.shape
+    if not 1 <= top_k <= min(e, 32):
+        raise KernelError(f"router: top_k={top_k} must be in 1..min(E={e}, 32)")
+    if e > MAX_EXPERTS:
+        raise KernelError(f"router: {e} experts exceed the kernel's limit of {MAX_EXPERTS}")
+    ids = cupy.empty((t, top_k), cupy.int32)
+    wts = cupy.empty((t, top_k), cupy.float32)
+    if t:
+        f = get_function("moe_route.cu", "router_topk")
+        f((-(-t // 8),), (256,), (cupy.ascontiguousarray(logits), np.int32(t), np.int32(e), np.int32(top_k),
+                                  np.int32(NORMS[norm]), np.int32(bool(norm_topk_prob)), ids, wts))
+    return ids, wts
+
+
+def _check_router(x, router_w) -> None:
+    from lowbit.formats.numerics import BF16
+
+    if x.ndim != 2 or router_w.ndim != 2 or x.shape[1] != router_w.shape[1]:
+        raise KernelError(f"router: x {tuple(x.shape)} and router weight {tuple(router_w.shape)} "
+                          "must be [T, H] and [E, H]")
+    for name, a in (("x", x), ("router weight", router_w)):
+        if a.dtype != BF16 or not a.flags.c_contiguous:
+            raise KernelError(f"router: {name} must be contiguous bfloat16, found {a.dtype}")
+    if x.shape[1] % 8:
+        raise KernelError(f"router: hidden size {x.shape[1]} must be a multiple of 8")
+
+
+def route(x, router_w, top_k: int, norm: str = "mixtral", norm_topk_prob: bool = True):
+    """(ids int32 [T, k], weights f32 [T, k]) for bf16 x [T, H] and router weight bf16 [E, H]."""
+    _check_router(x, router_w)
+    return topk(router_logits(x, router_w), top_k, norm, norm_topk_prob)
+
+
+def align(ids, num_experts: int, bm: int) -> Permutation:
+    """Sort the T*k assignments by expert on the GPU (one block; no host sync)."""
+    import cupy
+
+    n = int(ids.size)
+    offs = cupy.empty(num_experts + 1, cupy.int32)
+    tile_offs = cupy.empty(num_experts + 1, cupy.int32)
+    pos = cupy.empty(n, cupy.int32)
+    sorted_tok = cupy.empty(n, cupy.int32)
+    f = get_function("moe_route.cu", "moe_align")
+    k = ids.shape[-1] if ids.ndim == 2 else 1
+    f((1,), (1024,), (cupy.ascontiguousarray(ids).reshape(-1), np.int32(n), np.int32(k), np.int32(num_experts),
+                      np.int32(bm), offs, tile_offs, pos, sorted_tok), shared_mem=8 * num_experts)
+    return Permutation(offs, tile_offs, pos, sorted_tok, bm, n)
+
+
+def combine(ys, perm: Permutation, wts, tokens: int, out=None):
+    """out bf16 [T, H] = sum_j wts[t, j] * ys[pos[t, j]]."""
+    import cupy
+
+    h = ys.shape[1]
+    out = cupy.empty((tokens, h), ys.dtype) if out is None else out
+    if tokens:
+        k = perm.rows // tokens
+        f = get_function("moe_route.cu", "moe_combine")
+        f((tokens,), (256,), (ys, perm.pos, wts, np.int32(k), np.int32(h), out))
+    return out
