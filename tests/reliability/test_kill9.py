@@ -1,0 +1,172 @@
+"""kill -9 at random points of a conversion and of a batch, then re-run: the final outputs are
+byte-identical to an uninterrupted run, and no partial output is ever visible under the final name.
+
+Delays are drawn from a seeded generator over the measured length of an uninterrupted run, so the
+kills land at different phases (planning, mid-shard, between shards, manifest, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import tree_bytes
+
+from lowbit.batch.outputs import output_state
+from lowbit.synth import write_synthetic
+
+KILLS = 6
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory):
+    """~64 MB of BF16 in 2 MB shards: long enough (about 1 s to convert) for kills to land inside."""
+    return write_synthetic(tmp_path_factory.mktemp("big") / "llama-48l", "llama", preset="tiny",
+                           layers=48, max_shard_size="2MB", seed=5)
+
+
+class Watcher(threading.Thread):
+    """Polls output paths; whenever one exists it must be a complete, verified output."""
+
+    def __init__(self, outputs: list[Path]):
+        super().__init__(daemon=True)
+        self.outputs, self.stop, self.bad, self.seen = outputs, threading.Event(), [], 0
+
+    def run(self):
+        while not self.stop.is_set():
+            for out in self.outputs:
+                if out.exists():
+                    self.seen += 1
+                    state = output_state(out)
+                    if not state.complete and out.exists():
+                        self.bad.append(f"{out}: {state.kind} {state.reason}")
+            time.sleep(0.005)
+
+
+def _quantize_cmd(src: Path, out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "lowbit", "quantize", str(src), "-o", str(out), "--scheme", "nvfp4",
+            "--max-shard-size", "1MB", "--device", "cpu", "--quiet", *extra]
+
+
+def test_kill9_conversion_then_resume_is_byte_identical(big_source, tmp_path):
+    ref = tmp_path / "ref"
+    t0 = time.monotonic()
+    subprocess.run(_quantize_cmd(big_source, ref), check=True, capture_output=True, timeout=300)
+    full = time.monotonic() - t0
+    rng = random.Random(1234)
+    out = tmp_path / "out"
+    watcher = Watcher([out])
+    watcher.start()
+    killed_mid = 0
+    for _ in range(KILLS):
+        if out.exists():
+            break
+        proc = subprocess.Popen(_quantize_cmd(big_source, out), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, full))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_mid += proc.returncode == -signal.SIGKILL and not out.exists()
+        assert not out.exists() or output_state(out).complete
+    if not out.exists():
+        subprocess.run(_quantize_cmd(big_source, out), check=True, capture_output=True, timeout=300)
+    watcher.stop.set()
+    watcher.join()
+    assert watcher.bad == [] and watcher.seen > 0
+    assert killed_mid >= 3  # most kills landed inside the conversion, not after it
+    assert tree_bytes(out) == tree_bytes(ref)
+    assert not (tmp_path / "out.lowbit-partial").exists()
+
+
+def test_kill9_mid_shards_resumes_at_shard_level(big_source, tmp_path):
+    ref = tmp_path / "ref"
+    subprocess.run(_quantize_cmd(big_source, ref), check=True, capture_output=True, timeout=300)
+    out = tmp_path / "out"
+    journal = tmp_path / "out.lowbit-partial" / ".lowbit-journal.json"
+    proc = subprocess.Popen(_quantize_cmd(big_source, out), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    done = 0
+    deadline = time.monotonic() + 60
+    while done < 3 and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = len(json.loads(journal.read_text())["shards"])
+        except (OSError, ValueError, KeyError):
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert done >= 3 and not out.exists()
+    r = subprocess.run(_quantize_cmd(big_source, out, "--json"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    total = len(list(ref.glob("*.safetensors")))
+    assert done <= json.loads(r.stdout)["resumed_shards"] < total  # resumed, not redone from scratch
+    assert tree_bytes(out) == tree_bytes(ref)
+
+
+def _batch_toml(root: Path, src: Path, small: Path) -> Path:
+    p = root / "batch.toml"
+    p.write_text(f'output_root = "{root / "out"}"\nworkers = 2\nmax_shard_size = "1MB"\n'
+                 f'device = "cpu"\ngroup_size = 32\nverify = false\n'
+                 f'[[job]]\nsource = "{src}"\nschemes = ["fp8-block", "nvfp4", "int4"]\n'
+                 f'[[job]]\nsource = "{small}"\nschemes = ["nvfp4", "int4"]\n')
+    return p
+
+
+def _batch(toml: Path, **kw):
+    return subprocess.Popen([sys.executable, "-m", "lowbit", "batch", str(toml), "--quiet", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **kw)
+
+
+def _outputs(root: Path) -> dict[str, dict[str, bytes]]:
+    out = root / "out"
+    return {p.name: tree_bytes(p) for p in sorted(out.iterdir())
+            if p.is_dir() and not p.name.endswith((".lowbit-partial", ".rejected"))}
+
+
+def test_kill9_batch_then_rerun_is_byte_identical(big_source, tiny_llama, tmp_path):
+    ref_root = tmp_path / "ref"
+    ref_root.mkdir()
+    t0 = time.monotonic()
+    r = _batch(_batch_toml(ref_root, big_source, tiny_llama))
+    ref_report = json.loads(r.communicate(timeout=300)[0])
+    full = time.monotonic() - t0
+    assert r.returncode == 0 and ref_report["ok"] == 5
+    root = tmp_path / "run"
+    root.mkdir()
+    toml = _batch_toml(root, big_source, tiny_llama)
+    names = [Path(j["output"]).name for j in ref_report["jobs"]]
+    watcher = Watcher([root / "out" / n for n in names])
+    watcher.start()
+    rng = random.Random(99)
+    interrupted = 0
+    for _ in range(KILLS):
+        proc = _batch(toml)
+        time.sleep(rng.uniform(0.5, full))
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        # the workers die with the batch (PR_SET_PDEATHSIG): no orphan keeps writing
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == [], alive
+        interrupted += not all(output_state(root / "out" / n).complete for n in names)
+    proc = _batch(toml)
+    final = json.loads(proc.communicate(timeout=300)[0])
+    watcher.stop.set()
+    watcher.join()
+    assert proc.returncode == 0
+    assert watcher.bad == []
+    assert interrupted >= 3  # most kills left work unfinished
+    assert {j["status"] for j in final["jobs"]} <= {"ok", "skipped"}
+    assert _outputs(root) == _outputs(ref_root)
+    assert not list((root / "out").glob("*.lowbit-partial"))
