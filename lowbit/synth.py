@@ -165,7 +165,7 @@ def write_synthetic(out_dir, arch: str, preset: str = "tiny", layers: int | None
     shapes = tensor_shapes(cfg)
     total = sum(itemsize * math.prod(s) for _, s in shapes)
     if max_shard_size is None:
-        limit = total // 2 + 1 if preset == "tiny" else parse_size("5GB")
+        limit = total // 2 + 1 if preset.startswith("tiny") else parse_size("5GB")
     else:
         limit = parse_size(max_shard_size)
     groups = _shards(shapes, itemsize, limit)

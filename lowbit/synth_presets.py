@@ -23,6 +23,9 @@ PRESETS: dict[str, dict[str, dict]] = {
     "llama": {
         "tiny": {**_TINY_COMMON, "hidden_size": 320, "intermediate_size": 448,
                  "num_attention_heads": 5, "num_key_value_heads": 1, "head_dim": 64},
+        # every dim a multiple of 128: for loaders that refuse partial FP8 blocks (transformers fp8)
+        "tiny-aligned": {**_TINY_COMMON, "hidden_size": 256, "intermediate_size": 512,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
         "llama3-8b": {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
                       "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                       "head_dim": 128, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
