@@ -21,7 +21,7 @@ from lowbit.batch.runner import run_batch
 from lowbit.formats.checkpoint import INDEX_NAME, open_checkpoint
 from lowbit.synth import write_synthetic
 
-N_JOBS, WORKERS, P_FAULT = 20, 4, 0.4
+N_JOBS, WORKERS, N_FAULTS = 20, 4, 9
 ARCHS = ("llama", "qwen2", "mistral")
 
 
@@ -81,17 +81,20 @@ def clean_sources(tmp_path_factory):
 
 def test_soak_20_jobs_4_workers_injected_failures(clean_sources, tmp_path):
     rng = random.Random(2026)
+    # every fault kind at least once, plus random extras, at random positions
+    kinds = list(FAULTS) + rng.choices(list(FAULTS), k=N_FAULTS - len(FAULTS))
+    rng.shuffle(kinds)
+    faults = dict(zip(rng.sample(range(N_JOBS), N_FAULTS), kinds))
     jobs, expected = [], {}
     for i in range(N_JOBS):
         src = tmp_path / "src" / f"m{i:02d}"
         shutil.copytree(clean_sources[rng.choice(ARCHS)], src)
-        fault = rng.choice(list(FAULTS)) if rng.random() < P_FAULT else None
+        fault = faults.get(i)
         if fault:
             fault(src)
         scheme = rng.choice(["fp8-block", "nvfp4", "int4"])
         jobs.append({"source": str(src), "schemes": [scheme], "name": f"soak-{i:02d}", "group_size": 32})
         expected[f"soak-{i:02d}-{scheme}"] = fault
-    assert 3 <= sum(f is not None for f in expected.values()) <= 15  # the seed injects a real mix
     m = parse_manifest({"output_root": str(tmp_path / "out"), "workers": WORKERS, "device": "cpu",
                         "job": jobs}, base=tmp_path)
     report = run_batch(m, job_fn=soak_job)
