@@ -1,8 +1,9 @@
 """The lowbit.json manifest of a converted checkpoint, and the resume journal of a partial one.
 
 lowbit.json: lowbit version, scheme and options, source (absolute path or repo@commit), what stayed
-BF16 and why, and the sha256 of every other file in the directory. No timestamps: the same input
-and options give the same bytes.
+BF16 and why, the sha256 of every other file in the directory, and `manifest_sha256` (its own
+canonical text without that field), so any modified byte is detectable. No timestamps: the same
+input and options give the same bytes.
 
 The journal (`.lowbit-journal.json` in `OUT.lowbit-partial`) holds the plan fingerprint and the
 sha256 of each finished shard; it is rewritten atomically after every shard.
@@ -22,6 +23,8 @@ from lowbit.formats.checkpoint import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 JOURNAL_NAME = ".lowbit-journal.json"
+#: lowbit.json's own digest: sha256 of its canonical text without this field
+SELF_DIGEST = "manifest_sha256"
 
 
 def sha256_file(path: Path, block: int = 1 << 23) -> str:
@@ -45,9 +48,37 @@ def write_manifest(out_dir: Path, plan, source_id: str) -> Path:
         "warnings": plan.warnings,
         "files": files,
     }
+    body[SELF_DIGEST] = manifest_digest(body)
     path = Path(out_dir) / MANIFEST_NAME
-    path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    path.write_text(_canonical(body))
     return path
+
+
+def _canonical(body: dict) -> str:
+    return json.dumps(body, indent=2, sort_keys=True) + "\n"
+
+
+def manifest_digest(body: dict) -> str:
+    """sha256 of the canonical manifest text without its own digest field."""
+    return hashlib.sha256(_canonical({k: v for k, v in body.items() if k != SELF_DIGEST}).encode()).hexdigest()
+
+
+def manifest_problem(path) -> str | None:
+    """None when lowbit.json is byte for byte what lowbit wrote: canonical text and a matching
+    `manifest_sha256`. The per-file sha256s cover every other file, so together any modified byte
+    of a converted checkpoint is detected."""
+    raw = Path(path).read_bytes()
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return f"{path}: not valid JSON"
+    if not isinstance(body, dict) or SELF_DIGEST not in body:
+        return f"{path}: no {SELF_DIGEST} field (written by an older lowbit?)"
+    if _canonical(body).encode() != raw:
+        return f"{path}: was edited (not the text lowbit wrote)"
+    if body[SELF_DIGEST] != manifest_digest(body):
+        return f"{path}: content does not match its {SELF_DIGEST}"
+    return None
 
 
 class Journal:
