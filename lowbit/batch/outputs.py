@@ -1,7 +1,7 @@
 """The state of a batch output directory: missing, complete (its lowbit.json sha256s verify), or not.
 
 A re-run skips a job only when every file its `lowbit.json` lists exists with the recorded sha256
-(and size, where recorded). The manifest's `files` may be a mapping name -> sha256, name ->
+(and size, where recorded) and lowbit.json itself is unmodified (its `manifest_sha256`). The manifest's `files` may be a mapping name -> sha256, name ->
 {"sha256": ..., "size": ...}, or a list of {"name"/"path", "sha256"} records.
 """
 
@@ -11,6 +11,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from lowbit.quantize.manifest import SELF_DIGEST, manifest_problem
 
 MANIFEST_NAME = "lowbit.json"
 _CHUNK = 1 << 22
@@ -83,6 +85,10 @@ def output_state(out_dir) -> OutputState:
         return OutputState("invalid", f"{mpath} lists no files")
     for name, rec in sorted(files.items()):
         problem = _check_file(root, name, rec)
+        if problem:
+            return OutputState("invalid", problem)
+    if SELF_DIGEST in manifest:  # lowbit.json itself: canonical text + its own digest
+        problem = manifest_problem(mpath)
         if problem:
             return OutputState("invalid", problem)
     return OutputState("complete")
