@@ -92,6 +92,15 @@ class CpuOps:
     def lm_head(self, h):
         return h @ self.embed_w.T if self.tied else self.linear("lm_head", h)
 
+    @staticmethod
+    def route(logits, top_k: int, renormalize: bool):
+        """(expert ids [M, k], weights [M, k]): softmax over experts, the k largest, renormalized or not."""
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        top = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+        w = np.take_along_axis(probs, top, axis=-1)
+        return top, (w / w.sum(axis=-1, keepdims=True) if renormalize else w)
+
     def moe_experts(self, p: str, x, top, w, names, mlp):
         """Sum over each token's top-k experts, each expert run once on the tokens that chose it."""
         out = np.zeros_like(x)

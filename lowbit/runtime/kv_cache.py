@@ -8,7 +8,19 @@ of valid positions (set by the model after a forward), so a chat can keep the ca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lowbit.errors import LowbitError
+
+
+@dataclass
+class DevicePos:
+    """A decode position held on the GPU (int32 [1]) and the number of cached keys attention reads
+    (`span` >= position + 1; keys past the position are masked). A CUDA graph captured with one
+    DevicePos replays for every position below its span: only the array's value changes."""
+
+    index: object
+    span: int
 
 
 class ContextFull(LowbitError):
@@ -33,7 +45,15 @@ class KVCache:
                 f"context full: {pos} cached + {m} new tokens > {self.max_context} positions; "
                 "start a new conversation (/reset) or raise --max-context")
 
-    def append(self, layer: int, pos: int, k, v):
+    def rows(self, pos, m: int):
+        """Index of the new tokens' positions (into RoPE tables): a slice, or the device position."""
+        return pos.index if isinstance(pos, DevicePos) else slice(pos, pos + m)
+
+    def append(self, layer: int, pos, k, v):
+        if isinstance(pos, DevicePos):                       # one token at a device-held position
+            self.k[layer][:, pos.index] = k.transpose(1, 0, 2)
+            self.v[layer][:, pos.index] = v.transpose(1, 0, 2)
+            return self.k[layer][:, :pos.span], self.v[layer][:, :pos.span]
         m = k.shape[0]
         self.check_room(pos, m)
         self.k[layer][:, pos:pos + m] = k.transpose(1, 0, 2)
@@ -42,7 +62,16 @@ class KVCache:
 
     def mask(self, pos: int, m: int, window: int | None = None):
         """Additive mask [m, pos+m]: -inf where key t is after query pos+j (or older than the window)."""
-        xp, t = self.xp, pos + m
+        xp = self.xp
+        if isinstance(pos, DevicePos):
+            if self._causal is None:
+                self._causal = xp.arange(self.max_context, dtype=xp.int32)
+            kpos = self._causal[:pos.span]
+            bad = kpos > pos.index
+            if window is not None:
+                bad = bad | (pos.index - kpos >= window)
+            return xp.where(bad, xp.float32(-xp.inf), xp.float32(0.0))
+        t = pos + m
         if m == 1 and (window is None or t <= window):
             return 0.0
         q = xp.arange(pos, t)[:, None]

@@ -26,10 +26,11 @@ class Transformer:
         self.kv = KVCache(self.xp, cfg.layers, cfg.kv_heads, max_context, cfg.head_dim)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
-    def forward(self, ids, pos: int, last_only: bool = False):
+    def forward(self, ids, pos, last_only: bool = False):
         """Logits float32 [M, vocab] for tokens `ids` (xp int array [M]) at positions pos..pos+M-1.
 
-        The KV cache must hold exactly `pos` tokens; afterwards it holds pos + M.
+        The KV cache must hold exactly `pos` tokens; afterwards it holds pos + M. `pos` may also be a
+        kv_cache.DevicePos (one token, position on the GPU) for a replayable CUDA-graph decode step.
         """
         cfg, ops = self.cfg, self.ops
         h = ops.embed(ids)
@@ -38,7 +39,8 @@ class Transformer:
             h = h + self.attention(i, self.rms_norm(h, f"{p}.input_layernorm.weight"), pos)
             x = self.rms_norm(h, f"{p}.post_attention_layernorm.weight")
             h = h + (self.moe(i, x) if cfg.moe_layer(i) else self.mlp(f"{p}.mlp", x))
-        self.kv.length = pos + h.shape[0]
+        if isinstance(pos, int):
+            self.kv.length = pos + h.shape[0]
         if last_only:
             h = h[-1:]
         return ops.lm_head(self.rms_norm(h, "model.norm.weight"))
@@ -48,14 +50,15 @@ class Transformer:
         var = xp.mean(x * x, axis=-1, keepdims=True)
         return x * (1.0 / xp.sqrt(var + self.cfg.eps)) * self.ops.vector(name)
 
-    def rope(self, x, pos: int):
+    def rope(self, x, pos):
         """x [M, heads, D] rotated at positions pos.. (rotate_half: pairs (j, j + D/2))."""
         m, d = x.shape[0], x.shape[-1]
-        cos, sin = self.cos[pos:pos + m, None, :], self.sin[pos:pos + m, None, :]
+        rows = self.kv.rows(pos, m)
+        cos, sin = self.cos[rows][:, None, :], self.sin[rows][:, None, :]
         rot = self.xp.concatenate([-x[..., d // 2:], x[..., :d // 2]], axis=-1)
         return x * cos + rot * sin
 
-    def attention(self, i: int, x, pos: int):
+    def attention(self, i: int, x, pos):
         cfg, ops, xp = self.cfg, self.ops, self.xp
         p = f"model.layers.{i}.self_attn"
         m, hd, nkv = x.shape[0], cfg.head_dim, cfg.kv_heads
@@ -87,12 +90,7 @@ class Transformer:
         p = f"model.layers.{i}.block_sparse_moe" if mixtral else f"model.layers.{i}.mlp"
         names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
         logits = ops.linear(f"{p}.gate", x)
-        probs = xp.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs = probs / probs.sum(axis=-1, keepdims=True)
-        top = xp.argsort(-probs, axis=-1, kind="stable")[:, :cfg.top_k]       # [M, k]
-        w = xp.take_along_axis(probs, top, axis=-1)
-        if cfg.norm_topk:
-            w = w / w.sum(axis=-1, keepdims=True)
+        top, w = ops.route(logits, cfg.top_k, cfg.norm_topk)     # softmax, top-k, renormalize
         out = ops.moe_experts(p, x, top, w, names, self.mlp)
         if cfg.shared_intermediate:
             shared = self.mlp(f"{p}.shared_expert", x)

@@ -57,3 +57,17 @@ def test_incremental_decode_equals_full_forward(tiny_ckpt, token_ids, arch):
     for i in range(10, 16):
         step.append(eng.ops.decode_step(eng.model, ids[i], i))
     np.testing.assert_allclose(np.stack(step), full[9:], rtol=0, atol=1e-5 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "mixtral"])
+def test_device_position_path_equals_int_path(tiny_ckpt, token_ids, arch):
+    """The CUDA-graph decode form (position in an array, attention over a masked bucket) on numpy."""
+    from lowbit.runtime.kv_cache import DevicePos
+
+    eng = Engine(tiny_ckpt(arch), device="cpu", max_context=48)
+    ids = token_ids(eng.cfg.vocab, 12, seed=7)
+    full = eng.logits(ids)
+    eng.reset()
+    eng.model.forward(np.array(ids[:8]), 0)
+    got = [eng.model.forward(np.array([ids[i]]), DevicePos(np.array([i], np.int32), 40))[0] for i in range(8, 12)]
+    np.testing.assert_allclose(np.stack(got), full[8:], rtol=0, atol=1e-5 * np.abs(full).max())

@@ -1,0 +1,214 @@
+"""The CUDA backend: weights resident on the GPU in their on-disk layout, our kernels for every matmul.
+
+Linear modules go to `lowbit.kernels.weights.to_gpu` once (BF16 ones as scheme "bf16") and run through
+`lowbit.kernels.linear.linear` (GEMV for M <= 16 tokens, GEMM above); stacked MoE experts go to
+`lowbit.kernels.moe.MoeWeights` and `moe_experts` (one launch for all chosen experts), routing
+through `lowbit.kernels.moe_router.topk`. Activations between kernels are float32 cupy arrays (the
+kernels take and return bf16). `decode_step` replays a CUDA graph of the whole one-token forward,
+captured once per context bucket (positions below `span` share a graph: the position lives in a
+device buffer, see kv_cache.DevicePos); where capture fails it logs once and runs the same code eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+
+from lowbit.formats.checkpoint import Checkpoint
+from lowbit.runtime.config import ModelConfig
+from lowbit.runtime.kv_cache import DevicePos
+from lowbit.runtime.weights import module_layout, module_tensors
+
+log = logging.getLogger(__name__)
+BUCKET = 256
+_EXPERT = re.compile(r"(.*)\.experts\.(\d+)\.(\w+)$")
+
+
+class CudaOps:
+    def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, cuda_graph: bool = True, act: str = "bf16"):
+        import cupy
+
+        from lowbit.formats.numerics import BF16
+
+        self.xp, self.cfg, self.act, self.bf16 = cupy, cfg, act, BF16
+        self.quant_opts = _int4_opts(ckpt)
+        self.lin, self.vec, experts = {}, {}, {}
+        for prefix in _modules(ckpt):
+            m = _EXPERT.fullmatch(prefix)
+            if m:
+                experts.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = prefix
+            else:
+                self.lin[prefix] = self._upload(ckpt, prefix)
+        for name in ckpt.names():
+            if len(ckpt.shape(name)) == 1 and not name.endswith(("weight_global_scale", "weight_shape")):
+                self.vec[name] = cupy.asarray(np.asarray(ckpt.get(name), dtype=np.float32))
+        self.embed_w = cupy.asarray(np.asarray(ckpt.get("model.embed_tokens.weight")))
+        if "lm_head" not in self.lin:
+            from lowbit.kernels.weights import to_gpu
+
+            self.lin["lm_head"] = to_gpu("bf16", {"weight": self.embed_w}, name="lm_head (tied)")
+        self.moe = {p: self._upload_experts(ckpt, p, e) for p, e in experts.items()}
+        self.decoder = _GraphDecoder(self, capture=cuda_graph)
+
+    def _upload(self, ckpt, prefix):
+        from lowbit.kernels.weights import to_gpu
+
+        layout, t = module_tensors(ckpt, prefix)
+        if layout == "dense":
+            return to_gpu("bf16", {"weight": np.asarray(t["weight"]).astype(self.bf16)}, name=prefix)
+        return to_gpu(layout, t, name=prefix, **(self.quant_opts if layout == "int4" else {}))
+
+    def _upload_experts(self, ckpt, p: str, experts: dict):
+        """MoeWeights for a layer's experts, or a per-expert dict when the kernel cannot take them."""
+        from lowbit.errors import KernelError
+        from lowbit.kernels.moe import MoeWeights
+
+        gate, up, down = ("w1", "w3", "w2") if self.cfg.arch == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+        layouts = {module_layout(ckpt, pr) for ex in experts.values() for pr in ex.values()}
+        scheme = "bf16" if layouts == {"dense"} else next(iter(layouts))
+        try:
+            if len(layouts) != 1:
+                raise KernelError(f"{p}: experts mix layouts {sorted(layouts)}")
+            per = []
+            for e in range(len(experts)):
+                d = {}
+                for proj, name in (("gate", gate), ("up", up), ("down", down)):
+                    layout, t = module_tensors(ckpt, experts[e][name])
+                    d[proj] = {"weight": np.asarray(t["weight"]).astype(self.bf16)} if layout == "dense" else t
+                per.append(d)
+            opts = self.quant_opts if scheme == "int4" else {}
+            return MoeWeights.from_checkpoint_tensors(scheme, per, name=f"{p}.experts", **opts)
+        except KernelError as err:
+            log.warning("%s: grouped MoE kernel not usable (%s); running experts one by one", p, err)
+            for ex in experts.values():
+                for pr in ex.values():
+                    self.lin[pr] = self._upload(ckpt, pr)
+            return None
+
+    # --- what the model calls ---
+    def asarray(self, a):
+        return self.xp.asarray(a)
+
+    def vector(self, name: str):
+        return self.vec.get(name)
+
+    def linear(self, prefix: str, x):
+        from lowbit.kernels.linear import linear
+
+        y = linear(self.lin[prefix], x.astype(self.bf16), act=self.act).astype(self.xp.float32)
+        b = self.vec.get(f"{prefix}.bias")
+        return y if b is None else y + b
+
+    def linears(self, prefixes, x):
+        return [self.linear(p, x) for p in prefixes]
+
+    def embed(self, ids):
+        return self.embed_w[ids].astype(self.xp.float32)
+
+    def lm_head(self, h):
+        return self.linear("lm_head", h)
+
+    def route(self, logits, top_k: int, renormalize: bool):
+        from lowbit.kernels.moe_router import topk
+
+        return topk(self.xp.ascontiguousarray(logits), top_k, "qwen3", renormalize)
+
+    def moe_experts(self, p: str, x, top, w, names, mlp):
+        xp = self.xp
+        if self.moe.get(p) is not None:
+            from lowbit.kernels.moe import moe_experts
+
+            y = moe_experts(xp.ascontiguousarray(x.astype(self.bf16)), xp.ascontiguousarray(top.astype(xp.int32)),
+                            w.astype(xp.float32), self.moe[p], act=self.act)
+            return y.astype(xp.float32)
+        out = xp.zeros_like(x)
+        top_h = xp.asnumpy(top)
+        for e in np.unique(top_h):
+            rows, slot = np.nonzero(top_h == e)
+            r = xp.asarray(rows)
+            out[r] += mlp(f"{p}.experts.{int(e)}", x[r], names) * w[r, xp.asarray(slot)][:, None]
+        return out
+
+    # --- what the generate loop calls ---
+    def ids(self, ids):
+        return self.xp.asarray(np.asarray(ids, dtype=np.int64))
+
+    def to_host(self, a):
+        return self.xp.asnumpy(a)
+
+    def synchronize(self):
+        self.xp.cuda.get_current_stream().synchronize()
+
+    def decode_step(self, model, token: int, pos: int):
+        """Logits [vocab] (a device buffer reused by the next step) of one token at position pos."""
+        try:
+            return self.decoder.step(model, token, pos)
+        except Exception as e:
+            if not self.decoder.capture:
+                raise
+            log.warning("CUDA graph decode failed (%s: %s); decoding eagerly from now on", type(e).__name__, e)
+            self.decoder = _GraphDecoder(self, capture=False)
+            return self.decoder.step(model, token, pos)
+
+
+class _GraphDecoder:
+    """The one-token forward with token and position in device buffers, replayed as one CUDA graph per
+    context bucket (capture=True) or run eagerly through the very same code (capture=False)."""
+
+    def __init__(self, ops: CudaOps, capture: bool = True):
+        import cupy
+
+        self.ops, self.xp, self.capture = ops, cupy, capture
+        self.tok = cupy.zeros(1, cupy.int64)
+        self.pos = cupy.zeros(1, cupy.int32)
+        self.graphs: dict[int, tuple] = {}
+        self.pool = cupy.cuda.MemoryPool()          # private: graph temporaries are never handed out again
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+
+    def step(self, model, token: int, pos: int):
+        span = min(-(-(pos + 1) // BUCKET) * BUCKET, model.max_context)
+        model.kv.check_room(pos, 1)
+        with self.stream:
+            self.tok.fill(token)
+            self.pos.fill(pos)
+            if not self.capture:
+                out = model.forward(self.tok, DevicePos(self.pos, span))[0]
+            else:
+                if span not in self.graphs:
+                    self._capture(model, span)
+                graph, out = self.graphs[span]
+                graph.launch(self.stream)
+        self.stream.synchronize()
+        return out
+
+    def _capture(self, model, span: int) -> None:
+        cp = self.xp
+        with cp.cuda.using_allocator(self.pool.malloc):
+            model.forward(self.tok, DevicePos(self.pos, span))       # compile kernels, fill workspaces
+            self.stream.synchronize()
+            mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
+            self.stream.begin_capture(*(() if mode is None else (mode,)))
+            try:
+                out = model.forward(self.tok, DevicePos(self.pos, span))[0]
+            finally:
+                graph = self.stream.end_capture()
+        self.graphs[span] = (graph, out)
+
+
+def _modules(ckpt: Checkpoint) -> list[str]:
+    """Every linear module on disk (2-D weight or a quantized layout), embeddings excluded."""
+    out = []
+    for n in ckpt.names():
+        prefix, part = n.rsplit(".", 1)
+        if part == "weight_packed" or (part == "weight" and len(ckpt.shape(n)) == 2 and "embed_tokens" not in n):
+            out.append(prefix)
+    return out
+
+
+def _int4_opts(ckpt: Checkpoint) -> dict:
+    from lowbit.formats.hf_config import scheme_from_config
+
+    q = scheme_from_config(ckpt.config) or ("", {})
+    return dict(q[1]) if q[0] == "int4" else {}
