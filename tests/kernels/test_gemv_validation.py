@@ -1,0 +1,80 @@
+"""Launcher logic that runs without a GPU: layout validation, split-K planning, act/scheme pairing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lowbit.errors import KernelError
+from lowbit.formats import scheme_module
+from lowbit.kernels.gemv import _check_weight, plan_splits
+from lowbit.kernels.weights import GpuWeight, check_layout
+
+
+def _q(scheme, n=40, k=256, **opts):
+    w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32)
+    return scheme_module(scheme).quantize(w, **opts)
+
+
+@pytest.mark.parametrize("scheme,opts", [("fp8-block", {}), ("nvfp4", {}),
+                                         ("int4", {"group_size": 64, "asymmetric": True})])
+def test_check_layout_accepts_the_formats_output(scheme, opts):
+    assert check_layout(scheme, _q(scheme, **opts), opts) == (40, 256, None)
+
+
+def test_check_layout_accepts_stacked_experts():
+    per = [_q("nvfp4") for _ in range(3)]
+    stacked = {s: np.stack([p[s] for p in per]) for s in per[0]}
+    assert check_layout("nvfp4", stacked, {}) == (40, 256, 3)
+
+
+@pytest.mark.parametrize("scheme,suffix,bad", [
+    ("fp8-block", "weight_scale_inv", np.ones((1, 1), np.float32)),
+    ("nvfp4", "weight_scale", np.ones((40, 8), np.uint8)),
+    ("int4", "weight_scale", np.ones((40, 3), np.float32)),
+])
+def test_check_layout_names_the_tensor_with_the_wrong_shape(scheme, suffix, bad):
+    t = _q(scheme)
+    t[suffix] = bad
+    with pytest.raises(KernelError, match=suffix):
+        check_layout(scheme, t, {"group_size": 128} if scheme == "int4" else {})
+
+
+def test_check_layout_missing_and_unknown():
+    t = _q("nvfp4")
+    del t["weight_global_scale"]
+    with pytest.raises(KernelError, match="weight_global_scale"):
+        check_layout("nvfp4", t, {})
+    with pytest.raises(KernelError, match="unknown scheme"):
+        check_layout("fp4", t, {})
+    with pytest.raises(KernelError, match="not supported"):
+        check_layout("nvfp4", {"weight_packed": np.zeros((4, 5), np.uint8)}, {})  # K = 10
+
+
+def test_int4_weight_shape_must_agree():
+    t = _q("int4")
+    t["weight_shape"] = np.array([40, 512], np.int64)
+    with pytest.raises(KernelError, match="weight_shape"):
+        check_layout("int4", t, {"group_size": 128})
+
+
+def test_act_must_match_scheme_and_experts_need_a_view():
+    w = GpuWeight("int4", 40, 256, {}, {"group_size": 128})
+    with pytest.raises(KernelError, match="act='fp8' needs a fp8-block"):
+        _check_weight(w, "fp8")
+    with pytest.raises(KernelError, match="act="):
+        _check_weight(w, "int8")
+    with pytest.raises(KernelError, match="expert"):
+        _check_weight(GpuWeight("nvfp4", 40, 256, {}, {}, experts=4), "bf16")
+
+
+def test_plan_splits():
+    # big N fills the GPU by rows alone
+    assert plan_splits(29568, 8192, "bf16", 132) == 1
+    # small N splits K, but every warp keeps >= 2 iterations
+    s = plan_splits(768, 2048, "bf16", 132)
+    assert 1 < s <= 2048 // 32 // 16
+    assert plan_splits(16, 128, "nvfp4", 132) == 1
+    for n, k, sch in [(4096, 4096, "fp8-block"), (2048, 768, "int4"), (100, 29568, "nvfp4")]:
+        s = plan_splits(n, k, sch, 132)
+        assert 1 <= s <= 64
