@@ -49,7 +49,7 @@ def block_scales(w: np.ndarray) -> np.ndarray:
         padded = np.zeros((nb * BLOCK, kb * BLOCK), np.float32)
         padded[:n, :k] = a
         a = padded
-    amax = a.reshape(nb, BLOCK, kb, BLOCK).max(axis=(1, 3))
+    amax = a.reshape(nb, BLOCK, kb * BLOCK).max(axis=1).reshape(nb, kb, BLOCK).max(axis=-1)  # rows first: faster
     s = (amax / np.float32(numerics.E4M3_MAX)).astype(np.float32)
     s[amax == 0] = 1.0
     return s

@@ -64,12 +64,12 @@ def quantize(w: np.ndarray, *, group_size: int = DEFAULT_GROUP, asymmetric: bool
         raise SchemeError(f"int4: K={k} is not a multiple of group size {g}")
     wg = w.reshape(n, k // g, g)
     if asymmetric:
-        mn = np.minimum(wg.min(axis=-1), 0)
-        mx = np.maximum(wg.max(axis=-1), 0)
+        mn = np.minimum(numerics.group_reduce(w, g, np.minimum), 0)
+        mx = np.maximum(numerics.group_reduce(w, g, np.maximum), 0)
         scale = _bf16_scale((mx - mn) / np.float32(15.0))
         zp = np.clip(np.rint(np.float32(-8.0) - mn / scale), -8, 7)
     else:
-        scale = _bf16_scale(np.abs(wg).max(axis=-1) / np.float32(7.5))
+        scale = _bf16_scale(numerics.group_reduce(np.abs(w), g) / np.float32(7.5))
         zp = np.zeros_like(scale)
     q = np.clip(np.rint(wg / scale[..., None]) + zp[..., None], -8, 7).astype(np.int8)
     out = {

@@ -89,7 +89,7 @@ def encode_e2m1(x: np.ndarray) -> np.ndarray:
 
     Same codes as encode_e2m1_reference, 4x faster: E2M1 is a float with 1 mantissa bit and
     exponent bias 1, so |x| >= 1 rounds like E4M3 above (keep 1 of 23 mantissa bits, rebias
-    127 -> 1: code = (bits >> 22) - 252), and |x| < 1 (quantum 0.5) is rint(2|x|).
+    127 -> 1: code = (bits >> 22) - 252), and |x| < 1 (quantum 0.5) is rint(2|x|) (via + 2^22).
     """
     x = np.asarray(x, dtype=np.float32)
     mag = np.minimum(np.abs(x), np.float32(E2M1_MAX))
@@ -99,7 +99,9 @@ def encode_e2m1(x: np.ndarray) -> np.ndarray:
     normal += b
     normal >>= _U32(22)
     normal -= _U32((127 - 1) << 1)
-    sub = np.rint(mag * np.float32(2.0)).astype(_U32)
+    # |x| < 1: quantum 0.5; adding 2^22 (whose float32 ulp is 0.5) rounds RNE, and the bits
+    # above 2^22's pattern count halves: the code itself
+    sub = (mag + np.float32(2.0**22)).view(_U32) - _U32(0x4A800000)
     code = np.where(mag < np.float32(1.0), sub, normal).astype(np.uint8)
     code |= np.signbit(x).astype(np.uint8) << 3
     return code
@@ -148,6 +150,21 @@ def pack_int32_lsb(nibbles: np.ndarray, axis: int = -1) -> np.ndarray:
     for i in range(8):
         word |= (v[..., i] & 0xF) << np.uint32(4 * i)
     return np.moveaxis(word.view(np.int32), -1, axis)
+
+
+def group_reduce(a: np.ndarray, group: int, op=np.maximum) -> np.ndarray:
+    """[..., K] -> [..., K/group]: op (np.maximum / np.minimum) over consecutive groups along K.
+
+    Equals a.reshape(..., K/group, group).max(-1) (exact: no rounding), but numpy's reduction over
+    a short inner axis is slow; folding the group's members one strided slice at a time is 3-5x faster.
+    """
+    m = np.asarray(a).reshape(a.shape[:-1] + (a.shape[-1] // group, group))
+    if group > 32:
+        return op.reduce(m, axis=-1)
+    out = m[..., 0].copy()
+    for i in range(1, group):
+        op(out, m[..., i], out=out)
+    return out
 
 
 def unpack_int32_lsb(words: np.ndarray, length: int, axis: int = -1) -> np.ndarray:

@@ -50,7 +50,7 @@ def quantize(w: np.ndarray, *, global_amax: float | None = None, **_opts) -> dic
     n, k = w.shape
     gs = global_scale(amax(w) if global_amax is None else global_amax)
     wg = w.reshape(n, k // GROUP, GROUP)
-    local = gs * (np.abs(wg).max(axis=-1) / np.float32(numerics.E2M1_MAX))
+    local = gs * (numerics.group_reduce(np.abs(w), GROUP) / np.float32(numerics.E2M1_MAX))
     s8 = numerics.encode_e4m3(local)
     s8[s8.astype(np.float32) == 0] = numerics.E4M3_MIN_SUBNORMAL
     eff = (s8.astype(np.float32) / gs)[..., None]

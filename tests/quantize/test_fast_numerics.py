@@ -54,3 +54,13 @@ def test_packing_equals_plain_loops(shape):
             want |= v[..., i] << np.uint32(4 * i)
         np.testing.assert_array_equal(nm.pack_int32_lsb(codes), want.view(np.int32))
         np.testing.assert_array_equal(nm.unpack_int32_lsb(nm.pack_int32_lsb(codes), shape[-1]), codes)
+
+
+@pytest.mark.parametrize("group", [16, 32, 64, 128])
+def test_group_reduce_equals_reshape_reduction(group):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((7, group * 5)).astype(np.float32)
+    a[3, 5] = np.nan  # NaN propagates as in .max()
+    g = a.reshape(7, 5, group)
+    np.testing.assert_array_equal(nm.group_reduce(a, group), g.max(-1))
+    np.testing.assert_array_equal(nm.group_reduce(a, group, np.minimum), g.min(-1))
