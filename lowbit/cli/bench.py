@@ -35,8 +35,19 @@ def format_table(result: dict) -> str:
 @click.option("--schemes", default=None, help="Only these weight schemes (bf16,fp8-block,nvfp4,int4).")
 @click.option("--iters", default=50, show_default=True, help="Timed launches per measurement (median).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write rows here.")
-def bench(shapes: str, batch: str, schemes: str | None, iters: int, json_path: str | None) -> None:
+@click.option("--decode", is_flag=True, help="Batch-1 decode of a whole model (lowbit.runtime.bench_decode).")
+@click.option("--config", "decode_config", default="qwen3-30b-a3b", show_default=True, help="--decode: model preset.")
+@click.option("--scheme", "decode_scheme", default="fp8-block", show_default=True, help="--decode: weight scheme.")
+@click.option("--random-weights", is_flag=True, help="--decode: random weights made on the GPU (the only mode).")
+def bench(shapes: str, batch: str, schemes: str | None, iters: int, json_path: str | None, decode: bool,
+          decode_config: str, decode_scheme: str, random_weights: bool) -> None:
     """Benchmark the GEMV kernels (and registered suites) on the GPU."""
+    if decode:
+        from lowbit.runtime.bench_decode import bench_decode
+
+        r = bench_decode(decode_config, decode_scheme)
+        click.echo(json.dumps(r, indent=1))
+        return
     from lowbit.verify.bench import parse_shapes, run_bench
 
     try:
