@@ -97,7 +97,8 @@ class CudaOps:
     def linear(self, prefix: str, x):
         from lowbit.kernels.linear import linear
 
-        y = linear(self.lin[prefix], x.astype(self.bf16), act=self.act).astype(self.xp.float32)
+        xb = self.xp.ascontiguousarray(x.astype(self.bf16))
+        y = linear(self.lin[prefix], xb, act=self.act).astype(self.xp.float32)
         b = self.vec.get(f"{prefix}.bias")
         return y if b is None else y + b
 
