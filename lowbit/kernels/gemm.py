@@ -8,7 +8,9 @@ Paths (the weight is never repacked):
                                  gemm_w16_kernel: weight tile dequantized in shared memory to bf16,
                                  bf16 mma.sync, cp.async pipeline
 Tiles, pipeline depth and split-K come from `_TILES` / `plan()` (a small table by M; split-K when the
-output tiles cannot fill the GPU). `grouped_*` are the same kernels over MoE rows sorted by expert.
+output tiles cannot fill the GPU). On sm_90a the 128-row tiles run the warpgroup-MMA twins
+(gemm_w16_sm90.cu / gemm_fp8_sm90.cu: wgmma, 4-stage cp.async ring, 128x128 tiles); LOWBIT_GEMM_SM90=0
+forces the mma.sync kernels. `launch()` with groups= runs the same kernels over MoE rows sorted by expert.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lowbit.errors import KernelError
-from lowbit.kernels.compile import get_function
+from lowbit.kernels.compile import device_arch, get_function
 from lowbit.kernels.weights import GpuWeight
 
 SCHEME_IDS = {"bf16": 0, "fp8-block": 1, "nvfp4": 2, "int4": 3}
@@ -66,8 +68,8 @@ def plan(kind: str, m: int, n: int, k: int) -> tuple[Tile, int, int]:
     t = pick_tile(kind, m)
     tiles = -(-m // t.bm) * -(-n // t.bn)
     splits = 1
-    target = 2 * _num_sms()
-    while tiles * splits * 2 <= target and k // (splits * 2) >= 512:
+    target = (4 if t.bm <= 64 else 2) * _num_sms()  # small M is memory-bound: more CTAs in flight
+    while tiles * splits * 2 <= target and k // (splits * 2) >= 256:
         splits *= 2
     k_len = -(-(-(-k // splits)) // 128) * 128
     return t, -(-k // k_len), k_len
@@ -89,6 +91,39 @@ def _kernel(kind: str, t: Tile, scheme_id: int = 0, group: int = 128):
     else:
         f = get_function("gemm_fp8.cu", "gemm_fp8_kernel", defines)
     f.max_dynamic_shared_size_bytes = smem_bytes(kind, t, scheme_id)
+    return f
+
+
+SM90_STAGES = 4
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_available() -> bool:
+    import os
+
+    return device_arch() == "sm_90a" and os.environ.get("LOWBIT_GEMM_SM90", "1") != "0"
+
+
+def use_sm90(t: Tile) -> bool:
+    return t.bm == 128 and t.bn == 128 and _sm90_available()
+
+
+def sm90_smem_bytes(kind: str, scheme_id: int = 0) -> int:
+    if kind == "fp8":
+        return SM90_STAGES * 2 * 16384 + 1024
+    raw = {0: 128, 1: 64, 2: 32, 3: 32}[scheme_id] * 128
+    wbf = 0 if scheme_id == 0 else 2 * 16384
+    return SM90_STAGES * (16384 + raw) + wbf + 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_kernel(kind: str, scheme_id: int = 0, group: int = 128):
+    if kind == "w16":
+        f = get_function("gemm_w16_sm90.cu", "gemm_w16_sm90",
+                         {"SCHEME": scheme_id, "INT4_GROUP": group, "STAGES": SM90_STAGES})
+    else:
+        f = get_function("gemm_fp8_sm90.cu", "gemm_fp8_sm90", {"STAGES": SM90_STAGES})
+    f.max_dynamic_shared_size_bytes = sm90_smem_bytes(kind, scheme_id)
     return f
 
 
@@ -159,19 +194,23 @@ def launch(w: GpuWeight, x, act: str, *, rows: int, y, a_rows=None, gate=None, g
     if kind == "fp8":
         if w.scheme != "fp8-block":
             raise KernelError(f"{w.name}: act='fp8' needs an fp8-block weight, found {w.scheme}")
-        if gate is not None:
-            raise KernelError(f"{w.name}: the W8A8 kernel has no fused SiLU gate")
         xq, xs = quantize_act_fp8(x, a_rows, rows)
-        f = _kernel("fp8", t)
-        args = (xq, xs, w.tensors["weight"], w.tensors["weight_scale_inv"], y, _ptr(ypart)) + dims
-        f(grid, (t.threads,), args, shared_mem=smem_bytes("fp8", t))
+        g_ptr = _ptr(gate) if splits == 1 else 0
+        args = (xq, xs, w.tensors["weight"], w.tensors["weight_scale_inv"], g_ptr, y, _ptr(ypart)) + dims
+        if use_sm90(t):
+            _sm90_kernel("fp8")(grid, (256,), args, shared_mem=sm90_smem_bytes("fp8"))
+        else:
+            _kernel("fp8", t)(grid, (t.threads,), args, shared_mem=smem_bytes("fp8", t))
     else:
         sid = SCHEME_IDS[w.scheme]
-        f = _kernel("w16", t, sid, w.group_size)
         wq, ws, wz, wg = _weight_args(w)
         g_ptr = _ptr(gate) if splits == 1 else 0
         args = (x, _ptr(a_rows), wq, _ptr(ws), _ptr(wz), _ptr(wg), g_ptr, y, _ptr(ypart)) + dims
-        f(grid, (t.threads,), args, shared_mem=smem_bytes("w16", t, sid))
+        if use_sm90(t):
+            _sm90_kernel("w16", sid, w.group_size)(grid, (256,), args, shared_mem=sm90_smem_bytes("w16", sid))
+        else:
+            f = _kernel("w16", t, sid, w.group_size)
+            f(grid, (t.threads,), args, shared_mem=smem_bytes("w16", t, sid))
     if splits > 1:
         total = rows * w.n
         red = get_function("gemm_w16.cu", "gemm_splitk_reduce")

@@ -76,48 +76,9 @@ constexpr int W_STAGE = BN * RAW_ROW_BYTES;
 
 // 32 K-elements of one W row: raw bytes in smem -> 32 bf16 (64 bytes) in the bf16 tile.
 __device__ __forceinline__ void dequant32(const uint8_t* raw, bf16* dst, const Scl& s) {
-    uint32_t o[16];
-#if SCHEME == 1
-    const uint4 r0 = reinterpret_cast<const uint4*>(raw)[0];
-    const uint4 r1 = reinterpret_cast<const uint4*>(raw)[1];
-    const uint32_t w[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        float2 a = e4m3x2_to_float2(w[i] & 0xffff);
-        float2 b = e4m3x2_to_float2(w[i] >> 16);
-        o[2 * i] = pack_bf162(a.x * s.s0, a.y * s.s0);
-        o[2 * i + 1] = pack_bf162(b.x * s.s0, b.y * s.s0);
-    }
-#elif SCHEME == 2
-    const uint4 r = reinterpret_cast<const uint4*>(raw)[0];
-    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float f = (i < 2) ? s.s0 : s.s1;  // bytes 0..7: group 0, bytes 8..15: group 1
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            float2 v = e2m1x2_to_float2_scaled((w[i] >> (8 * j)) & 0xff, f);
-            o[4 * i + j] = pack_bf162(v.x, v.y);
-        }
-    }
-#elif SCHEME == 3
-    const uint4 r = reinterpret_cast<const uint4*>(raw)[0];
-    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-    const bf162 sc = __float2bfloat162_rn(s.s0);  // the scale is a bf16 already: exact
-    const bf162 bias = __float2bfloat162_rn(128.0f + (float)s.z);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            // bf16 0x4300 | n = 128 + n exactly (7 mantissa bits); minus (128 + zp8) is exact
-            uint32_t v = ((w[i] >> (8 * j)) & 0xfu) | (((w[i] >> (8 * j + 4)) & 0xfu) << 16) | 0x43004300u;
-            bf162 q = __hsub2(*reinterpret_cast<bf162*>(&v), bias);
-            bf162 d = __hmul2(q, sc);
-            o[4 * i + j] = *reinterpret_cast<uint32_t*>(&d);
-        }
-    }
-#endif
 #if SCHEME != 0
+    uint32_t o[16];
+    dequant32_regs<SCHEME>(raw, s, o);
     uint4* d4 = reinterpret_cast<uint4*>(dst);
 #pragma unroll
     for (int i = 0; i < 4; ++i) d4[i] = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);

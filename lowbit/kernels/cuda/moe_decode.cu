@@ -27,7 +27,7 @@
 #define EPC 32
 #endif
 
-__device__ __forceinline__ size_t row_bytes(int K) { return (size_t)K * EPC / 16; }
+__device__ __forceinline__ size_t row_bytes(int K) { return (size_t)K * 16 / EPC; }  // bytes per weight row
 
 // dot of one 16-byte weight chunk (EPC elements) with EPC bf16 activations in shared memory
 __device__ __forceinline__ float chunk_dot(const uint4 raw, const bf16* xk, const Scl& s) {

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One device call: compile checks, GPU tests of the GEMM/MoE kernels, GEMM + MoE benchmarks; logs to $OUT.
+# Usage on the device machine (repo root): bash benchmarks/gemm_device.sh [tests|bench|quick|all]
+set -o pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+what=${1:-all}
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+date -u | tee -a "$OUT/gpu.txt"
+if [[ $what == tests || $what == all || $what == quick ]]; then
+  timeout 240 python3 -m pytest -q -m gpu --maxfail=15 -p no:cacheprovider tests/kernels/test_gemm.py tests/kernels/test_moe.py 2>&1 | tail -60 | tee "$OUT/tests.log"
+fi
+if [[ $what == bench || $what == all ]]; then
+  python3 benchmarks/gemm.py "$OUT" 2>&1 | tee "$OUT/gemm_bench.log"
+  python3 benchmarks/moe.py "$OUT" 2>&1 | tee "$OUT/moe_bench.log"
+fi
+if [[ $what == quick ]]; then
+  timeout 150 python3 benchmarks/gemm.py "$OUT" --quick 2>&1 | tail -40 | tee "$OUT/gemm_bench.log"
+fi

@@ -1,0 +1,210 @@
+"""Benchmarks of the prefill GEMM and the MoE layer, beside cuBLAS BF16 and torch `_scaled_mm` FP8
+(per-tensor, and block-scaled 1x128 / 128x128) timed in the same run.
+
+Timing: CUDA events on the default stream, warm-up first, median of `iters`; weights rotate over copies
+totalling >= 4x the L2 so memory-bound shapes are not timed out of the cache; random data (never zeros).
+Weights are random valid codes built on the GPU (no NaN codes; the values do not affect speed).
+`gemm_rows(...)` / `moe_rows(...)` return lists of dicts for the CLI and benchmarks/*.py to print.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: (model, layer, N, K)
+GEMM_SHAPES = [
+    ("qwen2.5-7b", "mlp.up", 18944, 3584),
+    ("qwen2.5-7b", "mlp.down", 3584, 18944),
+    ("qwen2.5-72b", "mlp.up", 29568, 8192),
+    ("qwen2.5-72b", "mlp.down", 8192, 29568),
+    ("qwen3-30b-a3b", "attn.qkv", 5120, 2048),
+    ("qwen3-30b-a3b", "attn.o", 2048, 4096),
+]
+GEMM_MS = (16, 64, 256, 1024, 4096, 8192)
+OURS = (("fp8-block", "fp8"), ("fp8-block", "bf16"), ("nvfp4", "bf16"), ("int4", "bf16"))
+
+
+def timeit(fn, iters: int = 20, warmup: int = 3) -> float:
+    """Median seconds of fn() between CUDA events (fn(i) gets the iteration index)."""
+    import cupy
+
+    for i in range(warmup):
+        fn(i)
+    times = []
+    for i in range(iters):
+        a, b = cupy.cuda.Event(), cupy.cuda.Event()
+        a.record()
+        fn(i)
+        b.record()
+        b.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(a, b) * 1e-3)
+    return float(np.median(times))
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy, bytes read + written per second."""
+    import cupy
+
+    a = cupy.ones(nbytes // 4, cupy.float32)
+    b = cupy.empty_like(a)
+    t = timeit(lambda i: b.__setitem__(Ellipsis, a), iters=10)
+    return 2 * nbytes / t
+
+
+def _l2_bytes() -> int:
+    import cupy
+
+    return int(cupy.cuda.Device().attributes.get("L2CacheSize", 50 << 20))
+
+
+def random_weight(scheme: str, n: int, k: int, experts: int | None = None, seed: int = 0):
+    """A GpuWeight of random valid codes (made on the GPU)."""
+    import cupy
+
+    from lowbit.formats import numerics
+    from lowbit.kernels.weights import to_gpu
+
+    rs = cupy.random.RandomState(seed)
+    lead = () if experts is None else (experts,)
+
+    def u8(*shape):
+        return rs.randint(0, 256, lead + shape, dtype=cupy.int32).astype(cupy.uint8)
+
+    if scheme == "bf16":
+        t = {"weight": (rs.standard_normal(lead + (n, k), dtype=cupy.float32) * 0.02).astype(numerics.BF16)}
+    elif scheme == "fp8-block":
+        q = u8(n, k)
+        q = cupy.where((q & 0x7F) == 0x7F, q & 0xFE, q)  # no NaN codes
+        t = {"weight": q, "weight_scale_inv": rs.uniform(1e-4, 1e-3, lead + (-(-n // 128), -(-k // 128))).astype(cupy.float32)}
+    elif scheme == "nvfp4":
+        s = rs.randint(0x28, 0x48, lead + (n, k // 16), dtype=cupy.int32).astype(cupy.uint8)
+        t = {"weight_packed": u8(n, k // 2), "weight_scale": s,
+             "weight_global_scale": cupy.full(lead + (1,), 448.0 * 6.0 / 0.1, cupy.float32)}
+    else:
+        t = {"weight_packed": rs.randint(-(2**31), 2**31 - 1, lead + (n, k // 8), dtype=cupy.int64).astype(cupy.int32),
+             "weight_scale": rs.uniform(1e-3, 1e-2, lead + (n, k // 128)).astype(cupy.float32).astype(numerics.BF16)}
+    return to_gpu(scheme, t, name=f"bench.{scheme}")
+
+
+def _rotation(nbytes: int) -> int:
+    return int(min(8, max(1, -(-4 * _l2_bytes() // max(nbytes, 1)))))
+
+
+def _torch_peers(m: int, n: int, k: int, iters: int) -> dict:
+    """cuBLAS BF16 and cuBLASLt FP8 (per-tensor, block-scaled) through torch, seconds."""
+    out = {}
+    try:
+        import torch
+    except ImportError:
+        return out
+    dev = "cuda"
+    copies = _rotation(n * k * 2)
+    ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    out["cublas_bf16"] = timeit(lambda i: torch.matmul(x, ws[i % copies].t()), iters)
+    f8 = torch.float8_e4m3fn
+    w8 = [w.to(f8) for w in ws]
+    x8 = x.to(f8)
+    one = torch.ones((), device=dev, dtype=torch.float32)
+    try:
+        out["torch_fp8_tensor"] = timeit(
+            lambda i: torch._scaled_mm(x8, w8[i % copies].t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16), iters)
+    except Exception as e:  # noqa: BLE001 - a peer that does not run is reported, not fatal
+        log.warning("torch _scaled_mm per-tensor failed: %s", e)
+    try:
+        sa = torch.rand(k // 128, m, device=dev, dtype=torch.float32).t()
+        sb = torch.rand(n // 128, k // 128, device=dev, dtype=torch.float32).t()
+        out["torch_fp8_block"] = timeit(
+            lambda i: torch._scaled_mm(x8, w8[i % copies].t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), iters)
+    except Exception as e:  # noqa: BLE001
+        log.warning("torch _scaled_mm block-scaled failed: %s", e)
+    del ws, w8
+    torch.cuda.empty_cache()
+    return out
+
+
+def gemm_rows(shapes=GEMM_SHAPES, ms=GEMM_MS, ours=OURS, iters: int = 20, peers: bool = True) -> list[dict]:
+    """One row per (shape, M, path): seconds and TFLOPS."""
+    import cupy
+
+    from lowbit.formats import numerics
+    from lowbit.kernels.gemm import gemm
+
+    rows = []
+    for model, layer, n, k in shapes:
+        weights = {}
+        for scheme, _act in ours:
+            if scheme not in weights:
+                w0 = random_weight(scheme, n, k)
+                weights[scheme] = [w0] + [random_weight(scheme, n, k, seed=s) for s in range(1, _rotation(w0.nbytes()))]
+        for m in ms:
+            flops = 2.0 * m * n * k
+            x = cupy.random.standard_normal((m, k), dtype=cupy.float32).astype(numerics.BF16)
+            y = cupy.empty((m, n), numerics.BF16)
+            res = _torch_peers(m, n, k, iters) if peers else {}
+            for scheme, act in ours:
+                ws = weights[scheme]
+                res[f"{scheme}:{act}"] = timeit(lambda i: gemm(ws[i % len(ws)], x, act=act, out=y), iters)
+            for path, sec in res.items():
+                rows.append({"model": model, "layer": layer, "M": m, "N": n, "K": k, "path": path,
+                             "us": sec * 1e6, "tflops": flops / sec / 1e12})
+        del weights
+        cupy.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def moe_rows(tokens=(1, 4, 64, 1024, 4096), scheme: str = "fp8-block", e: int = 128, k: int = 8, h: int = 2048,
+             i_dim: int = 768, iters: int = 20, graph_steps: int = 32) -> list[dict]:
+    """Qwen3-30B-A3B-shaped MoE layer: router + experts, eager and (decode) CUDA-graph replay."""
+    import cupy
+
+    from lowbit.formats import numerics
+    from lowbit.kernels.moe import MoeWeights, moe_forward
+
+    mw = MoeWeights(scheme, random_weight(scheme, i_dim, h, e, 1), random_weight(scheme, i_dim, h, e, 2),
+                    random_weight(scheme, h, i_dim, e, 3))
+    router = (cupy.random.standard_normal((e, h), dtype=cupy.float32) * 0.05).astype(numerics.BF16)
+    bw = copy_bandwidth()
+    chosen = k * mw.expert_nbytes()
+    rows = []
+    for t in tokens:
+        xs = [(cupy.random.standard_normal((t, h), dtype=cupy.float32)).astype(numerics.BF16) for _ in range(graph_steps)]
+        for act in (("bf16", "fp8") if scheme == "fp8-block" and t > 4 else ("bf16",)):
+            eager = timeit(lambda j: moe_forward(xs[j % graph_steps], router, mw, k, "qwen3", True, act=act), iters)
+            row = {"tokens": t, "scheme": scheme, "act": act, "eager_us": eager * 1e6,
+                   "flops_tflops": 2.0 * 3 * t * k * h * i_dim / eager / 1e12, "copy_GBps": bw / 1e9,
+                   "chosen_bytes": chosen, "roofline_us": chosen / bw * 1e6}
+            if t <= 4:
+                row["graph_us"] = _graph_time(lambda j: moe_forward(xs[j], router, mw, k, "qwen3", True, act=act),
+                                              graph_steps) * 1e6
+            rows.append(row)
+    return rows
+
+
+def _graph_time(step, n: int) -> float:
+    """Seconds per step of a captured CUDA graph of n steps (no launch gaps)."""
+    import cupy
+
+    for j in range(n):
+        step(j)  # warm the pool so capture allocates nothing new
+    s = cupy.cuda.Stream(non_blocking=True)
+    with s:
+        s.begin_capture()
+        for j in range(n):
+            step(j)
+        g = s.end_capture()
+    g.launch(s)
+    s.synchronize()
+    times = []
+    for _ in range(10):
+        a, b = cupy.cuda.Event(), cupy.cuda.Event()
+        a.record(s)
+        g.launch(s)
+        b.record(s)
+        b.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(a, b) * 1e-3 / n)
+    return float(np.median(times))

@@ -1,0 +1,128 @@
+"""GEMM kernels vs float64 references: every scheme, W8A8 and weight-only, fresh random inputs, NaN-poisoned
+outputs, M and N that are not multiples of the tiles, split-K, partial K tiles. Bounds: gemm_checks.GEMM_BOUND
+(reasoned there). The tile-plan tests run on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lowbit.errors import KernelError
+from lowbit.formats import numerics, scheme_module
+from lowbit.verify import gemm_checks as gc
+
+CASES = [  # (scheme, opts, acts)
+    ("fp8-block", {}, ("bf16", "fp8")),
+    ("nvfp4", {}, ("bf16",)),
+    ("int4", {"group_size": 128}, ("bf16",)),
+    ("int4", {"group_size": 32, "asymmetric": True}, ("bf16",)),
+    ("int4", {"group_size": 64}, ("bf16",)),
+]
+
+
+def _weight(scheme, opts, n, k, seed):
+    from lowbit.kernels.weights import to_gpu
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k), dtype=np.float32) * np.float32(0.05)
+    if scheme == "bf16":
+        t = {"weight": numerics.to_bf16(w)}
+    else:
+        t = scheme_module(scheme).quantize(w, **opts)
+        if scheme == "int4":
+            t["weight_shape"] = np.array([n, k], np.int64)
+    return to_gpu(scheme, t, name=f"test.{scheme}", **opts), gc.dense_weight(scheme, t)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,opts,acts", CASES)
+@pytest.mark.parametrize("m,n,k", [(1, 200, 256), (16, 384, 1024), (33, 200, 160), (64, 136, 512),
+                                   (200, 384, 640), (1031, 264, 1024)])
+def test_gemm_matches_reference(scheme, opts, acts, m, n, k):
+    if scheme == "int4" and k % opts["group_size"]:
+        pytest.skip("K not a multiple of the group")
+    w, dense = _weight(scheme, opts, n, k, seed=m + n + k)
+    for act in acts:
+        for seed in (0, 1):  # two fresh draws: the same function on any input
+            r = gc.check_gemm(w, dense, m, act=act, seed=seed)
+            assert r.passed, f"{scheme} {opts} act={act} M={m} N={n} K={k}: rel err {r.rel_err:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,act", [("fp8-block", "fp8"), ("fp8-block", "bf16"), ("int4", "bf16"),
+                                        ("nvfp4", "bf16")])
+def test_gemm_split_k(scheme, act):
+    from lowbit.kernels import gemm as G
+
+    w, dense = _weight(scheme, {}, 256, 4096, seed=7)
+    t, splits, k_len = G.plan("fp8" if act == "fp8" else "w16", 16, 256, 4096)
+    assert splits > 1 and k_len % 128 == 0
+    r = gc.check_gemm(w, dense, 16, act=act, seed=3)
+    assert r.passed, r
+
+
+@pytest.mark.gpu
+def test_bf16_weight_kernel_and_cublas_path():
+    import cupy
+
+    from lowbit.kernels import gemm as G
+
+    w, dense = _weight("bf16", {}, 200, 256, seed=9)
+    assert gc.check_gemm(w, dense, 77, seed=2).passed  # cuBLAS path
+    rng = np.random.default_rng(0)
+    x = gc.random_bf16(rng, (77, 256))
+    y = cupy.full((77, 200), np.nan, dtype=numerics.BF16)
+    G.launch(w, cupy.asarray(x), "bf16", rows=77, y=y)  # our bf16-MMA kernel (used by bf16 MoE experts)
+    assert gc.rel_err(y.get().astype(np.float32), gc.gemm_ref(dense, x)) < gc.GEMM_BOUND
+
+
+@pytest.mark.gpu
+def test_gemm_rejects_bad_inputs():
+    import cupy
+
+    from lowbit.kernels.gemm import gemm
+
+    w, _ = _weight("fp8-block", {}, 64, 256, seed=1)
+    with pytest.raises(KernelError, match="bfloat16"):
+        gemm(w, cupy.zeros((4, 256), cupy.float32))
+    with pytest.raises(KernelError, match=r"\[M, 256\]"):
+        gemm(w, cupy.zeros((4, 128), numerics.BF16))
+    with pytest.raises(KernelError, match="act"):
+        gemm(w, cupy.zeros((4, 256), numerics.BF16), act="nvfp4")
+    w2, _ = _weight("fp8-block", {}, 64, 200, seed=1)
+    with pytest.raises(KernelError, match="multiple of 32"):
+        gemm(w2, cupy.zeros((4, 200), numerics.BF16))
+    w3, _ = _weight("int4", {}, 64, 256, seed=1)
+    with pytest.raises(KernelError, match="fp8-block"):
+        gemm(w3, cupy.zeros((4, 256), numerics.BF16), act="fp8")
+
+
+def test_tile_plan(monkeypatch):
+    from lowbit.kernels import gemm as G
+
+    monkeypatch.setattr(G, "_num_sms", lambda: 132)
+    for kind in ("w16", "fp8"):
+        for m in (1, 16, 17, 64, 65, 4096, 16384):
+            t = G.pick_tile(kind, m)
+            assert t.bm >= min(m, 128) or t.bm == 128
+            assert t.bm % (16 * t.warps_m) == 0 and t.bn % (16 * t.warps_n) == 0
+        for m, n, k in ((16, 3584, 3584), (16, 256, 4096), (4096, 14336, 4096), (64, 18944, 3584)):
+            t, splits, k_len = G.plan(kind, m, n, k)
+            assert k_len % 128 == 0 and splits * k_len >= k and (splits - 1) * k_len < k
+    assert G.plan("w16", 4096, 14336, 4096)[1] == 1  # big outputs fill the GPU: no split
+    assert G.plan("w16", 16, 3584, 3584)[1] > 1  # 28 tiles on 132 SMs: split K
+    assert G.smem_bytes("w16", G.pick_tile("w16", 4096), 1) <= 113 * 1024  # two CTAs per SM
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,act", [("fp8-block", "fp8"), ("fp8-block", "bf16"), ("nvfp4", "bf16"),
+                                        ("int4", "bf16")])
+def test_gemm_mma_sync_path_for_large_tiles(monkeypatch, scheme, act):
+    # on sm_90a the 128-row tiles run the wgmma kernels; check the portable mma.sync ones too
+    from lowbit.kernels import gemm as G
+
+    monkeypatch.setattr(G, "use_sm90", lambda t: False)
+    w, dense = _weight(scheme, {}, 264, 1024, seed=5)
+    for m in (129, 300):
+        r = gc.check_gemm(w, dense, m, act=act, seed=m)
+        assert r.passed, r

@@ -1,0 +1,151 @@
+"""MoE on the GPU vs the numpy float64 reference: router (Mixtral / Qwen3 norms, both logit paths),
+permutation with ragged loads (experts with zero tokens, one expert with every token), decode and
+prefill expert paths for every scheme, W8A8, poisoned outputs. Bound: gemm_checks.MOE_BOUND."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lowbit.errors import KernelError
+from lowbit.formats import numerics, scheme_module
+from lowbit.verify import gemm_checks as gc
+from lowbit.verify import moe_reference as ref
+
+SCHEMES = [("bf16", {}), ("fp8-block", {}), ("nvfp4", {}), ("int4", {"group_size": 128}),
+           ("int4", {"group_size": 32, "asymmetric": True})]
+
+
+def _experts(scheme, opts, e, h, i, seed=0):
+    from lowbit.kernels.moe import MoeWeights
+
+    rng = np.random.default_rng(seed)
+    shapes = {"gate": (i, h), "up": (i, h), "down": (h, i)}
+    per, dense = [], {p: [] for p in shapes}
+    for _ in range(e):
+        ex = {}
+        for p, (n, k) in shapes.items():
+            w = rng.standard_normal((n, k), dtype=np.float32) / np.float32(np.sqrt(k))
+            t = {"weight": numerics.to_bf16(w)} if scheme == "bf16" else scheme_module(scheme).quantize(w, **opts)
+            ex[p] = t
+            dense[p].append(gc.dense_weight(scheme, t))
+        per.append(ex)
+    mw = MoeWeights.from_checkpoint_tensors(scheme, per, **opts)
+    return mw, tuple(np.stack(dense[p]) for p in ("gate", "up", "down"))
+
+
+def _run_experts(mw, dense, x, ids, wts, act="bf16", path=None):
+    import cupy
+
+    from lowbit.kernels import moe
+
+    out = cupy.full((x.shape[0], mw.hidden), np.nan, dtype=numerics.BF16)
+    y = moe.moe_experts(cupy.asarray(x), cupy.asarray(ids, dtype=cupy.int32), cupy.asarray(wts, dtype=cupy.float32),
+                        mw, act=act, path=path, out=out)
+    assert y is out
+    decode = path == "decode" or (path is None and x.shape[0] <= moe.DECODE_MAX_TOKENS)
+    act_fn = (lambda v: gc.dequant_act_ref(numerics.to_bf16(v))) if act == "fp8" and not decode else None
+    want = ref.moe_experts_ref(x, ids, wts, *dense, act_fn=act_fn)
+    return gc.rel_err(out.get().astype(np.float32), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norm,norm_topk", [("mixtral", True), ("qwen3", True), ("qwen3", False)])
+@pytest.mark.parametrize("t,e,k", [(1, 128, 8), (3, 8, 2), (100, 128, 8), (257, 60, 4)])
+def test_router_matches_reference(norm, norm_topk, t, e, k):
+    import cupy
+
+    from lowbit.kernels import moe_router
+
+    rng = np.random.default_rng(t * e)
+    x = gc.random_bf16(rng, (t, 256))
+    r = gc.random_bf16(rng, (e, 256), 0.1)
+    ids, wts = moe_router.route(cupy.asarray(x), cupy.asarray(r), k, norm, norm_topk)
+    rids, rw, logits = ref.route_ref(x, r, k, norm, norm_topk)
+    clear = ref.routing_margin(logits, k) > 1e-3  # near-ties may flip with fp32 logits
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(ids.get()[clear], rids[clear])  # same experts, same order
+    np.testing.assert_allclose(wts.get()[clear], rw[clear], rtol=1e-4, atol=1e-6)
+
+
+def _ragged_ids(t, e, k, rng, kind):
+    if kind == "all_on_one":  # k == 1 rows all on expert 3; others get nothing
+        ids = np.full((t, k), 3)
+        ids[:, 1:] = (np.arange(1, k)[None, :] + 3) % e
+        return ids
+    if kind == "half_empty":  # only even experts receive tokens
+        return np.stack([rng.choice(np.arange(0, e, 2), k, replace=False) for _ in range(t)])
+    return np.stack([rng.choice(e, k, replace=False) for _ in range(t)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["random", "all_on_one", "half_empty"])
+@pytest.mark.parametrize("t,e,k,bm", [(1, 16, 4, 16), (300, 16, 4, 64), (5000, 128, 8, 128)])
+def test_align_permutation(kind, t, e, k, bm):
+    import cupy
+
+    from lowbit.kernels import moe_router
+
+    rng = np.random.default_rng(t)
+    ids = _ragged_ids(t, e, k, rng, kind).astype(np.int32)
+    p = moe_router.align(cupy.asarray(ids), e, bm)
+    offs, tiles, pos, tok = (a.get() for a in (p.offs, p.tile_offs, p.pos, p.sorted_tok))
+    counts = np.bincount(ids.reshape(-1), minlength=e)
+    np.testing.assert_array_equal(offs, np.concatenate([[0], np.cumsum(counts)]))
+    np.testing.assert_array_equal(tiles, np.concatenate([[0], np.cumsum(-(-counts // bm))]))
+    assert sorted(pos.tolist()) == list(range(t * k))  # a permutation
+    flat = ids.reshape(-1)
+    np.testing.assert_array_equal(tok[pos], np.arange(t * k) // k)
+    assert np.all((pos >= offs[flat]) & (pos < offs[flat + 1]))  # each row inside its expert's range
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,opts", SCHEMES)
+@pytest.mark.parametrize("path,t", [("decode", 1), ("decode", 3), ("prefill", 2), ("prefill", 37), ("prefill", 700)])
+def test_moe_experts_every_scheme(scheme, opts, path, t):
+    e, k, h = 16, 4, 256
+    i = 384 if opts.get("group_size") == 128 else 160  # int4 g128 needs I % 128 == 0
+    mw, dense = _experts(scheme, opts, e, h, i, seed=1)
+    rng = np.random.default_rng(t)
+    for kind in ("random", "all_on_one", "half_empty"):
+        x = gc.random_bf16(rng, (t, h))
+        ids = _ragged_ids(t, e, k, rng, kind)
+        wts = rng.random((t, k)).astype(np.float32)
+        err = _run_experts(mw, dense, x, ids, wts, path=path)
+        assert err < gc.MOE_BOUND, f"{scheme} {opts} {path} T={t} {kind}: rel err {err:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [5, 64, 1000])
+def test_moe_w8a8_prefill(t):
+    mw, dense = _experts("fp8-block", {}, 8, 256, 384, seed=2)
+    rng = np.random.default_rng(t)
+    x = gc.random_bf16(rng, (t, 256))
+    ids = _ragged_ids(t, 8, 2, rng, "random")
+    err = _run_experts(mw, dense, x, ids, rng.random((t, 2)).astype(np.float32), act="fp8", path="prefill")
+    assert err < gc.MOE_BOUND
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norm,k,e", [("mixtral", 2, 8), ("qwen3", 8, 128)])
+@pytest.mark.parametrize("t", [1, 2, 300])
+def test_moe_forward_layer(norm, k, e, t):
+    mw, dense = _experts("fp8-block", {}, e, 128, 64, seed=3)
+    router = np.random.default_rng(9).standard_normal((e, 128)).astype(np.float32) * np.float32(0.2)
+    for act in ("bf16", "fp8"):
+        r = gc.check_moe(mw, dense, router, k, t, norm=norm, act=act, seed=t)
+        assert r.passed, r
+
+
+@pytest.mark.gpu
+def test_moe_weights_held_once_and_checked():
+    from lowbit.kernels.moe import MoeWeights
+
+    mw, _ = _experts("int4", {"group_size": 32}, 4, 64, 32)
+    assert mw.gate.tensors["weight_packed"].shape == (4, 32, 8)
+    assert mw.down.tensors["weight_packed"].shape == (4, 64, 4)
+    assert mw.expert_nbytes() * 4 == mw.gate.nbytes() + mw.up.nbytes() + mw.down.nbytes()
+    with pytest.raises(KernelError, match="no experts"):
+        MoeWeights.from_checkpoint_tensors("int4", [])
+    with pytest.raises(KernelError, match="gate"):
+        MoeWeights.from_checkpoint_tensors("bf16", [{"gate": {"weight": np.zeros((32, 64), numerics.BF16)}}])
