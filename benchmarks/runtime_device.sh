@@ -8,6 +8,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda.py -x 2>&1 | tail -60 > "$OUT/runtime_gpu_tests.log"
 tail -5 "$OUT/runtime_gpu_tests.log"
 if [ "${1:-}" = quick ]; then
+  timeout 120 python3 benchmarks/runtime_profile.py smollm2-135m bf16 2>&1 | tail -45 > "$OUT/profile.txt"
   timeout 200 python3 -c "
 import json
 from lowbit.runtime.bench_decode import bench_decode

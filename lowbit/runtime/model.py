@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from lowbit.runtime.config import ModelConfig, rope_tables
-from lowbit.runtime.kv_cache import KVCache
+from lowbit.runtime.kv_cache import DevicePos, KVCache
 
 
 class Transformer:
@@ -70,12 +70,19 @@ class Transformer:
         keys, values = self.kv.append(i, pos, k, v)          # [nkv, T, D], T = pos + m
         group = cfg.heads // nkv
         qg = q.reshape(m, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * m, hd)
-        s = (qg @ keys.transpose(0, 2, 1)).reshape(nkv, group, m, keys.shape[1]) * self.scale
+        if isinstance(pos, DevicePos):   # graph-captured decode: no cuBLAS (it cannot be captured)
+            s = (qg[:, :, None, :] * keys[:, None, :, :]).sum(axis=-1)
+        else:
+            s = qg @ keys.transpose(0, 2, 1)
+        s = s.reshape(nkv, group, m, keys.shape[1]) * self.scale
         s = s + self.kv.mask(pos, m, cfg.sliding_window)      # causal (and sliding-window) mask
         s = xp.exp(s - s.max(axis=-1, keepdims=True))
-        s = s / s.sum(axis=-1, keepdims=True)
-        o = (s.reshape(nkv, group * m, -1) @ values).reshape(nkv, group, m, hd)
-        o = o.transpose(2, 0, 1, 3).reshape(m, cfg.heads * hd)
+        s = (s / s.sum(axis=-1, keepdims=True)).reshape(nkv, group * m, -1)
+        if isinstance(pos, DevicePos):
+            o = (s[:, :, :, None] * values[:, None, :, :]).sum(axis=-2)
+        else:
+            o = s @ values
+        o = o.reshape(nkv, group, m, hd).transpose(2, 0, 1, 3).reshape(m, cfg.heads * hd)
         return ops.linear(f"{p}.o_proj", o)
 
     def mlp(self, p: str, x, names=("gate_proj", "up_proj", "down_proj")):
