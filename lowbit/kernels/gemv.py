@@ -3,8 +3,8 @@
 Kernels: cuda/gemv_{bf16,fp8,nvfp4,int4}.cu (+ gemv_act.cu for W8A8 / W4A4 activation quantization).
 act: "bf16" (weight-only; every scheme), "fp8" (fp8-block W8A8: x quantized to E4M3 per token per 128
 channels), "nvfp4" (nvfp4 W4A4: x quantized to NVFP4, per-16 E4M3 scales, dynamic per-token global).
-Launch: grid (ceil(N/16), splits), GEMV_WARPS warps per CTA; `splits` > 1 (split-K with a deterministic
-last-CTA reduction) when the row tiles alone cannot fill the GPU.
+Launch: a warp per 16 rows, grid (ceil(N/(16*warps)), splits); `plan_launch` picks warps per CTA and the
+split-K factor (deterministic last-warp reduction) so that the weight spreads evenly over the GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import numpy as np
 from lowbit.errors import KernelError
 from lowbit.kernels.weights import GpuWeight
 
-WARPS = 8
+import os
+
+WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
+UNROLL = int(os.environ.get("LOWBIT_GEMV_UNROLL", 2))
 ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "nvfp4": ("nvfp4",)}
 _FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
 _TAGS = {("bf16", "bf16"): "bf16", ("fp8-block", "bf16"): "fp8", ("fp8-block", "fp8"): "fp8_a8",
@@ -87,16 +90,33 @@ def _sm_count(device_id: int) -> int:
     return int(cupy.cuda.Device(device_id).attributes["MultiProcessorCount"])
 
 
-def plan_splits(n: int, k: int, scheme: str, sm_count: int, warps: int = WARPS) -> int:
-    """Split-K factor: enough CTAs for ~4 per SM, while every warp keeps >= 2 iterations. Pure function."""
+def _ctas_per_sm(regs: int, warps: int) -> int:
+    threads = 32 * warps
+    per_warp = -(-max(regs, 1) * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
+    return max(1, min(65536 // (per_warp * warps), 2048 // threads, 32))
+
+
+def plan_launch(n: int, k: int, scheme: str, sm_count: int, regs: int = 128) -> tuple[int, int]:
+    """(warps per CTA, split-K factor) that spread the weight evenly over every resident CTA slot.
+
+    Score = (CTAs / (slots * waves)) * (mean / max iterations of a split): the first factor is how full
+    the GPU's resident CTA slots stay (wave quantization), the second the imbalance of uneven K slabs.
+    Ties go to fewer splits (less split-K traffic). Pure function: unit-tested without a GPU.
+    """
     tiles = -(-n // 16)
     iters = -(-k // _KI[scheme])
-    target = 4 * sm_count
-    if tiles >= target:
-        return 1
-    by_fill = -(-target // tiles)
-    by_work = max(1, iters // (2 * warps))
-    return int(max(1, min(by_fill, by_work, 64)))
+    best = (-1.0, 0, 8, 1)
+    for warps in (8, 4):
+        slots = sm_count * _ctas_per_sm(regs, warps)
+        blocks = -(-tiles // warps)
+        for s in range(1, max(1, min(64, iters // (2 * UNROLL))) + 1):
+            ctas = blocks * s
+            fill = ctas / (slots * -(-ctas // slots))
+            balance = (iters / s) / -(-iters // s)
+            score = round(fill * balance * (1 - 0.002 * s), 3)
+            if score > best[0]:
+                best = (score, -s, warps, s)
+    return best[2], best[3]
 
 
 class _Workspace:
@@ -156,19 +176,35 @@ def quantize_act_nvfp4(x, codes: bool = False):
     return (xq, xs, cd, sc) if codes else (xq, xs)
 
 
-def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None):
-    """y bf16 [M, N] = x @ W^T, M in 1..16, fp32 accumulation. `splits` overrides the split-K plan."""
+@functools.lru_cache(maxsize=4096)
+def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int):
+    """(kernel, warps, splits) for one shape, cached: the kernel's register count sets the occupancy."""
     from lowbit.kernels.compile import get_function
 
+    fn = get_function(file, name, {"GEMV_WARPS": WARPS, "GEMV_UNROLL": UNROLL})
+    warps, splits = plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs))
+    return fn, warps, splits
+
+
+def _kernel_tag(w: GpuWeight, act: str) -> str:
+    if w.scheme == "int4" and w.group_size == 128:
+        return "int4g128"
+    return _TAGS[(w.scheme, act)]
+
+
+def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None, warps: int | None = None):
+    """y bf16 [M, N] = x @ W^T, M in 1..16, fp32 accumulation. `splits` / `warps` override the plan."""
     _check_weight(w, act)
     m = check_activation(x, w.k)
     y = _check_out(out, m, w.n)
     dev = x.device.id
     mt = 1 if m <= 8 else 2
     tiles = -(-w.n // 16)
-    s = splits if splits is not None else plan_splits(w.n, w.k, w.scheme, _sm_count(dev))
-    if not 1 <= s <= 65535:
-        raise KernelError(f"splits={s} must be in 1..65535")
+    fn, pw, ps = _planned(_FILES[w.scheme], f"gemv_{_kernel_tag(w, act)}_m{8 * mt}", w.n, w.k, w.scheme, dev)
+    s = splits if splits is not None else ps
+    nw = warps if warps is not None else pw
+    if not 1 <= s <= 65535 or not 1 <= nw <= WARPS:
+        raise KernelError(f"splits={s} must be in 1..65535 and warps={nw} in 1..{WARPS}")
     ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
     xs = NULL
     if act == "fp8":
@@ -180,9 +216,8 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
     scale = t.get("weight_scale_inv", t.get("weight_scale", NULL))
     zp = t.get("weight_zero_point", NULL)
     gscale = t.get("weight_global_scale", NULL)
-    fn = get_function(_FILES[w.scheme], f"gemv_{_TAGS[(w.scheme, act)]}_m{8 * mt}", {"GEMV_WARPS": WARPS})
     group = w.group_size if w.scheme == "int4" else 0
-    fn((tiles, s), (WARPS * 32,),
+    fn((-(-tiles // nw), s), (nw * 32,),
        (main, scale, zp, gscale, x, xs, y, ws, cnt,
         np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group)))
     return y

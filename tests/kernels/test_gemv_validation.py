@@ -7,7 +7,7 @@ import pytest
 
 from lowbit.errors import KernelError
 from lowbit.formats import scheme_module
-from lowbit.kernels.gemv import _check_weight, plan_splits
+from lowbit.kernels.gemv import _check_weight, plan_launch
 from lowbit.kernels.weights import GpuWeight, check_layout
 
 
@@ -68,13 +68,18 @@ def test_act_must_match_scheme_and_experts_need_a_view():
         _check_weight(GpuWeight("nvfp4", 40, 256, {}, {}, experts=4), "bf16")
 
 
-def test_plan_splits():
-    # big N fills the GPU by rows alone
-    assert plan_splits(29568, 8192, "bf16", 132) == 1
-    # small N splits K, but every warp keeps >= 2 iterations
-    s = plan_splits(768, 2048, "bf16", 132)
-    assert 1 < s <= 2048 // 32 // 16
-    assert plan_splits(16, 128, "nvfp4", 132) == 1
-    for n, k, sch in [(4096, 4096, "fp8-block"), (2048, 768, "int4"), (100, 29568, "nvfp4")]:
-        s = plan_splits(n, k, sch, 132)
-        assert 1 <= s <= 64
+def test_plan_launch_fills_the_gpu_evenly():
+    from lowbit.kernels.gemv import _ctas_per_sm
+
+    assert _ctas_per_sm(128, 8) == 2 and _ctas_per_sm(64, 8) == 4 and _ctas_per_sm(255, 4) == 2
+    for scheme in ("bf16", "fp8-block", "nvfp4", "int4"):
+        for n, k in [(4096, 4096), (8192, 29568), (29568, 8192), (768, 2048), (2048, 768), (16, 128)]:
+            warps, s = plan_launch(n, k, scheme, 132, 96)
+            assert warps in (4, 8) and 1 <= s <= 64
+            iters = -(-k // {"bf16": 32, "fp8-block": 64, "nvfp4": 128, "int4": 128}[scheme])
+            assert s == 1 or iters // s >= 2  # every split keeps >= 2 iterations per warp (UNROLL=2)
+    # a shape whose row blocks alone fill the 132 x 4 slots exactly needs no split
+    assert plan_launch(132 * 4 * 8 * 16, 4096, "bf16", 132, 64) == (8, 1)
+    # a small N is split along K to reach every SM
+    warps, s = plan_launch(768, 8192, "fp8-block", 132, 80)
+    assert -(-768 // (16 * warps)) * s >= 132

@@ -1,11 +1,12 @@
 // common.cuh: the shared skeleton of every lowbit GEMV kernel (y = x @ W^T, M = 1..16).
 //
-// Geometry. A CTA of GEMV_WARPS warps owns one tile of 16 output rows (W rows) and, with split-K,
-// one slice of K (blockIdx.y of `splits`). Inside the CTA every warp streams a contiguous run of
-// "iterations"; one iteration = 4 lanes x one 16-byte chunk of W per row, i.e. KI = 4*EC elements of K
-// for the 16 rows of the tile (EC = elements per 16-byte chunk: bf16 8, fp8 16, fp4/int4 32).
-// Lane (g = lane/4, t = lane%4) loads rows g and g+8 of the tile, chunk (it*4 + t) of each row, with
-// 16-byte non-temporal loads (ld.global.nc.L1::no_allocate), GEMV_UNROLL iterations in flight.
+// Geometry. Each warp owns one tile of 16 output rows (W rows); a CTA of blockDim.x/32 warps owns
+// consecutive tiles (a row block) and one slab of K (blockIdx.y of `splits`), so all its warps sweep the
+// same K positions together and share the x lines in L1. One "iteration" = 4 lanes x one 16-byte
+// chunk of W per row, i.e. KI = 4*EC elements of K for the 16 rows of the tile (EC = elements per 16-byte
+// chunk: bf16 8, fp8 16, fp4/int4 32). Lane (g = lane/4, t = lane%4) loads rows g and g+8 of the tile,
+// chunk (it*4 + t) of each row, with 16-byte non-temporal loads (ld.global.nc.L1::no_allocate),
+// GEMV_UNROLL iterations in flight. The launcher picks warps per CTA and splits to fill the GPU evenly.
 //
 // Math. The chunk is decoded to bf16 pairs and fed to the tensor cores with
 // mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32: A = 16 W rows x 16 k-slots, B = 16 k-slots x 8 tokens,
@@ -16,10 +17,9 @@
 // the read-only cache (16-byte loads when K % 8 == 0), token g (and g+8) per lane, zeros past M and K.
 // Products of two bf16 are exact in fp32; accumulation is fp32.
 //
-// Epilogue. Per-warp partial sums are reduced in shared memory in a fixed order; with splits > 1 each
-// CTA writes its partial to the fp32 workspace ws[tile][split][MT*4][32], and the last CTA of a tile
-// (atomic counter cnt[tile], reset by that CTA) sums the splits in order and writes y. Deterministic.
-// Every y[token < M][row < N] is written exactly once.
+// Epilogue. With splits == 1 each warp writes its rows of y. With splits > 1 it writes its fp32 partial
+// to ws[tile][split][MT*4][32]; the last warp to finish a tile (atomic counter cnt[tile], reset by that
+// warp) sums the splits in order and writes y. Deterministic; every y[token < M][row < N] is written once.
 //
 // Preconditions (checked by the Python launcher, lowbit/kernels/gemv.py): pointers to contiguous device
 // arrays; 1 <= M <= 8*MT; cnt zeroed before first use (it is self-resetting) and not shared by two
@@ -30,11 +30,12 @@
 #include <cuda_fp8.h>
 #include <stdint.h>
 
+// GEMV_WARPS: the most warps per CTA a launcher may use (the launch bound).
 #ifndef GEMV_WARPS
 #define GEMV_WARPS 8
 #endif
 #ifndef GEMV_UNROLL
-#define GEMV_UNROLL 4
+#define GEMV_UNROLL 2
 #endif
 
 namespace lb {
@@ -138,21 +139,13 @@ __device__ __forceinline__ float e4m3_to_float(uint8_t b) {
   return __half2float(*reinterpret_cast<__half*>(&h));
 }
 
-// Sum the per-warp accumulators, combine split-K partials, scale, write y. See the header.
+// Combine split-K partials (see the header), scale, write y. One warp, no block-wide barrier.
 template <class P, int MT>
 __device__ __forceinline__ void epilogue(const Args& a, const P& p, float (&acc)[MT][4], int tile, int split) {
-  __shared__ float red[GEMV_WARPS][MT * 4][32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int r = 0; r < MT * 4; ++r) red[warp][r][lane] = acc[r >> 2][r & 3];
-  __syncthreads();
-  if (warp != 0) return;
+  const int lane = threadIdx.x & 31;
   float v[MT * 4];
 #pragma unroll
-  for (int r = 0; r < MT * 4; ++r) {
-    v[r] = 0.f;
-    for (int w = 0; w < GEMV_WARPS; ++w) v[r] += red[w][r][lane];
-  }
+  for (int r = 0; r < MT * 4; ++r) v[r] = acc[r >> 2][r & 3];
   if (a.splits > 1) {
     float* base = a.ws + (long)tile * a.splits * (MT * 4 * 32);
 #pragma unroll
@@ -185,20 +178,31 @@ __device__ __forceinline__ void epilogue(const Args& a, const P& p, float (&acc)
       }
 }
 
+// The W chunks of iterations [it0, it0+U) of rows ra and rb (zeros past it_end).
+template <int U>
+__device__ __forceinline__ void load_group(const Args& a, long row_bytes, int ra, int rb, int t, int it0, int it_end,
+                                           uint4 (&wa)[U], uint4 (&wb)[U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const long off = ((long)(it0 + u) * 4 + t) * 16;
+    const bool ok = it0 + u < it_end;
+    wa[u] = ok ? load_row_chunk(a.w, a.n, row_bytes, ra, off) : zero4();
+    wb[u] = ok ? load_row_chunk(a.w, a.n, row_bytes, rb, off) : zero4();
+  }
+}
+
 // The GEMV main loop, shared by every scheme. P supplies EC, PARTIAL, decode, xperm, partial, out_scale.
 template <class P, int MT>
 __device__ __forceinline__ void gemv_body(const Args& a) {
   constexpr int EC = P::EC, NP = EC / 2, KI = 4 * EC, U = GEMV_UNROLL;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int tile = blockIdx.x, split = blockIdx.y;
+  const int tile = blockIdx.x * (blockDim.x >> 5) + warp, split = blockIdx.y;
+  if (tile * 16 >= a.n) return;
   const int ra = tile * 16 + g, rb = ra + 8;
   const long row_bytes = (long)a.k * P::BITS / 8;
   const int iters = (a.k + KI - 1) / KI;
-  const int per_split = (iters + a.splits - 1) / a.splits;
-  const int s_beg = min(iters, split * per_split), s_end = min(iters, s_beg + per_split);
-  const int per_warp = (s_end - s_beg + GEMV_WARPS - 1) / GEMV_WARPS;
-  const int it_beg = min(s_end, s_beg + warp * per_warp), it_end = min(s_end, it_beg + per_warp);
+  const int it_beg = (int)((long)iters * split / a.splits), it_end = (int)((long)iters * (split + 1) / a.splits);
   const P p(a, tile);
   float acc[MT][4];
 #pragma unroll
@@ -206,15 +210,12 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
 
+  // Double-buffered: the loads of the next U iterations are issued before the current U are computed.
+  uint4 wa[U], wb[U];
+  load_group<U>(a, row_bytes, ra, rb, t, it_beg, it_end, wa, wb);
   for (int it0 = it_beg; it0 < it_end; it0 += U) {
-    uint4 wa[U], wb[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const long off = ((long)(it0 + u) * 4 + t) * 16;
-      const bool ok = it0 + u < it_end;
-      wa[u] = ok ? load_row_chunk(a.w, a.n, row_bytes, ra, off) : zero4();
-      wb[u] = ok ? load_row_chunk(a.w, a.n, row_bytes, rb, off) : zero4();
-    }
+    uint4 na[U], nb[U];
+    load_group<U>(a, row_bytes, ra, rb, t, it0 + U, it_end, na, nb);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (it0 + u >= it_end) break;
@@ -234,11 +235,13 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
 #pragma unroll
           for (int i = 0; i < 4; ++i) part[mt][i] = 0.f;
         mma_chunk<NP, MT>(part, RA, RB, X);
-        p.partial(acc, part, (it0 + u) * KI);
+        p.partial(acc, part, (it0 + u) * KI, ra, rb);
       } else {
         mma_chunk<NP, MT>(acc, RA, RB, X);
       }
     }
+#pragma unroll
+    for (int u = 0; u < U; ++u) { wa[u] = na[u]; wb[u] = nb[u]; }
   }
   epilogue<P, MT>(a, p, acc, tile, split);
 }

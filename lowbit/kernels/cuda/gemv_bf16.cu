@@ -1,7 +1,7 @@
 // gemv_bf16.cu: y[M, N] = x[M, K] @ W[N, K]^T with W bf16 (our own kernel; cuBLAS is the peer).
 //
 // Operands: W bf16 [N, K] row-major (the on-disk `weight`); x bf16 [M, K]; y bf16 [M, N]; fp32 accumulate.
-// Geometry (common.cuh): grid (ceil(N/16), splits), GEMV_WARPS warps per CTA; 16-byte chunk = 8 elements.
+// Geometry (common.cuh): a warp per 16 rows, grid (ceil(N/(16*warps)), splits); 16-byte chunk = 8 elements.
 // Decode: none, the chunk's 4 words are the bf16 pairs for the mma, x pairs in natural order.
 // Preconditions: 1 <= M <= 8 (gemv_bf16_m8) or <= 16 (gemv_bf16_m16); any N, K >= 1 (16-byte loads when
 // K % 8 == 0, masked scalar loads otherwise); pointers 16-byte aligned.
@@ -17,7 +17,7 @@ struct PolicyBF16 {
     A[0] = raw.x; A[1] = raw.y; A[2] = raw.z; A[3] = raw.w;
   }
   template <int MT>
-  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], int) const {}
+  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], int, int, int) const {}
   __device__ float out_scale(int) const { return 1.f; }
 };
 

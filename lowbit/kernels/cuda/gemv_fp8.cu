@@ -5,7 +5,7 @@
 // W8A8 (gemv_fp8_a8_*): x holds the bf16 values of E4M3 activation codes and xs f32 [M, ceil(K/128)] their
 // per-token, per-128-channel scales, both written by act_quant_fp8 (gemv_act.cu); the product is
 // sum_blocks S[n,b] * xs[m,b] * sum_k code_w * code_x.
-// Geometry (common.cuh): grid (ceil(N/16), splits), GEMV_WARPS warps; 16-byte chunk = 16 codes; one
+// Geometry (common.cuh): a warp per 16 rows, grid (ceil(N/(16*warps)), splits); 16-byte chunk = 16 codes; one
 // iteration (64 elements of K) lies inside one 128-block, so the tile's mma partial of an iteration is
 // multiplied by that block's scale(s) in fp32 and added: the codes go to the tensor cores unscaled and
 // the result is exact up to fp32 accumulation. E4M3 -> bf16 through the hardware cvt (e4m3x2 -> f16x2).
@@ -34,7 +34,7 @@ struct PolicyFP8 {
     }
   }
   template <int MT>
-  __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], int kfirst) const {
+  __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], int kfirst, int, int) const {
     const int kb = kfirst / 128;
     const float sw = __ldg(s + (long)rowblock * kb_count + kb);
     const int t = threadIdx.x & 3;

@@ -3,11 +3,15 @@
 // Operands: `weight_packed` int32 [N, K/8] (8 elements per word, element i at bits 4i..4i+3, stored q+8);
 // `weight_scale` bf16 [N, K/G]; optional `weight_zero_point` int32 [ceil(N/8), K/G] (zp+8 packed 8 per word
 // along N, LSB first). W = (q - zp) * scale. x bf16 [M, K]; y bf16 [M, N]. G = `group` in 32, 64, 128.
-// Geometry (common.cuh): grid (ceil(N/16), splits), GEMV_WARPS warps; 16-byte chunk = 32 elements, which
+// Geometry (common.cuh): a warp per 16 rows, grid (ceil(N/(16*warps)), splits); 16-byte chunk = 32 elements, which
 // lie inside one group (G >= 32 and chunks are 32-aligned), so one scale and zero point per row and chunk.
-// Decode: (nibble | 0x4300) is the bf16 128+nibble, exact; minus (128 + stored zp) is q - zp, exact; times
-// the bf16 scale in one bf16x2 multiply, ROUNDED to bf16 (|error| <= 2^-9 |W|, the one inexact step of any
-// lowbit GEMV; verify's bound includes it). Pair order: xperm4.cuh.
+// Decode: (nibble | 0x4300) is the bf16 128+nibble, exact; minus (128 + stored zp) is q - zp, exact.
+// G = 128 (gemv_int4g128_*): one iteration (4 lanes x 32 = 128 elements, 128-aligned) is exactly one group
+//   of each row, so the integer codes go to the tensor cores and the mma partial is multiplied by each
+//   row's scale in fp32: exact up to fp32 accumulation.
+// G = 32 / 64 (gemv_int4_*): a lane's chunk is one group but an mma spans 4 lanes' chunks, so q - zp is
+//   multiplied by the scale in one bf16x2 multiply, ROUNDED to bf16 (|error| <= 2^-9 |W|, the one inexact
+//   step of any lowbit GEMV; verify's bound includes it). Pair order: xperm4.cuh.
 // Preconditions: K % G == 0; 1 <= M <= 8 / 16; any N. Rows are K/2 bytes, a multiple of 16.
 // Reference: formats.int4.dequantize + float64 matmul.
 #include "common.cuh"
@@ -38,9 +42,46 @@ struct PolicyInt4 {
       }
   }
   template <int MT>
-  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], int) const {}
+  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], int, int, int) const {}
+  __device__ float out_scale(int) const { return 1.f; }
+};
+
+// G = 128: exact integer codes into the mma, per-row scales applied to each iteration's partial.
+struct PolicyInt4G128 {
+  static constexpr int EC = 32, BITS = 4;
+  static constexpr bool PARTIAL = true;
+  const uint16_t* s;
+  const int* z;
+  int n, groups;
+  __device__ PolicyInt4G128(const lb::Args& a, int)
+      : s(static_cast<const uint16_t*>(a.s)), z(a.z), n(a.n), groups(a.k / 128) {}
+  __device__ static void xperm(uint32_t (&X)[EC / 2]) { lb::xperm_pairs4<EC / 2>(X); }
+  __device__ void decode(const uint4& raw, int row, int k0, uint32_t (&A)[EC / 2]) const {
+    const int r = min(row, n - 1), gi = k0 / 128;
+    uint32_t zp = 8u;
+    if (z != nullptr) zp = ((uint32_t)__ldg(z + (long)(r >> 3) * groups + gi) >> (4 * (r & 7))) & 0xfu;
+    const uint32_t c2 = (0x4300u | zp) * 0x10001u;
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) A[4 * q + i] = lb::hsub2_bf16(((w[q] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, c2);
+  }
+  template <int MT>
+  __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], int kfirst, int ra, int rb) const {
+    const int gi = kfirst / 128;
+    const float sa = __uint_as_float((uint32_t)__ldg(s + (long)min(ra, n - 1) * groups + gi) << 16);
+    const float sb = __uint_as_float((uint32_t)__ldg(s + (long)min(rb, n - 1) * groups + gi) << 16);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      acc[mt][0] += part[mt][0] * sa; acc[mt][1] += part[mt][1] * sa;
+      acc[mt][2] += part[mt][2] * sb; acc[mt][3] += part[mt][3] * sb;
+    }
+  }
   __device__ float out_scale(int) const { return 1.f; }
 };
 
 LB_GEMV_KERNEL(gemv_int4_m8, PolicyInt4, 1)
 LB_GEMV_KERNEL(gemv_int4_m16, PolicyInt4, 2)
+LB_GEMV_KERNEL(gemv_int4g128_m8, PolicyInt4G128, 1)
+LB_GEMV_KERNEL(gemv_int4g128_m16, PolicyInt4G128, 2)

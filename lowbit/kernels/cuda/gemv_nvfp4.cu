@@ -4,7 +4,7 @@
 // E4M3 bytes [N, K/16]; `weight_global_scale` f32 [1], a DIVISOR: W = e2m1 * scale / global.
 // x bf16 [M, K]; y bf16 [M, N]. W4A4 (gemv_nvfp4_a4_*): x holds the bf16 values e2m1 * e4m3_scale of the
 // activation codes and xs f32 [M] the per-token 1/global_x, both from act_quant_nvfp4 (gemv_act.cu).
-// Geometry (common.cuh): grid (ceil(N/16), splits), GEMV_WARPS warps; 16-byte chunk = 32 codes = 2 groups.
+// Geometry (common.cuh): a warp per 16 rows, grid (ceil(N/(16*warps)), splits); 16-byte chunk = 32 codes = 2 groups.
 // Decode (arithmetic, no lookup table): the code's sign goes to bf16 bit 15 and its 3 magnitude bits to
 // bits 6..8, which is exactly e2m1 * 2^-126 (normals and the subnormal 0.5 alike); one bf16x2 multiply by
 // (E4M3 scale * 2^119) makes e2m1 * scale * 2^-7, exact in bf16 (<= 6 significant bits, no overflow).
@@ -47,7 +47,7 @@ struct PolicyNVFP4 {
     }
   }
   template <int MT>
-  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], int) const {}
+  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], int, int, int) const {}
   __device__ float out_scale(int token) const { return A4 ? osc * __ldg(xs + token) : osc; }
 };
 
