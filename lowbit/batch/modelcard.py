@@ -5,6 +5,7 @@ Rendered with huggingface_hub's ModelCard (jinja2) so the YAML front matter is w
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -42,8 +43,8 @@ TEMPLATE = """---
 
 # {{ name }}
 
-{{ scheme_text }}, converted from [{{ source }}]({{ source_link }}) by
-lowbit {{ version }}. Data-free conversion: no calibration set was used.
+{{ scheme_text }}, converted from [{{ source }}]({{ source_link }}){% if resolved %}
+(exactly `{{ resolved }}`){% endif %} by lowbit {{ version }}. Data-free conversion: no calibration set was used.
 
 ## Quantization
 
@@ -100,6 +101,14 @@ def _fmt_err(v) -> str:
     return "not measured" if v is None else f"{v:.4g}"
 
 
+def _manifest_source(output: str) -> str | None:
+    """The exact source the converter recorded (repo@commit for a hub id)."""
+    try:
+        return json.loads((Path(output) / "lowbit.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+
+
 def render_card(record: dict, options: dict) -> str:
     """README.md text for one finished batch record (see lowbit.batch.report)."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -115,9 +124,11 @@ def render_card(record: dict, options: dict) -> str:
         opts = f"group size {options.get('group_size', 128)}, " + \
             ("asymmetric" if options.get("asymmetric") else "symmetric")
     ratio = record.get("ratio")
+    resolved = _manifest_source(record["output"])
     card = ModelCard.from_template(
         data, template_str=TEMPLATE, name=Path(record["output"]).name, scheme=scheme,
         scheme_text=SCHEME_TEXT[scheme], source=source, version=__version__,
+        resolved=resolved if resolved and resolved != source else None,
         source_link=f"https://huggingface.co/{base}" if base else source, options=opts,
         size_in=_fmt_bytes(record.get("bytes_in")), size_out=_fmt_bytes(record.get("bytes_out")),
         ratio=f"{ratio:.2f}x smaller" if ratio else "ratio unknown",

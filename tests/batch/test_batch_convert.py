@@ -98,3 +98,28 @@ def test_cli_exit_codes_json_and_table(tmp_path, sources):
     bad.write_text('output_root = "o"\n[[job]]\nsource = "x"\nschemes = ["int3"]\n')
     r = _cli(str(bad))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown scheme 'int3'" in r.stderr
+
+
+def test_hub_sources_from_cache_offline(tmp_path, sources, monkeypatch):
+    """`org/name@rev` sources resolve through huggingface_hub (here: an offline cache); an uncached
+    repo fails that job with one clear line, quickly, without stopping the batch."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "models--lowbit-test--tiny-llama"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    import shutil
+
+    shutil.copytree(sources["llama"], repo / "snapshots" / commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    doc = {"output_root": str(tmp_path / "out"), "workers": 2,
+           "job": [{"source": "lowbit-test/tiny-llama@main", "schemes": ["nvfp4"]},
+                   {"source": "lowbit-test/not-cached", "schemes": ["nvfp4"]}]}
+    report = run_batch(parse_manifest(doc, base=tmp_path), push_org="org", dry_run_dir=tmp_path / "dry")
+    ok, bad = report.jobs
+    assert Path(ok["output"]).name == "tiny-llama-nvfp4" and ok["status"] == "ok", ok["error"]
+    assert ok["worst_error"]["tensors"] > 0
+    assert bad["status"] == "failed" and "unreachable" in bad["error"] and bad["seconds"] < 60
+    card = (tmp_path / "dry" / "org" / "tiny-llama-nvfp4" / "README.md").read_text()
+    assert "base_model: lowbit-test/tiny-llama" in card
+    assert f"lowbit-test/tiny-llama@{commit}" in card  # the exact commit the converter recorded
