@@ -39,8 +39,10 @@ def format_table(result: dict) -> str:
 @click.option("--config", "decode_config", default="qwen3-30b-a3b", show_default=True, help="--decode: model preset.")
 @click.option("--scheme", "decode_scheme", default="fp8-block", show_default=True, help="--decode: weight scheme.")
 @click.option("--random-weights", is_flag=True, help="--decode: random weights made on the GPU (the only mode).")
+@click.option("--gemm", is_flag=True, help="Prefill GEMM suite: TFLOPS per scheme and M vs cuBLAS BF16 / torch FP8.")
+@click.option("--moe", is_flag=True, help="MoE layer suite (Qwen3-30B-A3B shapes): decode vs copy roofline, prefill.")
 def bench(shapes: str, batch: str, schemes: str | None, iters: int, json_path: str | None, decode: bool,
-          decode_config: str, decode_scheme: str, random_weights: bool) -> None:
+          decode_config: str, decode_scheme: str, random_weights: bool, gemm: bool = False, moe: bool = False) -> None:
     """Benchmark the GEMV kernels (and registered suites) on the GPU."""
     if decode:
         from lowbit.runtime.bench_decode import bench_decode
@@ -57,6 +59,20 @@ def bench(shapes: str, batch: str, schemes: str | None, iters: int, json_path: s
     except Exception as e:  # noqa: BLE001
         raise LowbitError(f"lowbit bench needs a CUDA GPU and cupy; none usable here ({e})") from None
     chosen = [s.strip() for s in schemes.split(",")] if schemes else None
+    if gemm or moe:  # lowbit.verify.bench_gemm suites (their own shapes and M values)
+        from lowbit.verify import bench_gemm as bg
+
+        suites = [s for s, on in ((bg.gemm_suite, gemm), (bg.moe_suite, moe)) if on]
+        result = run_bench([], [], chosen, iters, suites=suites)
+        click.echo(f"{result['gpu']}  device-to-device copy {result['copy_gbs']:.0f} GB/s")
+        if gemm:
+            click.echo(bg.format_gemm_table([r for r in result["rows"] if r.get("suite") == "gemm"]))
+        if moe:
+            click.echo(bg.format_moe_table([r for r in result["rows"] if r.get("suite") == "moe"]))
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(result, f, indent=1)
+        return
     result = run_bench(parse_shapes(shapes), _ints(batch, "batch"), chosen, iters)
     click.echo(format_table(result))
     if json_path:

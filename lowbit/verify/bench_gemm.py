@@ -208,3 +208,51 @@ def _graph_time(step, n: int) -> float:
         b.synchronize()
         times.append(cupy.cuda.get_elapsed_time(a, b) * 1e-3 / n)
     return float(np.median(times))
+
+
+def gemm_suite(ctx) -> list[dict]:
+    """`lowbit bench --gemm`: rows {suite, model, layer, scheme, act, path, m, n, k, us, tflops}."""
+    shapes = GEMM_SHAPES
+    if ctx.schemes:
+        ours = tuple((s, a) for s, a in OURS if s in ctx.schemes)
+    else:
+        ours = OURS
+    rows = []
+    for r in gemm_rows(shapes=shapes, ms=GEMM_MS, ours=ours, iters=min(ctx.iters, 20)):
+        scheme, _, act = r["path"].partition(":")
+        rows.append({"suite": "gemm", "gpu": ctx.gpu, "model": r["model"], "layer": r["layer"], "path": r["path"],
+                     "scheme": scheme if act else r["path"], "act": act or "-", "m": r["M"], "n": r["N"],
+                     "k": r["K"], "us": round(r["us"], 2), "tflops": round(r["tflops"], 1)})
+    return rows
+
+
+def moe_suite(ctx) -> list[dict]:
+    """`lowbit bench --moe`: Qwen3-30B-A3B MoE layer per scheme; decode against 8 experts at copy speed."""
+    rows = []
+    for scheme in ctx.schemes or ("fp8-block", "nvfp4", "int4", "bf16"):
+        for r in moe_rows(scheme=scheme, tokens=(1, 4, 64, 1024, 4096)):
+            rows.append({"suite": "moe", "gpu": ctx.gpu, **{k: (round(v, 2) if isinstance(v, float) else v)
+                                                           for k, v in r.items()}})
+    return rows
+
+
+def format_gemm_table(rows: list[dict]) -> str:
+    """TFLOPS per path (columns) for each shape and M (rows); the peers are measured in the same run."""
+    paths = list(dict.fromkeys(r["path"] for r in rows))
+    by = {(r["model"], r["layer"], r["m"], r["path"]): r for r in rows}
+    out = ["| shape | M | " + " | ".join(paths) + " |", "|" + "---|" * (len(paths) + 2)]
+    for model, layer, m, n, k in dict.fromkeys((r["model"], r["layer"], r["m"], r["n"], r["k"]) for r in rows):
+        cells = [f"{by[(model, layer, m, p)]['tflops']:.0f}" if (model, layer, m, p) in by else "-" for p in paths]
+        out.append(f"| {model} {layer} {n}x{k} | {m} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def format_moe_table(rows: list[dict]) -> str:
+    out = ["| scheme | act | tokens | eager us | graph us | 8 experts @ copy us | graph/roofline |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g = r.get("graph_us")
+        out.append(f"| {r['scheme']} | {r['act']} | {r['tokens']} | {r['eager_us']:.1f} | "
+                   f"{'-' if g is None else f'{g:.1f}'} | {r['roofline_us']:.1f} | "
+                   f"{'-' if g is None else f'{g / r['roofline_us']:.2f}'} |")
+    return "\n".join(out)

@@ -13,6 +13,7 @@ Tolerance (relative Frobenius error against that same-precision reference):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,3 +141,97 @@ def check_moe(experts, dense: tuple, router_w: np.ndarray, top_k: int, tokens: i
     if not same or w_err > 1e-5:
         err = float("inf")
     return KernelCheck(name, "moe", experts.scheme, act, tokens, err, MOE_BOUND)
+
+
+# ---- `lowbit verify` hooks (registered on import by lowbit.verify.runner) -------------------------------
+VERIFY_MS = (64, 1024)
+_EXPERT0 = re.compile(r"^(?P<base>.+)\.experts\.0\.(?P<proj>gate_proj|w1)$")
+_PROJ_NAMES = {"gate_proj": ("gate_proj", "up_proj", "down_proj"), "w1": ("w1", "w3", "w2")}
+
+
+def _result(r: KernelCheck, target: str):
+    from lowbit.verify.checks import fail, passed
+
+    check = f"{r.kind} {'T' if r.kind == 'moe' else 'M'}={r.m} {r.act}"
+    detail = f"rel err {r.rel_err:.2e} (bound {r.bound:.0e}) vs float64 reference"
+    if r.passed:
+        return passed(target, check, detail, value=round(r.rel_err, 6), limit=r.bound, badness=r.rel_err / r.bound)
+    out = fail(target, check, detail, value=r.rel_err if np.isfinite(r.rel_err) else None, limit=r.bound)
+    out.badness = r.rel_err / r.bound if np.isfinite(r.rel_err) else 1e9
+    return out
+
+
+def gemm_tensor_check(ctx, lin) -> list:
+    """The prefill GEMM of every quantized linear at M=64 and M=1024 (W8A8 too for fp8-block)."""
+    if not ctx.gpu:
+        return []
+    from lowbit.verify.checks import passed
+
+    if lin.k % 32:
+        return [passed(lin.prefix, "gemm", f"K={lin.k} is not a multiple of 32: GEMM uses the dequantize fallback")]
+    from lowbit.kernels.weights import to_gpu
+
+    t = ctx.tensors(lin)
+    w = to_gpu(ctx.scheme, t, name=lin.prefix, **ctx.opts)
+    dense = dense_weight(ctx.scheme, t)
+    acts = ("bf16", "fp8") if ctx.scheme == "fp8-block" else ("bf16",)
+    seed = int(ctx.rng(lin).integers(1 << 31))
+    return [_result(check_gemm(w, dense, m, act=a, seed=seed + m), lin.prefix) for m in VERIFY_MS for a in acts]
+
+
+class _LazyExperts:
+    """experts[e] -> float32 dequantized [N, K] of one projection, made on first use (only routed experts)."""
+
+    def __init__(self, ctx, names: list[dict]):
+        self.ctx, self.names, self.cache = ctx, names, {}
+
+    def __getitem__(self, e):
+        e = int(e)
+        if e not in self.cache:
+            t = {s: np.asarray(self.ctx.ck.get(n)) for s, n in self.names[e].items()}
+            self.cache[e] = dense_weight(self.ctx.scheme, t)
+        return self.cache[e]
+
+
+def moe_layer_check(ctx, lin) -> list:
+    """Once per MoE layer (on its expert 0 gate): the MoE path, decode (1 token) and prefill (8 tokens)."""
+    m = _EXPERT0.match(lin.prefix)
+    if not ctx.gpu or m is None:
+        return []
+    from lowbit.formats import scheme_module
+    from lowbit.kernels.moe import MoeWeights
+
+    cfg = ctx.ck.config
+    n_exp = int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+    top_k = int(cfg.get("num_experts_per_tok", 2))
+    norm = "mixtral" if cfg.get("model_type") == "mixtral" else "qwen3"
+    base, projs = m.group("base"), _PROJ_NAMES[m.group("proj")]
+    suffixes = ["weight"] if ctx.scheme == "bf16" else list(scheme_module(ctx.scheme).tensor_layout(8, 128, **ctx.opts))
+    have = set(ctx.ck.names())
+    names = [{p: {s: f"{base}.experts.{e}.{proj}.{s}" for s in suffixes if f"{base}.experts.{e}.{proj}.{s}" in have}
+              for p, proj in zip(("gate", "up", "down"), projs)} for e in range(n_exp)]
+    experts = [{p: {s: np.asarray(ctx.ck.get(n)) for s, n in d[p].items()} for p in d} for d in names]
+    mw = MoeWeights.from_checkpoint_tensors(ctx.scheme, experts, name=f"{base}.experts", **ctx.opts)
+    del experts
+    dense = tuple(_LazyExperts(ctx, [d[p] for d in names]) for p in ("gate", "up", "down"))
+    router = np.asarray(ctx.ck.get(f"{base}.gate.weight")).astype(np.float32)
+    seed = int(ctx.rng(lin).integers(1 << 31))
+    out = []
+    for tokens, path in ((1, "decode"), (8, "prefill")):
+        for act in (("bf16", "fp8") if ctx.scheme == "fp8-block" and path == "prefill" else ("bf16",)):
+            r = check_moe(mw, dense, router, top_k, tokens, norm=norm, norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
+                          act=act, seed=seed + tokens, path=path, name=f"{base}.experts")
+            out.append(_result(r, f"{base}.experts"))
+    return out
+
+
+def _register() -> None:
+    try:
+        from lowbit.verify.checks import register_tensor_check
+    except ImportError:  # the verify package without its check registry
+        return
+    register_tensor_check(gemm_tensor_check)
+    register_tensor_check(moe_layer_check)
+
+
+_register()

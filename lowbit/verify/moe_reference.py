@@ -55,7 +55,7 @@ def moe_experts_ref(x, ids, weights, gate, up, down, act_fn=None) -> np.ndarray:
     x = np.asarray(x, np.float64)
     ids = np.asarray(ids)
     weights = np.asarray(weights, np.float64)
-    out = np.zeros((x.shape[0], np.asarray(down).shape[1]), np.float64)
+    out = np.zeros(x.shape, np.float64)  # down maps I back to H
     for e in np.unique(ids):
         tok, slot = np.nonzero(ids == e)
         xe = act_fn(x[tok])
