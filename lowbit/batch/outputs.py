@@ -1,7 +1,8 @@
 """The state of a batch output directory: missing, complete (its lowbit.json sha256s verify), or not.
 
 A re-run skips a job only when every file its `lowbit.json` lists exists with the recorded sha256
-(and size, where recorded) and lowbit.json itself is unmodified (its `manifest_sha256`). The manifest's `files` may be a mapping name -> sha256, name ->
+(and size, where recorded) and lowbit.json itself is unmodified (its `manifest_sha256`).
+The manifest's `files` may be a mapping name -> sha256, name ->
 {"sha256": ..., "size": ...}, or a list of {"name"/"path", "sha256"} records.
 """
 

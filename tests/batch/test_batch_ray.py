@@ -39,8 +39,8 @@ def test_ray_executor_same_report_as_local(tmp_path, local_ray):
     assert "Ray task failed" in ray_report.jobs[2]["error"]
     assert "RuntimeError: injected bug" in ray_report.jobs[4]["error"]
     assert ray_report.to_dict()["executor"] == "ray" and ray_report.exit_code == 1
-    for r, l in zip(ray_report.jobs, local_report.jobs):
-        assert set(r) == set(l)
+    for r, loc_ in zip(ray_report.jobs, local_report.jobs):
+        assert set(r) == set(loc_)
     # the re-run on Ray skips the two finished outputs
     again = run_batch(parse_manifest({**doc, "output_root": str(tmp_path / "ray-out")}, base=tmp_path),
                       executor="ray", job_fn=fake_job)
@@ -57,13 +57,13 @@ def test_ray_executor_real_conversion(tmp_path, local_ray):
     assert [j["status"] for j in rep.jobs] == ["ok", "ok"], [j["error"] for j in rep.jobs]
     doc["output_root"] = str(tmp_path / "local-out")
     loc = run_batch(parse_manifest(doc, base=tmp_path), executor="local")
-    for r, l in zip(rep.jobs, loc.jobs):
+    for r, loc_ in zip(rep.jobs, loc.jobs):
         # error figures equal up to float64 summation order (Ray sets OMP_NUM_THREADS=1 in tasks)
-        assert r["worst_error"]["worst_tensor"] == l["worst_error"]["worst_tensor"]
-        assert r["worst_error"]["worst_rel_error"] == pytest.approx(l["worst_error"]["worst_rel_error"],
+        assert r["worst_error"]["worst_tensor"] == loc_["worst_error"]["worst_tensor"]
+        assert r["worst_error"]["worst_rel_error"] == pytest.approx(loc_["worst_error"]["worst_rel_error"],
                                                                     rel=1e-12)
-        assert r["bytes_out"] == l["bytes_out"]
-        files = sorted(p.name for p in Path(l["output"]).iterdir())
+        assert r["bytes_out"] == loc_["bytes_out"]
+        files = sorted(p.name for p in Path(loc_["output"]).iterdir())
         assert files == sorted(p.name for p in Path(r["output"]).iterdir())
         for f in files:  # same bytes from either executor
-            assert (Path(r["output"]) / f).read_bytes() == (Path(l["output"]) / f).read_bytes()
+            assert (Path(r["output"]) / f).read_bytes() == (Path(loc_["output"]) / f).read_bytes()
