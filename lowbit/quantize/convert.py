@@ -116,14 +116,14 @@ def _copy_aux(src: Path, dst: Path) -> list[str]:
     return names
 
 
-def _finish(ck: Checkpoint, plan: Plan, partial: Path, source_id: str, device: str) -> Path:
+def _finish(ck: Checkpoint, plan: Plan, partial: Path, source_id: str, shard_sha: dict[str, str]) -> Path:
     weight_map = {name: s.file for s in plan.shards for name in s.layout()}
     total = sum(it.out_bytes for it in plan.items)
     checkpoint.write_index(partial, weight_map, total)
     config = with_quantization_config(ck.config, plan.scheme, plan.ignore, **plan.opts)
     (partial / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     _copy_aux(ck.path, partial)
-    return write_manifest(partial, plan, source_id)
+    return write_manifest(partial, plan, source_id, known=shard_sha)
 
 
 def _publish(partial: Path, out: Path) -> None:
@@ -167,7 +167,7 @@ def convert(src, out, scheme: str, *, group_size: int = 128, asymmetric: bool = 
     total = sum(it.in_bytes for it in plan.items)
     try:
         reused = _run(ck, plan, partial, journal, quantize_fn, progress, total)
-        manifest = _finish(ck, plan, partial, source.ident, dev)
+        manifest = _finish(ck, plan, partial, source.ident, dict(journal.shards))
         journal.remove()
         _publish(partial, out)
     except LowbitError:
@@ -199,9 +199,13 @@ def _os_error(e: OSError, out: Path, partial: Path) -> LowbitError:
 
 
 def _run(ck: Checkpoint, plan: Plan, partial: Path, journal: Journal, quantize_fn, progress, total) -> int:
+    """Write every shard not already done; each finished shard is hashed in a background thread
+    (overlapping the next shard's work) and then recorded in the journal."""
     amax: dict[str, float] = {}
     reused = 0
-    with ThreadPoolExecutor(_threads() if quantize_fn is stream.cpu_quantize else 1) as pool:
+    pending = None
+    with ThreadPoolExecutor(_threads() if quantize_fn is stream.cpu_quantize else 1) as pool, \
+            ThreadPoolExecutor(1) as hasher:
         for shard in plan.shards:
             path = partial / shard.file
             if journal.done(shard.file, path):
@@ -212,6 +216,12 @@ def _run(ck: Checkpoint, plan: Plan, partial: Path, journal: Journal, quantize_f
                 _write_shard(ck, plan, shard, path, pool, amax, quantize_fn, progress, total)
             except BaseException:
                 path.unlink(missing_ok=True)  # never leave a half-written shard behind
+                if pending:  # the previous shard is complete: record it for the resume
+                    journal.record(*pending.result())
                 raise
-            journal.record(shard.file, sha256_file(path))
+            if pending:
+                journal.record(*pending.result())
+            pending = hasher.submit(lambda f=shard.file, p=path: (f, sha256_file(p)))
+        if pending:
+            journal.record(*pending.result())
     return reused

@@ -35,8 +35,10 @@ def sha256_file(path: Path, block: int = 1 << 23) -> str:
     return h.hexdigest()
 
 
-def write_manifest(out_dir: Path, plan, source_id: str) -> Path:
-    files = {p.name: sha256_file(p) for p in sorted(Path(out_dir).iterdir())
+def write_manifest(out_dir: Path, plan, source_id: str, known: dict[str, str] | None = None) -> Path:
+    """`known`: sha256 already computed (the shards, by the journal), so big files hash once."""
+    known = known or {}
+    files = {p.name: known.get(p.name) or sha256_file(p) for p in sorted(Path(out_dir).iterdir())
              if p.is_file() and p.name not in (MANIFEST_NAME, JOURNAL_NAME)}
     body = {
         "lowbit_version": __version__,

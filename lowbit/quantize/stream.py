@@ -20,7 +20,7 @@ from lowbit.formats.checkpoint import Checkpoint
 from lowbit.formats.safetensors_io import DTYPES, ShardWriter
 from lowbit.quantize.plan import Item
 
-CHUNK_ELEMS = 1 << 22
+CHUNK_ELEMS = 1 << 19  # ~2 MB of float32: temporaries stay in L2/L3 (numpy passes are cache-bound)
 _PER_TENSOR = ("weight_global_scale", "weight_shape")
 #: dtype -> (unsigned view, magnitude mask, first non-finite magnitude)
 _BITS = {"BF16": (np.uint16, 0x7FFF, 0x7F80), "F16": (np.uint16, 0x7FFF, 0x7C00),
@@ -33,9 +33,7 @@ def nan_error(ck: Checkpoint, name: str) -> CheckpointError:
 
 
 def to_f32(raw: np.ndarray) -> np.ndarray:
-    """BF16/F16/F32 -> float32 (BF16 by a 16-bit shift: exact and faster than a cast)."""
-    if raw.dtype == DTYPES["BF16"]:
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    """BF16/F16/F32 -> float32 (exact)."""
     return raw.astype(np.float32, copy=False)
 
 
