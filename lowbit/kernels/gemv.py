@@ -19,7 +19,12 @@ from lowbit.kernels.weights import GpuWeight
 import os
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
-UNROLL = int(os.environ.get("LOWBIT_GEMV_UNROLL", 2))
+STAGES = int(os.environ.get("LOWBIT_GEMV_STAGES", 2))
+STAGE_BYTES = int(os.environ.get("LOWBIT_GEMV_STAGE_BYTES", 512))
+#: shared memory per warp (must match WARP_SMEM in cuda/common.cuh)
+WARP_SMEM = STAGES * 16 * (STAGE_BYTES + 64)
+SMEM_PER_SM = 228 * 1024
+DEFINES = {"GEMV_WARPS": WARPS, "GEMV_STAGES": STAGES, "GEMV_STAGE_BYTES": STAGE_BYTES}
 ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "nvfp4": ("nvfp4",)}
 _FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
 _TAGS = {("bf16", "bf16"): "bf16", ("fp8-block", "bf16"): "fp8", ("fp8-block", "fp8"): "fp8_a8",
@@ -90,10 +95,11 @@ def _sm_count(device_id: int) -> int:
     return int(cupy.cuda.Device(device_id).attributes["MultiProcessorCount"])
 
 
-def _ctas_per_sm(regs: int, warps: int) -> int:
+def _ctas_per_sm(regs: int, warps: int, smem_per_warp: int = 0) -> int:
     threads = 32 * warps
     per_warp = -(-max(regs, 1) * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
-    return max(1, min(65536 // (per_warp * warps), 2048 // threads, 32))
+    by_smem = SMEM_PER_SM // (smem_per_warp * warps + 1024) if smem_per_warp else 32
+    return max(1, min(65536 // (per_warp * warps), 2048 // threads, 32, by_smem))
 
 
 def plan_launch(n: int, k: int, scheme: str, sm_count: int, regs: int = 128) -> tuple[int, int]:
@@ -107,9 +113,9 @@ def plan_launch(n: int, k: int, scheme: str, sm_count: int, regs: int = 128) -> 
     iters = -(-k // _KI[scheme])
     best = (-1.0, 0, 8, 1)
     for warps in (8, 4):
-        slots = sm_count * _ctas_per_sm(regs, warps)
+        slots = sm_count * _ctas_per_sm(regs, warps, WARP_SMEM)
         blocks = -(-tiles // warps)
-        for s in range(1, max(1, min(64, iters // (2 * UNROLL))) + 1):
+        for s in range(1, max(1, min(64, iters // 4)) + 1):
             ctas = blocks * s
             fill = ctas / (slots * -(-ctas // slots))
             balance = (iters / s) / -(-iters // s)
@@ -181,7 +187,8 @@ def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int):
     """(kernel, warps, splits) for one shape, cached: the kernel's register count sets the occupancy."""
     from lowbit.kernels.compile import get_function
 
-    fn = get_function(file, name, {"GEMV_WARPS": WARPS, "GEMV_UNROLL": UNROLL})
+    fn = get_function(file, name, DEFINES)
+    fn.max_dynamic_shared_size_bytes = WARPS * WARP_SMEM
     warps, splits = plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs))
     return fn, warps, splits
 
@@ -219,5 +226,5 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
     group = w.group_size if w.scheme == "int4" else 0
     fn((-(-tiles // nw), s), (nw * 32,),
        (main, scale, zp, gscale, x, xs, y, ws, cnt,
-        np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group)))
+        np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group)), shared_mem=nw * WARP_SMEM)
     return y
