@@ -37,30 +37,39 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
 _U32 = np.uint32
 
 
+def encode_e4m3_reference(x: np.ndarray) -> np.ndarray:
+    """The definition of encode_e4m3: clip to +-448, then ml_dtypes' RNE cast (tests compare)."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.clip(x, -E4M3_MAX, E4M3_MAX).astype(E4M3)
+
+
+def _rounding_table(reference, shift: int) -> np.ndarray:
+    """code of every float32 `bits >> shift` interval: [2*key] the interval's exact start value,
+    [2*key + 1] any value strictly inside it. Exact whenever every rounding boundary of the format
+    (midpoints, saturation point) has its low `shift` bits zero, i.e. starts an interval."""
+    keys = np.arange(1 << (32 - shift), dtype=_U32) << _U32(shift)
+    table = np.empty(2 * len(keys), np.uint8)
+    with np.errstate(invalid="ignore", over="ignore"):
+        table[0::2] = np.asarray(reference(keys.view(np.float32))).view(np.uint8)
+        table[1::2] = np.asarray(reference((keys | _U32(1)).view(np.float32))).view(np.uint8)
+    return table
+
+
+def _lookup(table: np.ndarray, x: np.ndarray, shift: int) -> np.ndarray:
+    b = np.asarray(x, dtype=np.float32).view(_U32)
+    idx = (b >> _U32(shift)) << _U32(1)
+    idx |= (b & _U32((1 << shift) - 1)) != 0
+    return table.take(idx.astype(np.intp))
+
+
 def encode_e4m3(x: np.ndarray) -> np.ndarray:
     """float32 -> float8_e4m3fn, RNE, saturating to +-448. NaN input is the caller's bug.
 
-    Bit arithmetic on the float32 pattern (3x faster than ml_dtypes' cast, same bytes; the tests
-    compare both over all grid midpoints and random inputs): normals round to 3 mantissa bits by
-    adding half an ulp (+1 when the kept lsb is odd: ties to even; a carry bumps the exponent,
-    which is the correct rounding), then rebias the exponent 127 -> 7. Below 2^-6 (subnormals,
-    quantum 2^-9) the code is rint(|x| * 512).
+    Same bytes as encode_e4m3_reference, 3-5x faster: a table over the top 13 bits of the float32
+    (sign, exponent, 4 mantissa bits) plus "any lower bit set", built from the reference. E4M3
+    midpoints have at most 4 mantissa bits, so every rounding decision is fixed by that index.
     """
-    x = np.clip(np.asarray(x, dtype=np.float32), -E4M3_MAX, E4M3_MAX)
-    b = x.view(_U32)
-    r = (b >> _U32(20)) & _U32(1)
-    r += _U32(0x7FFFF)
-    r += b
-    r >>= _U32(20)
-    r &= _U32(0x7FF)
-    r -= _U32((127 - 7) << 3)  # (exponent - 120) << 3 | mantissa
-    sign = (b >> _U32(24)) & _U32(0x80)
-    r |= sign
-    out = r.astype(np.uint8)
-    sub = np.abs(x) < np.float32(2.0**-6)
-    if sub.any():
-        out[sub] = np.rint(np.abs(x[sub]) * np.float32(512.0)).astype(np.uint8) | sign[sub].astype(np.uint8)
-    return out.view(E4M3)
+    return _lookup(_E4M3_TABLE, x, 19).view(E4M3)
 
 
 def decode_e4m3(q: np.ndarray) -> np.ndarray:
@@ -87,24 +96,15 @@ def encode_e2m1_reference(x: np.ndarray) -> np.ndarray:
 def encode_e2m1(x: np.ndarray) -> np.ndarray:
     """float32 -> E2M1 codes (uint8 0..15), RNE, saturating to +-6.
 
-    Same codes as encode_e2m1_reference, 4x faster: E2M1 is a float with 1 mantissa bit and
-    exponent bias 1, so |x| >= 1 rounds like E4M3 above (keep 1 of 23 mantissa bits, rebias
-    127 -> 1: code = (bits >> 22) - 252), and |x| < 1 (quantum 0.5) is rint(2|x|) (via + 2^22).
+    Same codes as encode_e2m1_reference, 3-4x faster: a table over the top 12 bits of the float32
+    (sign, exponent, 3 mantissa bits) plus "any lower bit set"; every E2M1 rounding bound has at
+    most 2 mantissa bits.
     """
-    x = np.asarray(x, dtype=np.float32)
-    mag = np.minimum(np.abs(x), np.float32(E2M1_MAX))
-    b = mag.view(_U32)
-    normal = (b >> _U32(22)) & _U32(1)
-    normal += _U32(0x1FFFFF)
-    normal += b
-    normal >>= _U32(22)
-    normal -= _U32((127 - 1) << 1)
-    # |x| < 1: quantum 0.5; adding 2^22 (whose float32 ulp is 0.5) rounds RNE, and the bits
-    # above 2^22's pattern count halves: the code itself
-    sub = (mag + np.float32(2.0**22)).view(_U32) - _U32(0x4A800000)
-    code = np.where(mag < np.float32(1.0), sub, normal).astype(np.uint8)
-    code |= np.signbit(x).astype(np.uint8) << 3
-    return code
+    return _lookup(_E2M1_TABLE, x, 20)
+
+
+_E4M3_TABLE = _rounding_table(encode_e4m3_reference, 19)
+_E2M1_TABLE = _rounding_table(encode_e2m1_reference, 20)
 
 
 def decode_e2m1(code: np.ndarray) -> np.ndarray:
