@@ -71,3 +71,13 @@ def test_device_position_path_equals_int_path(tiny_ckpt, token_ids, arch):
     eng.model.forward(np.array(ids[:8]), 0)
     got = [eng.model.forward(np.array([ids[i]]), DevicePos(np.array([i], np.int32), 40))[0] for i in range(8, 12)]
     np.testing.assert_allclose(np.stack(got), full[8:], rtol=0, atol=1e-5 * np.abs(full).max())
+
+
+def test_small_cache_cap_dequantizes_layer_by_layer(tiny_ckpt, token_ids):
+    """A cap smaller than the model: the LRU evicts, the cache stays under the cap, logits are unchanged."""
+    path = tiny_ckpt("qwen2_moe")
+    full = Engine(path, device="cpu", max_context=32)
+    small = Engine(path, device="cpu", max_context=32, cpu_cache_bytes=1_000_000)
+    ids = token_ids(full.cfg.vocab, 9, seed=11)
+    np.testing.assert_array_equal(small.logits(ids), full.logits(ids))
+    assert 0 < small.ops.w.used <= 1_000_000 < full.ops.w.used
