@@ -3,8 +3,8 @@
 Kernels: cuda/gemv_{bf16,fp8,nvfp4,int4}.cu (+ gemv_act.cu for W8A8 / W4A4 activation quantization).
 act: "bf16" (weight-only; every scheme), "fp8" (fp8-block W8A8: x quantized to E4M3 per token per 128
 channels), "nvfp4" (nvfp4 W4A4: x quantized to NVFP4, per-16 E4M3 scales, dynamic per-token global).
-Launch: a warp per 16 rows, grid (ceil(N/(16*warps)), splits); `plan_launch` picks warps per CTA and the
-split-K factor (deterministic last-warp reduction) so that the weight spreads evenly over the GPU.
+Launch: CTAs of (row tiles x warps along K) warps, grid (ceil(N/(16*row tiles)), splits); `plan_launch`
+picks the CTA shape and the split-K factor (deterministic reductions) so the weight spreads evenly.
 """
 
 from __future__ import annotations
@@ -19,12 +19,7 @@ from lowbit.kernels.weights import GpuWeight
 import os
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
-STAGES = int(os.environ.get("LOWBIT_GEMV_STAGES", 2))
-STAGE_BYTES = int(os.environ.get("LOWBIT_GEMV_STAGE_BYTES", 512))
-#: shared memory per warp (must match WARP_SMEM in cuda/common.cuh)
-WARP_SMEM = STAGES * 16 * (STAGE_BYTES + 64)
-SMEM_PER_SM = 228 * 1024
-DEFINES = {"GEMV_WARPS": WARPS, "GEMV_STAGES": STAGES, "GEMV_STAGE_BYTES": STAGE_BYTES}
+UNROLL = int(os.environ.get("LOWBIT_GEMV_UNROLL", 2))
 ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "nvfp4": ("nvfp4",)}
 _FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
 _TAGS = {("bf16", "bf16"): "bf16", ("fp8-block", "bf16"): "fp8", ("fp8-block", "fp8"): "fp8_a8",
@@ -95,34 +90,40 @@ def _sm_count(device_id: int) -> int:
     return int(cupy.cuda.Device(device_id).attributes["MultiProcessorCount"])
 
 
-def _ctas_per_sm(regs: int, warps: int, smem_per_warp: int = 0) -> int:
+def _ctas_per_sm(regs: int, warps: int) -> int:
     threads = 32 * warps
     per_warp = -(-max(regs, 1) * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
-    by_smem = SMEM_PER_SM // (smem_per_warp * warps + 1024) if smem_per_warp else 32
-    return max(1, min(65536 // (per_warp * warps), 2048 // threads, 32, by_smem))
+    return max(1, min(65536 // (per_warp * warps), 2048 // threads, 32))
 
 
-def plan_launch(n: int, k: int, scheme: str, sm_count: int, regs: int = 128) -> tuple[int, int]:
-    """(warps per CTA, split-K factor) that spread the weight evenly over every resident CTA slot.
+#: (row tiles, warps along K) per CTA that the planner considers
+SHAPES_OF_CTA = ((8, 1), (4, 1), (4, 2), (2, 4), (1, 8))
 
-    Score = (CTAs / (slots * waves)) * (mean / max iterations of a split): the first factor is how full
-    the GPU's resident CTA slots stay (wave quantization), the second the imbalance of uneven K slabs.
-    Ties go to fewer splits (less split-K traffic). Pure function: unit-tested without a GPU.
+
+def plan_launch(n: int, k: int, scheme: str, sm_count: int, regs: int = 128) -> tuple[int, int, int]:
+    """(row tiles per CTA, warps along K per tile, split-K factor) spreading the weight evenly on the GPU.
+
+    Score = (CTAs / (slots * waves)) * (mean / max iterations of a warp): how full the resident CTA slots
+    stay (wave quantization) times the K imbalance between warps. Ties go to fewer splits, then to wider
+    row blocks. Pure function: unit-tested without a GPU.
     """
     tiles = -(-n // 16)
     iters = -(-k // _KI[scheme])
-    best = (-1.0, 0, 8, 1)
-    for warps in (8, 4):
-        slots = sm_count * _ctas_per_sm(regs, warps, WARP_SMEM)
-        blocks = -(-tiles // warps)
-        for s in range(1, max(1, min(64, iters // 4)) + 1):
+    best = (-1.0, 0, 8, 1, 1)
+    for wr, wk in SHAPES_OF_CTA:
+        if wk > 1 and iters < 2 * UNROLL * wk:
+            continue
+        slots = sm_count * _ctas_per_sm(regs, wr * wk)
+        blocks = -(-tiles // wr)
+        for s in range(1, max(1, min(64, iters // (2 * UNROLL * wk))) + 1):
             ctas = blocks * s
             fill = ctas / (slots * -(-ctas // slots))
-            balance = (iters / s) / -(-iters // s)
+            parts = s * wk
+            balance = (iters / parts) / -(-iters // parts) * (tiles / (blocks * wr))
             score = round(fill * balance * (1 - 0.002 * s), 3)
             if score > best[0]:
-                best = (score, -s, warps, s)
-    return best[2], best[3]
+                best = (score, -s, wr, wk, s)
+    return best[2], best[3], best[4]
 
 
 class _Workspace:
@@ -187,10 +188,8 @@ def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int):
     """(kernel, warps, splits) for one shape, cached: the kernel's register count sets the occupancy."""
     from lowbit.kernels.compile import get_function
 
-    fn = get_function(file, name, DEFINES)
-    fn.max_dynamic_shared_size_bytes = WARPS * WARP_SMEM
-    warps, splits = plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs))
-    return fn, warps, splits
+    fn = get_function(file, name, {"GEMV_WARPS": WARPS, "GEMV_UNROLL": UNROLL})
+    return (fn, *plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs)))
 
 
 def _kernel_tag(w: GpuWeight, act: str) -> str:
@@ -199,19 +198,20 @@ def _kernel_tag(w: GpuWeight, act: str) -> str:
     return _TAGS[(w.scheme, act)]
 
 
-def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None, warps: int | None = None):
-    """y bf16 [M, N] = x @ W^T, M in 1..16, fp32 accumulation. `splits` / `warps` override the plan."""
+def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None, cta: tuple | None = None):
+    """y bf16 [M, N] = x @ W^T, M in 1..16, fp32 accumulation. `splits` and `cta` = (row tiles, warps along
+    K) override the launch plan."""
     _check_weight(w, act)
     m = check_activation(x, w.k)
     y = _check_out(out, m, w.n)
     dev = x.device.id
     mt = 1 if m <= 8 else 2
     tiles = -(-w.n // 16)
-    fn, pw, ps = _planned(_FILES[w.scheme], f"gemv_{_kernel_tag(w, act)}_m{8 * mt}", w.n, w.k, w.scheme, dev)
+    fn, pr, pk, ps = _planned(_FILES[w.scheme], f"gemv_{_kernel_tag(w, act)}_m{8 * mt}", w.n, w.k, w.scheme, dev)
     s = splits if splits is not None else ps
-    nw = warps if warps is not None else pw
-    if not 1 <= s <= 65535 or not 1 <= nw <= WARPS:
-        raise KernelError(f"splits={s} must be in 1..65535 and warps={nw} in 1..{WARPS}")
+    wr, wk = cta if cta is not None else (pr, pk)
+    if not 1 <= s <= 65535 or not 1 <= wr * wk <= WARPS:
+        raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
     ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
     xs = NULL
     if act == "fp8":
@@ -224,7 +224,7 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
     zp = t.get("weight_zero_point", NULL)
     gscale = t.get("weight_global_scale", NULL)
     group = w.group_size if w.scheme == "int4" else 0
-    fn((-(-tiles // nw), s), (nw * 32,),
+    fn((-(-tiles // wr), s), (wr * wk * 32,),
        (main, scale, zp, gscale, x, xs, y, ws, cnt,
-        np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group)), shared_mem=nw * WARP_SMEM)
+        np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group), np.int32(wk)))
     return y

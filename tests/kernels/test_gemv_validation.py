@@ -69,21 +69,17 @@ def test_act_must_match_scheme_and_experts_need_a_view():
 
 
 def test_plan_launch_fills_the_gpu_evenly():
-    from lowbit.kernels.gemv import _ctas_per_sm
+    from lowbit.kernels.gemv import SHAPES_OF_CTA, _ctas_per_sm
 
     assert _ctas_per_sm(128, 8) == 2 and _ctas_per_sm(64, 8) == 4 and _ctas_per_sm(255, 4) == 2
-    assert _ctas_per_sm(64, 8, 20000) == 1 and _ctas_per_sm(64, 4, 20000) == 2
     for scheme in ("bf16", "fp8-block", "nvfp4", "int4"):
         for n, k in [(4096, 4096), (8192, 29568), (29568, 8192), (768, 2048), (2048, 768), (16, 128)]:
-            warps, s = plan_launch(n, k, scheme, 132, 96)
-            assert warps in (4, 8) and 1 <= s <= 64
+            wr, wk, s = plan_launch(n, k, scheme, 132, 96)
+            assert (wr, wk) in SHAPES_OF_CTA and 1 <= s <= 64
             iters = -(-k // {"bf16": 32, "fp8-block": 64, "nvfp4": 128, "int4": 128}[scheme])
-            assert s == 1 or iters // s >= 4  # every split keeps >= 4 iterations per warp
-    # a shape whose row blocks alone fill the 132 x 4 slots exactly needs no split
-    from lowbit.kernels.gemv import WARP_SMEM
-
-    slots = _ctas_per_sm(64, 8, WARP_SMEM)
-    assert plan_launch(132 * slots * 8 * 16, 4096, "bf16", 132, 64) == (8, 1)
+            assert s * wk == 1 or iters // (s * wk) >= 4  # every warp keeps >= 2 double-buffered groups
+    # a shape whose row blocks alone fill the 132 x 4 slots of 8-warp CTAs exactly needs no split
+    assert plan_launch(132 * 4 * 8 * 16, 4096, "bf16", 132, 64) == (8, 1, 1)
     # a small N is split along K to reach every SM
-    warps, s = plan_launch(768, 8192, "fp8-block", 132, 80)
-    assert -(-768 // (16 * warps)) * s >= 132
+    wr, wk, s = plan_launch(768, 8192, "fp8-block", 132, 80)
+    assert -(-768 // (16 * wr)) * s >= 132

@@ -1,13 +1,13 @@
 // common.cuh: the shared skeleton of every lowbit GEMV kernel (y = x @ W^T, M = 1..16).
 //
-// Geometry. Each warp owns one tile of 16 output rows (W rows); a CTA of blockDim.x/32 warps owns
-// consecutive tiles (a row block) and one slab of K (blockIdx.y of `splits`), so all its warps sweep the
-// same K positions together and share the x lines in L1. One "iteration" = 4 lanes x one 16-byte
+// Geometry. Each warp works on one tile of 16 output rows (W rows). A CTA of blockDim.x/32 warps holds
+// wr_n = warps/wk consecutive tiles and one slab of K (blockIdx.y of `splits`); the wk warps of a tile
+// split the slab into contiguous parts and are summed through shared memory at the end (wk = 1: every
+// warp of the CTA sweeps the same K positions, sharing the x lines in L1). One "iteration" = 4 lanes x one 16-byte
 // chunk of W per row, i.e. KI = 4*EC elements of K for the 16 rows of the tile (EC = elements per 16-byte
 // chunk: bf16 8, fp8 16, fp4/int4 32). Lane (g = lane/4, t = lane%4) loads rows g and g+8 of the tile,
-// chunk (it*4 + t) of each row, from a per-warp shared-memory ring of GEMV_STAGES stages that cp.async
-// fills with 512-byte row runs (see fill_stage). The launcher picks warps per CTA and splits to fill the
-// GPU evenly; dynamic shared memory = warps * WARP_SMEM bytes.
+// chunk (it*4 + t) of each row, with 16-byte non-temporal loads (ld.global.nc.L1::no_allocate),
+// GEMV_UNROLL iterations in flight. The launcher picks warps per CTA and splits to fill the GPU evenly.
 //
 // Math. The chunk is decoded to bf16 pairs and fed to the tensor cores with
 // mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32: A = 16 W rows x 16 k-slots, B = 16 k-slots x 8 tokens,
@@ -18,7 +18,8 @@
 // the read-only cache (16-byte loads when K % 8 == 0), token g (and g+8) per lane, zeros past M and K.
 // Products of two bf16 are exact in fp32; accumulation is fp32.
 //
-// Epilogue. With splits == 1 each warp writes its rows of y. With splits > 1 it writes its fp32 partial
+// Epilogue. The wk partials of a tile are summed in a fixed order (shared memory, one barrier).
+// With splits == 1 the tile's first warp writes its rows of y. With splits > 1 it writes its fp32 partial
 // to ws[tile][split][MT*4][32]; the last warp to finish a tile (atomic counter cnt[tile], reset by that
 // warp) sums the splits in order and writes y. Deterministic; every y[token < M][row < N] is written once.
 //
@@ -35,6 +36,9 @@
 #ifndef GEMV_WARPS
 #define GEMV_WARPS 8
 #endif
+#ifndef GEMV_UNROLL
+#define GEMV_UNROLL 2
+#endif
 
 namespace lb {
 
@@ -48,10 +52,28 @@ struct Args {
   uint16_t* y;           // bf16 bits [M, N]
   float* ws;             // split-K workspace
   int* cnt;              // split-K counters [tiles]
-  int n, k, m, splits, group;
+  int n, k, m, splits, group, wk;  // wk: warps of a CTA that share one row tile, splitting its K slab
 };
 
 __device__ __forceinline__ uint4 zero4() { return make_uint4(0u, 0u, 0u, 0u); }
+
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+// 16 bytes of row `row` of a [N, row_bytes] byte matrix at byte offset `off`; zero past the row or N.
+__device__ __forceinline__ uint4 load_row_chunk(const uint8_t* base, int n, long row_bytes, int row, long off) {
+  if (row >= n || off >= row_bytes) return zero4();
+  const uint8_t* p = base + (long)row * row_bytes + off;
+  if ((row_bytes & 15) == 0) return ld_stream16(p);
+  uint32_t wv[4] = {0u, 0u, 0u, 0u};
+  for (int i = 0; i < 16; ++i)
+    if (off + i < row_bytes) wv[i >> 2] |= (uint32_t)__ldg(p + i) << (8 * (i & 3));
+  return make_uint4(wv[0], wv[1], wv[2], wv[3]);
+}
 
 // NP bf16 pairs (2*NP elements) of x[token, k0 ...]; zeros past M and K.
 template <int NP>
@@ -121,11 +143,25 @@ __device__ __forceinline__ float e4m3_to_float(uint8_t b) {
 
 // Combine split-K partials (see the header), scale, write y. One warp, no block-wide barrier.
 template <class P, int MT>
-__device__ __forceinline__ void epilogue(const Args& a, const P& p, float (&acc)[MT][4], int tile, int split) {
+__device__ __forceinline__ void epilogue(const Args& a, const P& p, float (&acc)[MT][4], int tile, int split,
+                                         int wr, int wk, int wr_n, bool active) {
+  __shared__ float red[GEMV_WARPS * 8 * 32];
   const int lane = threadIdx.x & 31;
   float v[MT * 4];
 #pragma unroll
   for (int r = 0; r < MT * 4; ++r) v[r] = acc[r >> 2][r & 3];
+  if (a.wk > 1) {  // the wk warps of one tile: sum their partials in a fixed order through shared memory
+#pragma unroll
+    for (int r = 0; r < MT * 4; ++r) red[((wk * wr_n + wr) * MT * 4 + r) * 32 + lane] = v[r];
+    __syncthreads();
+    if (wk != 0) return;
+#pragma unroll
+    for (int r = 0; r < MT * 4; ++r) {
+      v[r] = 0.f;
+      for (int j = 0; j < a.wk; ++j) v[r] += red[((j * wr_n + wr) * MT * 4 + r) * 32 + lane];
+    }
+  }
+  if (!active) return;
   if (a.splits > 1) {
     float* base = a.ws + (long)tile * a.splits * (MT * 4 * 32);
 #pragma unroll
@@ -158,68 +194,34 @@ __device__ __forceinline__ void epilogue(const Args& a, const P& p, float (&acc)
       }
 }
 
-// ---- W staging: a per-warp ring of GEMV_STAGES shared-memory stages, each 16 rows x GEMV_STAGE_BYTES
-// of the warp's K range, filled with cp.async (16 bytes per lane, 512 contiguous bytes of one row per
-// instruction) so that many long row runs are in flight per SM without costing registers.
-#ifndef GEMV_STAGES
-#define GEMV_STAGES 2
-#endif
-#ifndef GEMV_STAGE_BYTES
-#define GEMV_STAGE_BYTES 512
-#endif
-constexpr int STAGE_ROW = GEMV_STAGE_BYTES + 64;   // +64 bytes: rows g and g+1 land in other banks
-constexpr int STAGE_SIZE = 16 * STAGE_ROW;
-constexpr int WARP_SMEM = GEMV_STAGES * STAGE_SIZE;
-constexpr int IPS = GEMV_STAGE_BYTES / 64;          // iterations per stage (an iteration = 64 bytes a row)
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-// Fill one stage: rows tile*16 .. +15, bytes [b0, b0 + GEMV_STAGE_BYTES) of each row, zeros past `lim`
-// (the warp's K range, in bytes) and past N. Lane l copies piece l of every row.
-__device__ __forceinline__ void fill_stage(const Args& a, uint8_t* st, int tile, long row_bytes, long b0, long lim,
-                                           bool aligned) {
-  const int lane = threadIdx.x & 31;
-  for (int r = 0; r < 16; ++r) {
-    const int row = tile * 16 + r;
-    for (int piece = lane; piece < GEMV_STAGE_BYTES / 16; piece += 32) {
-      const long off = b0 + piece * 16;
-      uint8_t* dst = st + r * STAGE_ROW + piece * 16;
-      const long valid = row < a.n ? min(16L, max(0L, lim - off)) : 0L;
-      if (aligned) {
-        const uint8_t* src = a.w + (long)min(row, a.n - 1) * row_bytes + (valid > 0 ? off : 0);
-        cp_async16((uint32_t)__cvta_generic_to_shared(dst), src, (int)valid);
-      } else {
-        uint32_t wv[4] = {0u, 0u, 0u, 0u};
-        const uint8_t* src = a.w + (long)row * row_bytes + off;
-        for (int i = 0; i < valid; ++i) wv[i >> 2] |= (uint32_t)__ldg(src + i) << (8 * (i & 3));
-        *reinterpret_cast<uint4*>(dst) = make_uint4(wv[0], wv[1], wv[2], wv[3]);
-      }
-    }
+// The W chunks of iterations [it0, it0+U) of rows ra and rb (zeros past it_end).
+template <int U>
+__device__ __forceinline__ void load_group(const Args& a, long row_bytes, int ra, int rb, int t, int it0, int it_end,
+                                           uint4 (&wa)[U], uint4 (&wb)[U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const long off = ((long)(it0 + u) * 4 + t) * 16;
+    const bool ok = it0 + u < it_end;
+    wa[u] = ok ? load_row_chunk(a.w, a.n, row_bytes, ra, off) : zero4();
+    wb[u] = ok ? load_row_chunk(a.w, a.n, row_bytes, rb, off) : zero4();
   }
 }
 
 // The GEMV main loop, shared by every scheme. P supplies EC, PARTIAL, decode, xperm, partial, out_scale.
 template <class P, int MT>
 __device__ __forceinline__ void gemv_body(const Args& a) {
-  constexpr int EC = P::EC, NP = EC / 2, KI = 4 * EC;
-  extern __shared__ __align__(16) uint8_t smem_raw[];
+  constexpr int EC = P::EC, NP = EC / 2, KI = 4 * EC, U = GEMV_UNROLL;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int tile = blockIdx.x * (blockDim.x >> 5) + warp, split = blockIdx.y;
-  if (tile * 16 >= a.n) return;
+  const int wr_n = (blockDim.x >> 5) / a.wk, wr = warp % wr_n, wk = warp / wr_n;
+  const int tile = blockIdx.x * wr_n + wr, split = blockIdx.y;
+  const bool active = tile * 16 < a.n;
   const int ra = tile * 16 + g, rb = ra + 8;
   const long row_bytes = (long)a.k * P::BITS / 8;
-  const bool aligned = (row_bytes & 15) == 0;
   const int iters = (a.k + KI - 1) / KI;
-  const int it_beg = (int)((long)iters * split / a.splits), it_end = (int)((long)iters * (split + 1) / a.splits);
-  const long lim = min(row_bytes, (long)it_end * 64);
-  uint8_t* ring = smem_raw + warp * WARP_SMEM;
-  const int stages = (it_end - it_beg + IPS - 1) / IPS;
+  const int s_beg = (int)((long)iters * split / a.splits), s_len = (int)((long)iters * (split + 1) / a.splits) - s_beg;
+  const int it_beg = s_beg + s_len * wk / a.wk;
+  const int it_end = active ? s_beg + s_len * (wk + 1) / a.wk : it_beg;
   const P p(a, tile);
   float acc[MT][4];
 #pragma unroll
@@ -227,36 +229,24 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
 
+  // Double-buffered: the loads of the next U iterations are issued before the current U are computed.
+  uint4 wa[U], wb[U];
+  load_group<U>(a, row_bytes, ra, rb, t, it_beg, it_end, wa, wb);
+  for (int it0 = it_beg; it0 < it_end; it0 += U) {
+    uint4 na[U], nb[U];
+    load_group<U>(a, row_bytes, ra, rb, t, it0 + U, it_end, na, nb);
 #pragma unroll
-  for (int s = 0; s < GEMV_STAGES - 1; ++s) {
-    if (s < stages) fill_stage(a, ring + s * STAGE_SIZE, tile, row_bytes, (long)(it_beg + s * IPS) * 64, lim, aligned);
-    cp_commit();
-  }
-  for (int s = 0; s < stages; ++s) {
-    const int nxt = s + GEMV_STAGES - 1;
-    if (nxt < stages)
-      fill_stage(a, ring + (nxt % GEMV_STAGES) * STAGE_SIZE, tile, row_bytes, (long)(it_beg + nxt * IPS) * 64, lim,
-                 aligned);
-    cp_commit();
-    cp_wait<GEMV_STAGES - 1>();
-    __syncwarp();
-    const uint8_t* st = ring + (s % GEMV_STAGES) * STAGE_SIZE;
-    const int it0 = it_beg + s * IPS;
-#pragma unroll 2
-    for (int li = 0; li < IPS; ++li) {
-      const int it = it0 + li;
-      if (it >= it_end) break;
-      const int k0 = (it * 4 + t) * EC;
-      const uint4 wa = *reinterpret_cast<const uint4*>(st + g * STAGE_ROW + (li * 4 + t) * 16);
-      const uint4 wb = *reinterpret_cast<const uint4*>(st + (g + 8) * STAGE_ROW + (li * 4 + t) * 16);
+    for (int u = 0; u < U; ++u) {
+      if (it0 + u >= it_end) break;
+      const int k0 = ((it0 + u) * 4 + t) * EC;
       uint32_t X[MT][NP], RA[NP], RB[NP];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         load_x<NP>(a, g + 8 * mt, k0, X[mt]);
         P::xperm(X[mt]);
       }
-      p.decode(wa, ra, k0, RA);
-      p.decode(wb, rb, k0, RB);
+      p.decode(wa[u], ra, k0, RA);
+      p.decode(wb[u], rb, k0, RB);
       if constexpr (P::PARTIAL) {
         float part[MT][4];
 #pragma unroll
@@ -264,15 +254,15 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
 #pragma unroll
           for (int i = 0; i < 4; ++i) part[mt][i] = 0.f;
         mma_chunk<NP, MT>(part, RA, RB, X);
-        p.partial(acc, part, it * KI, ra, rb);
+        p.partial(acc, part, (it0 + u) * KI, ra, rb);
       } else {
         mma_chunk<NP, MT>(acc, RA, RB, X);
       }
     }
-    __syncwarp();
+#pragma unroll
+    for (int u = 0; u < U; ++u) { wa[u] = na[u]; wb[u] = nb[u]; }
   }
-  cp_wait<0>();
-  epilogue<P, MT>(a, p, acc, tile, split);
+  epilogue<P, MT>(a, p, acc, tile, split, wr, wk, wr_n, active);
 }
 
 }  // namespace lb
@@ -282,7 +272,7 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
   extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                        \
       NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint16_t* x,     \
            const float* xs, uint16_t* y, float* ws, int* cnt, int n, int k, int m, int splits,         \
-           int group) {                                                                               \
-    const lb::Args a{w, s, z, gscale, x, xs, y, ws, cnt, n, k, m, splits, group};                      \
+           int group, int wk) {                                                                       \
+    const lb::Args a{w, s, z, gscale, x, xs, y, ws, cnt, n, k, m, splits, group, wk};                  \
     lb::gemv_body<POLICY, MT>(a);                                                                     \
   }
