@@ -105,7 +105,8 @@ def _write_shard(ck: Checkpoint, plan: Plan, shard: Shard, path: Path, pool, ama
                         members = plan.groups.get(key, [it.source])
                         amax[key] = max(stream.tensor_amax(ck, m, pool) for m in members)
                     g = amax[key]
-                stream.quantize_item(ck, it, writer, pool, plan.scheme, plan.opts, g, quantize_fn)
+                stream.quantize_item(ck, it, writer, pool, plan.scheme, plan.opts, g, quantize_fn,
+                                     1 if quantize_fn is stream.cpu_quantize else 16)
             progress(it.in_bytes, total)
 
 

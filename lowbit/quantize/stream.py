@@ -91,11 +91,12 @@ def copy_item(ck: Checkpoint, it: Item, writer: ShardWriter, pool: ThreadPoolExe
 
 
 def quantize_item(ck: Checkpoint, it: Item, writer: ShardWriter, pool: ThreadPoolExecutor, scheme: str,
-                  opts: dict, global_amax: float | None, quantize_fn) -> None:
-    """Quantize one linear weight chunk by chunk; `quantize_fn(scheme, w32, opts)` does the math."""
+                  opts: dict, global_amax: float | None, quantize_fn, chunk_scale: int = 1) -> None:
+    """Quantize one linear weight chunk by chunk; `quantize_fn(scheme, w32, opts)` does the math.
+    `chunk_scale` multiplies the chunk size (the GPU wants fewer, larger chunks)."""
     n, k = ck.shape(it.source)
     mod = scheme_module(scheme)
-    step = chunk_rows(n, k)
+    step = chunk_rows(n, k) * chunk_scale
     chunk_opts = dict(opts)
     if global_amax is not None:
         chunk_opts["global_amax"] = global_amax
