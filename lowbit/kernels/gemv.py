@@ -20,6 +20,7 @@ import os
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
 UNROLL = int(os.environ.get("LOWBIT_GEMV_UNROLL", 2))
+TUNE = os.environ.get("LOWBIT_GEMV_TUNE", "1") != "0"
 ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "nvfp4": ("nvfp4",)}
 _FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
 _TAGS = {("bf16", "bf16"): "bf16", ("fp8-block", "bf16"): "fp8", ("fp8-block", "fp8"): "fp8_a8",
@@ -192,6 +193,43 @@ def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int):
     return (fn, *plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs)))
 
 
+#: launch configs (row tiles, warps along K, splits) tried by the autotuner besides the planner's
+TUNE_CANDIDATES = ((1, 8, 1), (2, 4, 1), (1, 8, 2), (2, 4, 2), (4, 2, 2), (4, 1, 4), (4, 1, 6))
+TUNE_MIN_ELEMENTS = 1 << 22  # smaller weights are latency-bound: the planner's choice is kept
+_TUNED: dict = {}
+
+
+def _time_config(launch, cfg, flush, reps: int = 3) -> float:
+    import cupy
+
+    times = []
+    for _ in range(reps):
+        flush.fill(0)  # evict the weight from L2, as in a real decode step
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        launch(cfg)
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return sorted(times)[len(times) // 2]
+
+
+def _autotune(key, launch, planned) -> tuple[int, int, int]:
+    """Time the planner's config and TUNE_CANDIDATES once per (kernel, N, K, device) and keep the fastest.
+
+    The kernel's speed depends on DRAM locality and issue rate in ways the occupancy model misses; a
+    measurement on the real weight (L2 flushed between runs) settles it. Runs once, at the first call.
+    """
+    import cupy
+
+    if key not in _TUNED:
+        flush = cupy.empty(64 << 20, dtype=cupy.uint8)
+        cands = dict.fromkeys([planned, *TUNE_CANDIDATES])
+        _TUNED[key] = min(cands, key=lambda c: _time_config(launch, c, flush))
+        del flush
+    return _TUNED[key]
+
+
 def _kernel_tag(w: GpuWeight, act: str) -> str:
     if w.scheme == "int4" and w.group_size == 128:
         return "int4g128"
@@ -208,23 +246,30 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
     mt = 1 if m <= 8 else 2
     tiles = -(-w.n // 16)
     fn, pr, pk, ps = _planned(_FILES[w.scheme], f"gemv_{_kernel_tag(w, act)}_m{8 * mt}", w.n, w.k, w.scheme, dev)
-    s = splits if splits is not None else ps
-    wr, wk = cta if cta is not None else (pr, pk)
-    if not 1 <= s <= 65535 or not 1 <= wr * wk <= WARPS:
-        raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
-    ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
     xs = NULL
     if act == "fp8":
         x, xs = quantize_act_fp8(x)
     elif act == "nvfp4":
         x, xs = quantize_act_nvfp4(x)
     t = w.tensors
-    main = t.get("weight", t.get("weight_packed"))
-    scale = t.get("weight_scale_inv", t.get("weight_scale", NULL))
-    zp = t.get("weight_zero_point", NULL)
-    gscale = t.get("weight_global_scale", NULL)
+    args = (t.get("weight", t.get("weight_packed")), t.get("weight_scale_inv", t.get("weight_scale", NULL)),
+            t.get("weight_zero_point", NULL), t.get("weight_global_scale", NULL), x, xs, y)
     group = w.group_size if w.scheme == "int4" else 0
-    fn((-(-tiles // wr), s), (wr * wk * 32,),
-       (main, scale, zp, gscale, x, xs, y, ws, cnt,
-        np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group), np.int32(wk)))
+
+    def launch(cfg):
+        wr, wk, s = cfg
+        if not 1 <= s <= 65535 or not 1 <= wr * wk <= WARPS:
+            raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
+        ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
+        fn((-(-tiles // wr), s), (wr * wk * 32,),
+           args + (ws, cnt, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group), np.int32(wk)))
+
+    planned = (pr, pk, ps)
+    if cta is not None or splits is not None:
+        cfg = (*(cta or (pr, pk)), splits or ps)
+    elif TUNE and w.n * w.k >= TUNE_MIN_ELEMENTS:
+        cfg = _autotune((fn, w.n, w.k, dev), launch, planned)
+    else:
+        cfg = planned
+    launch(cfg)
     return y

@@ -145,3 +145,14 @@ def test_launcher_rejects_bad_arguments():
         gemv(w, good, act="nvfp4")
     with pytest.raises(KernelError, match="out"):
         gemv(w, good, out=cupy.empty((2, 63), BF16))
+
+
+@pytest.mark.parametrize("scheme,act", [("bf16", "bf16"), ("nvfp4", "bf16"), ("int4", "bf16")])
+def test_autotuned_launch_is_correct(scheme, act):
+    """Shapes above TUNE_MIN_ELEMENTS are autotuned on first use; the chosen config must be correct too."""
+    from lowbit.kernels import gemv as G
+
+    before = len(G._TUNED)
+    _run(scheme, 2048, 4096, 4, act)
+    assert len(G._TUNED) == before + 1
+    _run(scheme, 2048, 4096, 12, act)  # the m16 kernel is tuned separately
