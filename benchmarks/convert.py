@@ -5,7 +5,9 @@
 
 Each conversion runs in a fresh child process that reports: seconds, MB/s of BF16 read, and its
 peak RSS (ru_maxrss) minus its RSS right before `convert` (the interpreter + imports), so the
-figure is what the conversion itself adds. The page cache is not RSS (we read with pread and
+figure is what the conversion itself adds; also its CPU seconds (user + sys, all threads) and the
+1-minute load average before and after (the machine may be shared: MB per CPU-second is the
+figure that does not depend on other load). The page cache is not RSS (we read with pread and
 write with pwrite, no long-lived mmaps). The source is converted once before timing so both runs
 read from a warm page cache (reported figures are compute-bound, not disk-bound).
 """
@@ -24,18 +26,24 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time, psutil
+import json, os, resource, sys, time, psutil
 from lowbit.quantize.convert import convert
 src, out, scheme, device, extra = sys.argv[1:6]
 base = psutil.Process().memory_info().rss
+load0 = os.getloadavg()[0]
+r0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 s = convert(src, out, scheme, device=device, overwrite=True, resume=False, **json.loads(extra))
 dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+peak = r1.ru_maxrss * 1024
+cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 print(json.dumps({"scheme": scheme, "device": s.device, "seconds": dt, "bytes_in": s.bytes_in,
                   "bytes_out": s.bytes_out, "mb_per_s": s.bytes_in / 1e6 / dt,
                   "rss_base_mb": base / 1e6, "rss_peak_mb": peak / 1e6,
-                  "rss_added_mb": (peak - base) / 1e6}))
+                  "rss_added_mb": (peak - base) / 1e6, "cpu_s": cpu,
+                  "mb_per_cpu_s": s.bytes_in / 1e6 / cpu, "load_before": load0,
+                  "load_after": os.getloadavg()[0]}))
 """
 
 
@@ -76,6 +84,7 @@ def main() -> None:
         r = run_one(src, out, scheme, args.device, extra)
         rows.append(r)
         print(f"{scheme:10s} {args.device:5s} {r['mb_per_s']:8.0f} MB/s  {r['seconds']:7.2f} s  "
+              f"{r['mb_per_cpu_s']:5.0f} MB/cpu-s  load {r['load_before']:.1f}->{r['load_after']:.1f}  "
               f"peak RSS +{r['rss_added_mb']:.0f} MB (base {r['rss_base_mb']:.0f} MB)  "
               f"{r['bytes_in'] / 1e9:.2f} GB -> {r['bytes_out'] / 1e9:.2f} GB", flush=True)
         shutil.rmtree(out, ignore_errors=True)
