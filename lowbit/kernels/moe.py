@@ -103,7 +103,8 @@ def _ptrs(w: GpuWeight):
     return tuple(_gemm._ptr(a) for a in _gemm._weight_args(w))
 
 
-def _decode(x, ids, wts, ew: MoeWeights, out=None):
+def _decode(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None):
+    """only="gate_up" runs the first kernel alone (benchmark breakdown)."""
     import cupy
 
     t, k = ids.shape
@@ -115,6 +116,8 @@ def _decode(x, ids, wts, ew: MoeWeights, out=None):
     fgu((-(-i_dim // 8), t * k), (256,),
         (x, ids, np.int32(k), np.int32(e), np.int32(i_dim), np.int32(h_dim)) + _ptrs(ew.gate) + _ptrs(ew.up) + (h,),
         shared_mem=h_dim * 2)
+    if only == "gate_up":
+        return h
     fdown.max_dynamic_shared_size_bytes = k * i_dim * 2
     fdown((-(-h_dim // 8), t), (256,),
           (h, ids, wts, np.int32(k), np.int32(e), np.int32(h_dim), np.int32(i_dim)) + _ptrs(ew.down) + (out,),

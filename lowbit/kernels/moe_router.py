@@ -76,10 +76,36 @@ def _check_router(x, router_w) -> None:
         raise KernelError(f"router: hidden size {x.shape[1]} must be a multiple of 8")
 
 
+_COUNTERS: dict = {}
+
+
+def _counter():
+    import cupy
+
+    dev = cupy.cuda.Device().id
+    if dev not in _COUNTERS:
+        _COUNTERS[dev] = cupy.zeros(1, cupy.uint32)  # router_fused's ticket; the last block resets it
+    return _COUNTERS[dev]
+
+
 def route(x, router_w, top_k: int, norm: str = "mixtral", norm_topk_prob: bool = True):
-    """(ids int32 [T, k], weights f32 [T, k]) for bf16 x [T, H] and router weight bf16 [E, H]."""
+    """(ids int32 [T, k], weights f32 [T, k]) for bf16 x [T, H] and router weight bf16 [E, H].
+    Few tokens: one fused launch (router_fused); many: cuBLAS logits + router_topk."""
+    import cupy
+
     _check_router(x, router_w)
-    return topk(router_logits(x, router_w), top_k, norm, norm_topk_prob)
+    t, h = x.shape
+    e = router_w.shape[0]
+    if t == 0 or t > LOGITS_KERNEL_MAX_T:
+        return topk(router_logits(x, router_w), top_k, norm, norm_topk_prob)
+    ids, wts = topk(cupy.empty((0, e), cupy.float32), top_k, norm, norm_topk_prob)  # validates the options
+    ids = cupy.empty((t, top_k), cupy.int32)
+    wts = cupy.empty((t, top_k), cupy.float32)
+    logits = cupy.empty((t, e), cupy.float32)
+    f = get_function("moe_route.cu", "router_fused")
+    f((-(-e // 8), t), (256,), (x, router_w, np.int32(e), np.int32(h), np.int32(t), np.int32(top_k),
+                                np.int32(NORMS[norm]), np.int32(bool(norm_topk_prob)), logits, _counter(), ids, wts))
+    return ids, wts
 
 
 def align(ids, num_experts: int, bm: int) -> Permutation:

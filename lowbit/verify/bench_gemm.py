@@ -163,7 +163,8 @@ def moe_rows(tokens=(1, 4, 64, 1024, 4096), scheme: str = "fp8-block", e: int = 
     import cupy
 
     from lowbit.formats import numerics
-    from lowbit.kernels.moe import MoeWeights, moe_forward
+    from lowbit.kernels import moe, moe_router
+    from lowbit.kernels.moe import MoeWeights, moe_experts, moe_forward
 
     mw = MoeWeights(scheme, random_weight(scheme, i_dim, h, e, 1), random_weight(scheme, i_dim, h, e, 2),
                     random_weight(scheme, h, i_dim, e, 3))
@@ -181,6 +182,12 @@ def moe_rows(tokens=(1, 4, 64, 1024, 4096), scheme: str = "fp8-block", e: int = 
             if t <= 4:
                 row["graph_us"] = _graph_time(lambda j: moe_forward(xs[j], router, mw, k, "qwen3", True, act=act),
                                               graph_steps) * 1e6
+                routed = [moe_router.route(xs[j], router, k, "qwen3", True) for j in range(graph_steps)]
+                row["graph_route_us"] = _graph_time(lambda j: moe_router.route(xs[j], router, k, "qwen3", True),
+                                                    graph_steps) * 1e6
+                row["graph_experts_us"] = _graph_time(lambda j: moe_experts(xs[j], *routed[j], mw), graph_steps) * 1e6
+                row["graph_gate_up_us"] = _graph_time(
+                    lambda j: moe._decode(xs[j], routed[j][0], routed[j][1], mw, only="gate_up"), graph_steps) * 1e6
             rows.append(row)
     return rows
 
@@ -251,8 +258,8 @@ def format_moe_table(rows: list[dict]) -> str:
     out = ["| scheme | act | tokens | eager us | graph us | 8 experts @ copy us | graph/roofline |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
-        g = r.get("graph_us")
-        out.append(f"| {r['scheme']} | {r['act']} | {r['tokens']} | {r['eager_us']:.1f} | "
-                   f"{'-' if g is None else f'{g:.1f}'} | {r['roofline_us']:.1f} | "
-                   f"{'-' if g is None else f'{g / r['roofline_us']:.2f}'} |")
+        g, roof = r.get("graph_us"), r["roofline_us"]
+        gtxt = "-" if g is None else f"{g:.1f}"
+        ratio = "-" if g is None else f"{g / roof:.2f}"
+        out.append(f"| {r['scheme']} | {r['act']} | {r['tokens']} | {r['eager_us']:.1f} | {gtxt} | {roof:.1f} | {ratio} |")
     return "\n".join(out)

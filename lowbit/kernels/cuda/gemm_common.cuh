@@ -74,6 +74,28 @@ __device__ __forceinline__ bool grouped_tile(int bx, int bm, int M, int E, const
     return t.m0 < t.m_end;
 }
 
+// Output tile of this CTA. Dense (offs == nullptr): a 1-D grid of m_tiles * n_tiles CTAs in grouped
+// raster order (GROUP_M m-tiles share each run of n-tiles), so a wave re-reads A and W slices that
+// fit in L2 instead of streaming all of A once per n-tile. Grouped (MoE): blockIdx.x = m-tile of the
+// expert-sorted rows (see grouped_tile), blockIdx.y = n-tile.
+#define GROUP_M 8
+__device__ __forceinline__ bool cta_tile(int bm, int bn, int M, int N, int E, const int* __restrict__ offs,
+                                         const int* __restrict__ tile_offs, TileRows& t, int& n0) {
+    if (offs != nullptr) {
+        n0 = blockIdx.y * bn;
+        return grouped_tile(blockIdx.x, bm, M, E, offs, tile_offs, t);
+    }
+    const int mt = (M + bm - 1) / bm, ntl = (N + bn - 1) / bn, pid = blockIdx.x;
+    const int per_group = GROUP_M * ntl, first_m = (pid / per_group) * GROUP_M;
+    const int gm = min(mt - first_m, GROUP_M);
+    const int pm = first_m + (pid % per_group) % gm, pn = (pid % per_group) / gm;
+    t.e = 0;
+    t.m0 = pm * bm;
+    t.m_end = M;
+    n0 = pn * bn;
+    return pm < mt && pn < ntl;
+}
+
 // ---- element decoders -------------------------------------------------------------------------
 // two e4m3 bytes (low byte = first element) -> float2 (exact; hardware cvt on sm_89+)
 __device__ __forceinline__ float2 e4m3x2_to_float2(uint16_t v) {

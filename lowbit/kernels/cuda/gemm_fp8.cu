@@ -14,7 +14,7 @@
 //   Reference: dequantize(W) and the dequantized activations, float64 matmul.
 //   Tiles (compile-time): BM x BN (BN <= 128 so a tile sits in one 128-row scale block), BK = 128,
 //   WARPS_M x WARPS_N warps, STAGES-deep cp.async ring; rows padded to 144 bytes (conflict-free
-//   ldmatrix). Grid (m_tiles, ceil(N/BN), splits); grouped (MoE) mode and split-K as in gemm_w16.cu.
+//   ldmatrix). Grid as in gemm_w16.cu (dense: m_tiles*n_tiles raster; grouped: (m_tiles, n_tiles)); split-K too.
 //   Preconditions (launcher): K % 32 == 0, contiguous 16-byte aligned operands.
 #include "gemm_common.cuh"
 
@@ -85,8 +85,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) gemm_fp8_kernel(
     uint8_t* Bs = smem + STAGES * A_STAGE;
 
     TileRows tr;
-    if (!grouped_tile(blockIdx.x, BM, M, E, offs, tile_offs, tr)) return;
-    const int n0 = blockIdx.y * BN;
+    int n0;
+    if (!cta_tile(BM, BN, M, N, E, offs, tile_offs, tr, n0)) return;
     const int kbeg = blockIdx.z * k_len;
     const int kend = min(K, kbeg + k_len);
     const int nk = (kend - kbeg + BK - 1) / BK;

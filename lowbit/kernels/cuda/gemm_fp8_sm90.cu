@@ -5,7 +5,8 @@
 // CTA = 2 warpgroups, tile 128 x 128, BK = 128 = one scale block: each k-step accumulates into a
 // temporary, then promotes acc += tmp * xs[kb, m] * ws[n/128, kb] in fp32 (DeepSeek-V3 recipe).
 // Only sm_90a has wgmma: elsewhere the body is empty and the launcher uses gemm_fp8.cu.
-// Launch: grid (m_tiles, ceil(N/128), splits), block 256, dynamic smem STAGES*32 KiB + 1024.
+// Launch: grid as in gemm_w16.cu (dense: (m_tiles*n_tiles, 1, splits); grouped: (m_tiles, n_tiles)),
+// block 256, dynamic smem STAGES*32 KiB + 1024.
 #include "gemm_sm90.cuh"
 
 #ifndef STAGES
@@ -30,8 +31,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) gemm_fp8_sm90(
     uint8_t* Bs = smem + STAGES * A_STAGE;
 
     TileRows tr;
-    if (!grouped_tile(blockIdx.x, BM, M, E, offs, tile_offs, tr)) return;
-    const int n0 = blockIdx.y * BN;
+    int n0;
+    if (!cta_tile(BM, BN, M, N, E, offs, tile_offs, tr, n0)) return;
     const int kbeg = blockIdx.z * k_len;
     const int kend = min(K, kbeg + k_len);
     const int nk = (kend - kbeg + BK - 1) / BK;

@@ -17,7 +17,8 @@
 // (BN x 72, padded rows: conflict-free ldmatrix) between two barriers per k-step.
 // The tile table that picks these per shape lives in lowbit/kernels/gemm.py (_TILES).
 //
-// Launch: grid (m_tiles, ceil(N/BN), splits), block WARPS_M*WARPS_N*32, dynamic smem smem_bytes().
+// Launch: dense: grid (m_tiles*n_tiles, 1, splits) in grouped raster order (cta_tile, GROUP_M = 8);
+//   block WARPS_M*WARPS_N*32, dynamic smem smem_bytes().
 //   Dense: offs == nullptr, m_tiles = ceil(M/BM). Grouped (MoE): rows sorted by expert, offs [E+1]
 //   row offsets, tile_offs [E+1] cumulative m-tiles per expert, m_tiles an upper bound
 //   (ceil(rows/BM) + E); CTAs past tile_offs[E] exit. a_rows (optional) gathers A rows: sorted row
@@ -128,8 +129,8 @@ extern "C" __global__ void __launch_bounds__(NT) gemm_w16_kernel(
     bf16* Wbf = reinterpret_cast<bf16*>(Wraw + STAGES * W_STAGE);
 
     TileRows tr;
-    if (!grouped_tile(blockIdx.x, BM, M, E, offs, tile_offs, tr)) return;
-    const int n0 = blockIdx.y * BN;
+    int n0;
+    if (!cta_tile(BM, BN, M, N, E, offs, tile_offs, tr, n0)) return;
     const int kbeg = blockIdx.z * k_len;
     const int kend = min(K, kbeg + k_len);
     const int nk = (kend - kbeg + BK - 1) / BK;

@@ -2,12 +2,13 @@
 // epilogue; reference: formats.<scheme>.dequantize + float64 matmul) on Hopper warpgroup MMA.
 //
 // CTA = 2 warpgroups (256 threads), tile 128 x 128 (warpgroup w: rows 64w..64w+63), BK = 64.
-// Per k-step: cp.async ring of STAGES (A bf16 tile, raw W tile), both stored with the 128-byte
-// swizzle; the raw W tile of step kt+1 is dequantized to bf16 into the other half of a double
-// buffer WHILE the wgmma of step kt runs (wgmma.mma_async m64n128k16, A and B from shared memory).
+// Per k-step: cp.async ring of STAGES >= 3 (A bf16 tile, raw W tile), stored with the 128-byte
+// swizzle; while the wgmma of step kt runs (wgmma.mma_async m64n128k16, A and B from shared memory,
+// one group kept in flight), wgmma(kt-1) is retired, its stage refilled, and the raw W tile of step
+// kt+1 dequantized to bf16 into the other half of a double buffer.
 // SCHEME 0 (bf16 W) feeds the raw stage to wgmma directly.
 // Only sm_90a has wgmma: elsewhere the kernel body is empty and the launcher uses gemm_w16.cu.
-// Launch: grid (m_tiles, ceil(N/128), splits), block 256, dynamic smem smem_bytes (+1024 for alignment).
+// Launch: grid as in gemm_w16.cu, block 256, dynamic smem smem_bytes (+1024 for alignment).
 #include "gemm_sm90.cuh"
 
 #ifndef SCHEME
@@ -18,6 +19,9 @@
 #endif
 #ifndef INT4_GROUP
 #define INT4_GROUP 128
+#endif
+#ifndef MINB
+#define MINB 1  // CTAs per SM the register budget is sized for (2: <= 128 registers, STAGES 3 fits twice)
 #endif
 #define BM 128
 #define BN 128
@@ -59,7 +63,7 @@ __device__ __forceinline__ void store_out(bf16* __restrict__ y, float* __restric
     }
 }
 
-extern "C" __global__ void __launch_bounds__(NT, 1) gemm_w16_sm90(
+extern "C" __global__ void __launch_bounds__(NT, MINB) gemm_w16_sm90(
     const bf16* __restrict__ x, const int* __restrict__ a_rows, const uint8_t* __restrict__ wq,
     const void* __restrict__ wscale, const int32_t* __restrict__ wzero, const float* __restrict__ wglobal,
     const bf16* __restrict__ gate, bf16* __restrict__ y, float* __restrict__ ypart, int M, int N, int K,
@@ -72,8 +76,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) gemm_w16_sm90(
     uint8_t* Wbf = Wraw + STAGES * W_STAGE;  // 2 x WBF, 1024-aligned (stage sizes are multiples of 1024)
 
     TileRows tr;
-    if (!grouped_tile(blockIdx.x, BM, M, E, offs, tile_offs, tr)) return;
-    const int n0 = blockIdx.y * BN;
+    int n0;
+    if (!cta_tile(BM, BN, M, N, E, offs, tile_offs, tr, n0)) return;
     const int kbeg = blockIdx.z * k_len;
     const int kend = min(K, kbeg + k_len);
     const int nk = (kend - kbeg + BK - 1) / BK;
@@ -165,20 +169,24 @@ extern "C" __global__ void __launch_bounds__(NT, 1) gemm_w16_sm90(
 #pragma unroll
         for (int ks = 0; ks < BK / 16; ++ks) wgmma_bf16_m64n128(acc, sw128_desc(as + ks * 32), sw128_desc(bs + ks * 32), 1);
         wgmma_commit();
-        if (kt + STAGES - 1 < nk) load_stage(kt + STAGES - 1);
-        cp_async_commit();
+        // while wgmma(kt) runs: retire wgmma(kt-1), refill its stage, dequantize step kt+1
+        wgmma_wait<1>();
         if (kt + 1 < nk) {
-            cp_async_wait<STAGES - 2>();  // step kt+1 landed (this thread's copies)
-            fence_proxy_async();
-            __syncthreads();              // ... and everyone's
-            const Scl cur = nxt;
-            if (kt + 2 < nk) nxt = scale_of(kt + 2);
-            dequant(kt + 1, cur);
+            cp_async_wait<STAGES - 3>();  // step kt+1 landed (this thread's copies)
             fence_proxy_async();
         }
-        wgmma_wait<0>();
-        __syncthreads();
+        __syncthreads();  // everyone: wgmma(kt-1) retired, step kt+1 landed
+        if (kt + STAGES - 1 < nk) load_stage(kt + STAGES - 1);  // into the stage wgmma(kt-1) read
+        cp_async_commit();
+        if (kt + 1 < nk) {
+            const Scl cur = nxt;
+            if (kt + 2 < nk) nxt = scale_of(kt + 2);
+            dequant(kt + 1, cur);  // into the bf16 buffer wgmma(kt-1) read
+            fence_proxy_async();
+        }
+        __syncthreads();  // the bf16 tile of step kt+1 is complete
     }
+    wgmma_wait<0>();
     cp_async_wait<0>();
 
     const int g = lane >> 2, t4 = lane & 3, wr = (warp & 3) * 16;

@@ -17,7 +17,8 @@
 #ifndef INT4_GROUP
 #define INT4_GROUP 128
 #endif
-#define U 8  // chunks in flight per lane
+#define U 8  // chunks in flight per lane (gate/up)
+#define UD 16  // chunks in flight per lane (down: k experts x I/EPC chunks per row)
 
 #if SCHEME == 0
 #define EPC 8
@@ -97,7 +98,7 @@ __device__ __forceinline__ void copy_to_smem(bf16* dst, const bf16* src, int n) 
         reinterpret_cast<uint4*>(dst)[c] = reinterpret_cast<const uint4*>(src)[c];
 }
 
-extern "C" __global__ void __launch_bounds__(256) moe_decode_gate_up(
+extern "C" __global__ void __launch_bounds__(256, 3) moe_decode_gate_up(
     const bf16* __restrict__ x, const int* __restrict__ ids, int k, int E, int I, int H,
     const uint8_t* __restrict__ gq, const void* __restrict__ gsc, const int32_t* __restrict__ gz,
     const float* __restrict__ gg, const uint8_t* __restrict__ uq, const void* __restrict__ usc,
@@ -164,11 +165,11 @@ extern "C" __global__ void __launch_bounds__(256) moe_decode_down(
     if (n >= H) return;
     const int cpr = I / EPC, total = k * cpr;
     float acc = 0.f;
-    for (int base = 0; base < total; base += 32 * U) {
-        uint4 raw[U];
-        Scl sc[U];
+    for (int base = 0; base < total; base += 32 * UD) {
+        uint4 raw[UD];
+        Scl sc[UD];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
+        for (int u = 0; u < UD; ++u) {
             const int idx = base + lane + 32 * u;
             if (idx < total) {
                 const int j = idx / cpr, c = idx - j * cpr, e = eid[j];
@@ -177,7 +178,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_decode_down(
             }
         }
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
+        for (int u = 0; u < UD; ++u) {
             const int idx = base + lane + 32 * u;
             if (idx < total) {
                 const int j = idx / cpr, c = idx - j * cpr;

@@ -3,6 +3,7 @@
 // router_logits: logits f32 [T, E] = x bf16 [T, H] . Wr bf16 [E, H] (fp32 accumulate). One warp per
 //   (token, expert); block 256 = 8 experts; grid (ceil(E/8), T). Used for few tokens (decode); many
 //   tokens use cuBLAS. Preconditions: H % 8 == 0, rows 16-byte aligned.
+// router_fused: both in one launch for few tokens (the last block to finish runs the top-k).
 // router_topk: ids i32 [T, k], weights f32 [T, k] from logits f32 [T, E]; one warp per token,
 //   E <= 32*MAXV, k <= E. Top-k by repeated warp argmax (ties -> lower expert index).
 //   norm 0 (Mixtral): softmax over the chosen k logits. norm 1 (Qwen3-MoE): softmax over all E, take
@@ -20,22 +21,31 @@
 #define MAXV 8
 #endif
 
-extern "C" __global__ void router_logits(const bf16* __restrict__ x, const bf16* __restrict__ wr, int E, int H,
-                                         float* __restrict__ logits) {
+__device__ __forceinline__ void router_logits_body(const bf16* __restrict__ x, const bf16* __restrict__ wr, int E,
+                                                   int H, float* __restrict__ logits) {
     const int t = blockIdx.y, e = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (e >= E) return;
     const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)t * H);
     const uint4* w = reinterpret_cast<const uint4*>(wr + (size_t)e * H);
     float s = 0.f;
-    for (int c = lane; c < H / 8; c += 32) {
-        const uint4 a = xr[c], b = __ldg(w + c);
-        const uint32_t av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+    for (int base = 0; base < H / 8; base += 32 * 8) {  // 8 independent 16-byte loads in flight per lane
+        uint4 a[8], b[8];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float2 fa = __bfloat1622float2(*reinterpret_cast<const bf162*>(&av[i]));
-            const float2 fb = __bfloat1622float2(*reinterpret_cast<const bf162*>(&bv[i]));
-            s = fmaf(fa.x, fb.x, s);
-            s = fmaf(fa.y, fb.y, s);
+        for (int u = 0; u < 8; ++u) {
+            const int c = base + lane + 32 * u;
+            if (c < H / 8) { a[u] = xr[c]; b[u] = __ldg(w + c); }
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            if (base + lane + 32 * u >= H / 8) continue;
+            const uint32_t av[4] = {a[u].x, a[u].y, a[u].z, a[u].w}, bv[4] = {b[u].x, b[u].y, b[u].z, b[u].w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const float2 fa = __bfloat1622float2(*reinterpret_cast<const bf162*>(&av[i]));
+                const float2 fb = __bfloat1622float2(*reinterpret_cast<const bf162*>(&bv[i]));
+                s = fmaf(fa.x, fb.x, s);
+                s = fmaf(fa.y, fb.y, s);
+            }
         }
     }
 #pragma unroll
@@ -43,17 +53,21 @@ extern "C" __global__ void router_logits(const bf16* __restrict__ x, const bf16*
     if (lane == 0) logits[(size_t)t * E + e] = s;
 }
 
-extern "C" __global__ void router_topk(const float* __restrict__ logits, int T, int E, int k, int norm, int renorm,
-                                       int* __restrict__ ids, float* __restrict__ wts) {
-    const int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (t >= T) return;
+extern "C" __global__ void router_logits(const bf16* __restrict__ x, const bf16* __restrict__ wr, int E, int H,
+                                         float* __restrict__ logits) {
+    router_logits_body(x, wr, E, H, logits);
+}
+
+// top-k of one token's logits by one warp (see the header for the normalisations)
+__device__ __forceinline__ void topk_token(const float* __restrict__ logits, int t, int E, int k, int norm, int renorm,
+                                           int* __restrict__ ids, float* __restrict__ wts, int lane) {
     float v[MAXV];
     bool taken[MAXV];
     float mx = -INFINITY;
 #pragma unroll
     for (int i = 0; i < MAXV; ++i) {
         const int e = lane + 32 * i;
-        v[i] = e < E ? logits[(size_t)t * E + e] : -INFINITY;
+        v[i] = e < E ? __ldcg(logits + (size_t)t * E + e) : -INFINITY;
         taken[i] = e >= E;
         mx = fmaxf(mx, v[i]);
     }
@@ -94,6 +108,31 @@ extern "C" __global__ void router_topk(const float* __restrict__ logits, int T, 
         else w = p / total;                         // Qwen3 without norm_topk_prob
         wts[(size_t)t * k + lane] = w;
     }
+}
+
+extern "C" __global__ void router_topk(const float* __restrict__ logits, int T, int E, int k, int norm, int renorm,
+                                       int* __restrict__ ids, float* __restrict__ wts) {
+    const int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (t >= T) return;
+    topk_token(logits, t, E, k, norm, renorm, ids, wts, lane);
+}
+
+// router_logits + router_topk in one launch (few tokens): every block writes its logits, and the
+// last block to finish (atomic ticket on counter, which it resets to 0) runs top-k for all tokens.
+extern "C" __global__ void router_fused(const bf16* __restrict__ x, const bf16* __restrict__ wr, int E, int H, int T,
+                                        int k, int norm, int renorm, float* __restrict__ logits,
+                                        unsigned int* __restrict__ counter, int* __restrict__ ids,
+                                        float* __restrict__ wts) {
+    __shared__ bool last;
+    router_logits_body(x, wr, E, H, logits);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (threadIdx.x == 0) *counter = 0u;
+    for (int t = threadIdx.x >> 5; t < T; t += blockDim.x >> 5) topk_token(logits, t, E, k, norm, renorm, ids, wts, threadIdx.x & 31);
 }
 
 extern "C" __global__ void moe_align(const int* __restrict__ ids, int n, int k, int E, int bm,
