@@ -10,14 +10,14 @@ from pathlib import Path
 SCHEMES = {"fp8-block": {}, "nvfp4": {}, "int4": {"group_size": 32, "asymmetric": True}}
 
 
-def build(root: Path) -> dict[str, Path]:
+def build(root: Path, device: str = "cpu") -> dict[str, Path]:
     from lowbit.quantize.convert import convert
     from lowbit.synth import write_synthetic
 
     src = write_synthetic(root / "src", "qwen3_moe", preset="tiny")
     out = {"src": Path(src)}
     for scheme, opts in SCHEMES.items():
-        convert(src, root / scheme, scheme, **opts)
+        convert(src, root / scheme, scheme, device=device, **opts)
         out[scheme] = root / scheme
     return out
 
