@@ -16,17 +16,17 @@ name, l2 = device_info()
 copy = measure_copy_bandwidth()
 shapes = [(8192, 8192), (4096, 4096), (29568, 8192), (8192, 29568)]
 schemes = sys.argv[1].split(",") if len(sys.argv) > 1 else ["bf16", "fp8-block", "nvfp4", "int4"]
-print(f"{name} copy {copy:.0f} GB/s max warps={G.WARPS} unroll={G.UNROLL} plan={[G.plan_launch(n, k, sch, 132, 96) for n, k in [(8192, 8192), (29568, 8192)] for sch in ["bf16", "nvfp4"]]}")
+print(f"{name} copy {copy:.0f} GB/s min_blocks={G.MIN_BLOCKS} unroll={G.UNROLL} plan={[G.plan_launch(n, k, sch, 132, 96) for n, k in [(8192, 8192), (29568, 8192)] for sch in ["bf16", "nvfp4"]]}")
 for n, k in shapes:
     for scheme in schemes:
         ws = [random_gpu_weight(scheme, n, k, seed=i) for i in range(copies_for(n * k * 2, l2))]
         for m in (1, 8):
             x = cupy.random.standard_normal((m, k), dtype=cupy.float32).astype(G._bf16())
             res = []
-            for cfg in [None, (1, 8, 1), (1, 8, 2), (2, 4, 1), (2, 4, 2), (4, 2, 2), (8, 1, 4), (4, 1, 6), (4, 2, 4)]:
+            for cfg in [None]:
                 kw = {} if cfg is None else {"cta": cfg[:2], "splits": cfg[2]}
                 us = time_rotating(lambda i: G.gemv(ws[i], x, **kw), len(ws), 30)
                 res.append(f"{'auto' if cfg is None else cfg}={us:.1f}us/{100 * ws[0].nbytes() / us / 1e3 / copy:.0f}%")
-            print(f"{scheme:10s} {n}x{k} M={m}: " + " ".join(res), flush=True)
+            print(f"{scheme:10s} {n}x{k} M={m}: " + " ".join(res) + f" tuned={list(G._TUNED.values())[-1] if G._TUNED else None}", flush=True)
         del ws
         cupy.get_default_memory_pool().free_all_blocks()

@@ -20,6 +20,7 @@ import os
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
 UNROLL = int(os.environ.get("LOWBIT_GEMV_UNROLL", 2))
+MIN_BLOCKS = int(os.environ.get("LOWBIT_GEMV_MIN_BLOCKS", 1))
 TUNE = os.environ.get("LOWBIT_GEMV_TUNE", "1") != "0"
 ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "nvfp4": ("nvfp4",)}
 _FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
@@ -189,7 +190,7 @@ def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int):
     """(kernel, warps, splits) for one shape, cached: the kernel's register count sets the occupancy."""
     from lowbit.kernels.compile import get_function
 
-    fn = get_function(file, name, {"GEMV_WARPS": WARPS, "GEMV_UNROLL": UNROLL})
+    fn = get_function(file, name, {"GEMV_WARPS": WARPS, "GEMV_UNROLL": UNROLL, "GEMV_MIN_BLOCKS": MIN_BLOCKS})
     return (fn, *plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs)))
 
 

@@ -36,6 +36,10 @@
 #ifndef GEMV_WARPS
 #define GEMV_WARPS 8
 #endif
+// GEMV_MIN_BLOCKS: CTAs per SM the compiler must fit (caps registers; more warps hide more latency).
+#ifndef GEMV_MIN_BLOCKS
+#define GEMV_MIN_BLOCKS 1
+#endif
 #ifndef GEMV_UNROLL
 #define GEMV_UNROLL 2
 #endif
@@ -269,7 +273,7 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
 
 // One extern "C" kernel per (policy, token tiles), with the argument list every launcher passes.
 #define LB_GEMV_KERNEL(NAME, POLICY, MT)                                                              \
-  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                        \
+  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS)                       \
       NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint16_t* x,     \
            const float* xs, uint16_t* y, float* ws, int* cnt, int n, int k, int m, int splits,         \
            int group, int wk) {                                                                       \
