@@ -45,6 +45,7 @@ class CpuOps:
     """numpy, float32. Linear weights dequantized once and cached under `cap_bytes` (LRU beyond it)."""
 
     xp = np
+    fused = None            # the CUDA backend's fused kernels (lowbit.runtime.cuda_fused); none here
 
     def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, cap_bytes: int | None = None):
         if cap_bytes is None:

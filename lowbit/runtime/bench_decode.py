@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from lowbit.runtime.config import ModelConfig, from_dict
-from lowbit.runtime.cuda_ops import CudaOps, _GraphDecoder
+from lowbit.runtime.cuda_ops import CudaOps, _fused, _GraphDecoder
 from lowbit.runtime.model import Transformer
 
 SMOLLM2_135M = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
@@ -62,7 +62,8 @@ def _random(scheme: str, n: int, k: int, e: int | None, rs):
     return to_gpu(scheme, t, **({"group_size": 128} if scheme == "int4" else {}))
 
 
-def random_cuda_ops(cfg: ModelConfig, scheme: str, seed: int = 0, cuda_graph: bool = True) -> CudaOps:
+def random_cuda_ops(cfg: ModelConfig, scheme: str, seed: int = 0, cuda_graph: bool = True,
+                    fused: bool = True) -> CudaOps:
     import cupy
 
     from lowbit.kernels.moe import MoeWeights
@@ -101,6 +102,7 @@ def random_cuda_ops(cfg: ModelConfig, scheme: str, seed: int = 0, cuda_graph: bo
                                ("down_proj", h, cfg.shared_intermediate)):
                 ops.lin[f"{m}.shared_expert.{name}"] = _random(scheme, n, k, None, rs)
             ops.lin[f"{m}.shared_expert_gate"] = _random("bf16", 1, h, None, rs)
+    ops.fused = _fused(fused)
     ops.decoder = _GraphDecoder(ops, capture=cuda_graph)
     return ops
 
@@ -114,13 +116,13 @@ def active_bytes(ops: CudaOps, cfg: ModelConfig, context: int) -> int:
 
 
 def bench_decode(config: str, scheme: str, tokens: int = 128, prompt: int = 32, cuda_graph: bool = True,
-                 copy_gbs: float | None = None) -> dict:
+                 copy_gbs: float | None = None, fused: bool = True) -> dict:
     import cupy
 
     from lowbit.verify.bench import device_info, measure_copy_bandwidth
 
     cfg = from_dict(preset_config(config), config)
-    ops = random_cuda_ops(cfg, scheme, cuda_graph=cuda_graph)
+    ops = random_cuda_ops(cfg, scheme, cuda_graph=cuda_graph, fused=fused)
     model = Transformer(cfg, ops, max_context=min(cfg.max_positions, 256 * -(-(prompt + tokens + 16) // 256)))
     ids = np.random.default_rng(0).integers(0, cfg.vocab, prompt)
     t0 = time.perf_counter()
@@ -138,6 +140,7 @@ def bench_decode(config: str, scheme: str, tokens: int = 128, prompt: int = 32, 
     nbytes = active_bytes(ops, cfg, pos)
     roof = bw * 1e9 / nbytes
     gpu, _ = device_info()
-    return {"config": config, "scheme": scheme, "gpu": gpu, "cuda_graph": cuda_graph, "decode_tok_s": tokens / dt,
+    return {"config": config, "scheme": scheme, "gpu": gpu, "cuda_graph": cuda_graph, "fused": fused,
+            "decode_tok_s": tokens / dt,
             "prefill_tok_s": prompt / prefill_s, "active_mb_per_token": nbytes / 1e6, "copy_gbs": bw,
             "roofline_tok_s": roof, "pct_roofline": 100 * tokens / dt / roof}

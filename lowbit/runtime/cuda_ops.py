@@ -27,7 +27,8 @@ _EXPERT = re.compile(r"(.*)\.experts\.(\d+)\.(\w+)$")
 
 
 class CudaOps:
-    def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, cuda_graph: bool = True, act: str = "bf16"):
+    def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, cuda_graph: bool = True, act: str = "bf16",
+                 fused: bool = True):
         import cupy
 
         from lowbit.formats.numerics import BF16
@@ -50,6 +51,10 @@ class CudaOps:
 
             self.lin["lm_head"] = to_gpu("bf16", {"weight": self.embed_w}, name="lm_head (tied)")
         self.moe = {p: self._upload_experts(ckpt, p, e) for p, e in experts.items()}
+        if cuda_graph and any(w is None for w in self.moe.values()):
+            log.info("experts run one by one (host sync per layer): CUDA graph decode is off")
+            cuda_graph = False
+        self.fused = _fused(fused)
         self.decoder = _GraphDecoder(self, capture=cuda_graph)
 
     def _upload(self, ckpt, prefix):
@@ -196,6 +201,14 @@ class _GraphDecoder:
             finally:
                 graph = self.stream.end_capture()
         self.graphs[span] = (graph, out)
+
+
+def _fused(wanted: bool):
+    if not wanted:
+        return None
+    from lowbit.runtime.cuda_fused import Fused
+
+    return Fused()
 
 
 def _modules(ckpt: Checkpoint) -> list[str]:

@@ -46,12 +46,17 @@ class Transformer:
         return ops.lm_head(self.rms_norm(h, "model.norm.weight"))
 
     def rms_norm(self, x, name: str):
+        if self.ops.fused:
+            return self.ops.fused.rms_norm(x, self.ops.vector(name), self.cfg.eps)
         xp = self.xp
         var = xp.mean(x * x, axis=-1, keepdims=True)
         return x * (1.0 / xp.sqrt(var + self.cfg.eps)) * self.ops.vector(name)
 
     def rope(self, x, pos):
         """x [M, heads, D] rotated at positions pos.. (rotate_half: pairs (j, j + D/2))."""
+        if self.ops.fused:
+            device = isinstance(pos, DevicePos)
+            return self.ops.fused.rope(x, self.cos, self.sin, pos.index if device else None, 0 if device else pos)
         m, d = x.shape[0], x.shape[-1]
         rows = self.kv.rows(pos, m)
         cos, sin = self.cos[rows][:, None, :], self.sin[rows][:, None, :]
@@ -68,6 +73,9 @@ class Transformer:
             q, k = self.rms_norm(q, f"{p}.q_norm.weight"), self.rms_norm(k, f"{p}.k_norm.weight")
         q, k = self.rope(q, pos), self.rope(k, pos)
         keys, values = self.kv.append(i, pos, k, v)          # [nkv, T, D], T = pos + m
+        if ops.fused and isinstance(pos, DevicePos) and pos.span <= ops.fused.max_span:   # one fused kernel
+            o = ops.fused.attend(q[0], self.kv.k[i], self.kv.v[i], pos.index, pos.span, self.scale, cfg.sliding_window)
+            return ops.linear(f"{p}.o_proj", o.reshape(1, cfg.heads * hd))
         group = cfg.heads // nkv
         qg = q.reshape(m, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * m, hd)
         if isinstance(pos, DevicePos):   # graph-captured decode: no cuBLAS (it cannot be captured)
@@ -88,7 +96,8 @@ class Transformer:
     def mlp(self, p: str, x, names=("gate_proj", "up_proj", "down_proj")):
         gate, up, down = names
         g, u = self.ops.linears((f"{p}.{gate}", f"{p}.{up}"), x)
-        return self.ops.linear(f"{p}.{down}", g / (1.0 + self.xp.exp(-g)) * u)
+        act = self.ops.fused.silu_mul(g, u) if self.ops.fused else g / (1.0 + self.xp.exp(-g)) * u
+        return self.ops.linear(f"{p}.{down}", act)
 
     def moe(self, i: int, x):
         """Sparse MoE block: router softmax, top-k experts per token, weighted sum (+ shared expert)."""

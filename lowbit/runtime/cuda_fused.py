@@ -1,0 +1,153 @@
+"""Fused float32 kernels for the CUDA backend's decode step: fewer, larger launches per layer.
+
+The model runs these instead of chains of cupy elementwise ops where ops.fused is set (CUDA only);
+each computes exactly what the numpy path in lowbit.runtime.model computes (the reference: the CPU
+backend; tests/runtime/test_cuda.py compares the logits):
+  rms_norm      y = x * rsqrt(mean(x^2) + eps) * w, one block per row
+  rope          rotate-half RoPE at positions start.. (or the device-held position), in one pass
+  silu_mul      silu(g) * u
+  attend        one token's attention over the KV cache (causal up to the device position, optional
+                sliding window), softmax in fp32, one block per query head; keys beyond the position
+                are never read (graph replays at any position below the span).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_SRC = r"""
+__device__ float block_sum(float v, float* red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = 0.f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) s += red[i];
+    return s;
+}
+
+__device__ float block_max(float v, float* red) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = __int_as_float(0xff800000);
+    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) s = fmaxf(s, red[i]);
+    return s;
+}
+
+extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                        float* __restrict__ y, int n, float eps) {
+    __shared__ float red[32];
+    const float* xr = x + (long long)blockIdx.x * n;
+    float* yr = y + (long long)blockIdx.x * n;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) { float v = xr[i]; s += v * v; }
+    float r = rsqrtf(block_sum(s, red) / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * r * w[i];
+}
+
+// x, y: [m, heads, d]; cos/sin: [positions, d]; position of token t = (pos ? pos[0] : start) + t
+extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restrict__ y,
+                                    const float* __restrict__ cs, const float* __restrict__ sn,
+                                    const int* __restrict__ pos, int start, int m, int heads, int d) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long total = (long long)m * heads * d;
+    if (i >= total) return;
+    int j = (int)(i % d);
+    int t = (int)(i / ((long long)heads * d));
+    long long p = (long long)(pos ? pos[0] : start) + t;
+    int h2 = d / 2;
+    float rot = j < h2 ? -x[i + h2] : x[i - h2];
+    y[i] = x[i] * cs[p * d + j] + rot * sn[p * d + j];
+}
+
+// q, out: [heads, d]; k, v: [kv_heads, max_ctx, d]; one block per query head; scores in shared memory
+extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* __restrict__ k,
+                                      const float* __restrict__ v, float* __restrict__ out,
+                                      const int* __restrict__ pos, int max_ctx, int group, int d,
+                                      float scale, int window) {
+    extern __shared__ float sh[];           // [d] query, then [T] scores
+    __shared__ float red[32];
+    int h = blockIdx.x, kvh = h / group;
+    int T = pos[0] + 1;
+    int t0 = (window > 0 && T > window) ? T - window : 0;
+    float* qs = sh;
+    float* s = sh + d;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = q[(long long)h * d + j];
+    __syncthreads();
+    const float* kb = k + (long long)kvh * max_ctx * d;
+    const float* vb = v + (long long)kvh * max_ctx * d;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int t = t0 + warp; t < T; t += warps) {
+        float acc = 0.f;
+        for (int j = lane; j < d; j += 32) acc += qs[j] * kb[(long long)t * d + j];
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) s[t - t0] = acc * scale;
+    }
+    __syncthreads();
+    float mx = __int_as_float(0xff800000);
+    for (int t = threadIdx.x; t < T - t0; t += blockDim.x) mx = fmaxf(mx, s[t]);
+    mx = block_max(mx, red);
+    float sum = 0.f;
+    for (int t = threadIdx.x; t < T - t0; t += blockDim.x) { float e = expf(s[t] - mx); s[t] = e; sum += e; }
+    sum = block_sum(sum, red);
+    __syncthreads();
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = 0.f;
+        for (int t = t0; t < T; ++t) acc += s[t - t0] * vb[(long long)t * d + j];
+        out[(long long)h * d + j] = acc / sum;
+    }
+}
+"""
+
+MAX_SPAN = 8192
+
+
+class Fused:
+    max_span = MAX_SPAN     # attend keeps the scores of `span` keys in shared memory (4 * (D + span) bytes)
+
+    def __init__(self):
+        import cupy
+
+        self.cp = cupy
+        mod = cupy.RawModule(code=_SRC, options=("-std=c++17",))
+        self._rms = mod.get_function("rms_norm_f32")
+        self._rope = mod.get_function("rope_f32")
+        self._attend = mod.get_function("attend_f32")
+        self._silu = cupy.ElementwiseKernel("float32 g, float32 u", "float32 y",
+                                            "y = g / (1.0f + expf(-g)) * u", "lowbit_silu_mul")
+
+    def rms_norm(self, x, w, eps: float):
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        n = x.shape[-1]
+        y = cp.empty_like(x)
+        self._rms((x.size // n,), (128,), (x, w, y, np.int32(n), np.float32(eps)))
+        return y
+
+    def rope(self, x, cos, sin, pos, start: int):
+        """x [M, heads, D]; pos: device int32 [1] or None (then positions start..)."""
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        m, heads, d = x.shape
+        y = cp.empty_like(x)
+        total = m * heads * d
+        self._rope((-(-total // 256),), (256,), (x, y, cos, sin, pos if pos is not None else np.uint64(0),
+                                                np.int32(start), np.int32(m), np.int32(heads), np.int32(d)))
+        return y
+
+    def silu_mul(self, g, u):
+        return self._silu(g, u)
+
+    def attend(self, q, k_cache, v_cache, pos, span: int, scale: float, window: int | None):
+        """q [heads, D] f32 of one token at device position pos -> [heads, D]."""
+        cp = self.cp
+        heads, d = q.shape
+        kv_heads, max_ctx, _ = k_cache.shape
+        out = cp.empty_like(q)
+        smem = 4 * (d + span)
+        self._attend((heads,), (128,), (cp.ascontiguousarray(q), k_cache, v_cache, out, pos, np.int32(max_ctx),
+                                        np.int32(heads // kv_heads), np.int32(d), np.float32(scale),
+                                        np.int32(window or 0)), shared_mem=smem)
+        return out
