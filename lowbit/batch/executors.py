@@ -57,6 +57,10 @@ class _Progress:
 
 def _child_main(conn, fn, job: dict, parent: int) -> None:
     _die_with_parent()
+    # Ctrl-C reaches the whole process group: the batch process alone handles it (it stops the
+    # workers and writes the report); a stopped conversion resumes on the next run
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if os.getppid() != parent:
         os._exit(3)
     t0 = time.monotonic()
@@ -97,7 +101,13 @@ class LocalExecutor:
         recv, send = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(target=_child_main, args=(send, fn, job, os.getpid()),
                                 name=f"lowbit-batch-{slot}", daemon=True)
-        proc.start()
+        # the child starts with SIGINT blocked (the mask survives exec) until it ignores it, so a
+        # Ctrl-C during its start-up cannot print a traceback from inside an import
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         send.close()
         limit = job.get("timeout_s")
         return {"proc": proc, "conn": recv, "index": index, "slot": slot, "t0": time.monotonic(),

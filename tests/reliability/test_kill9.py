@@ -192,3 +192,29 @@ def test_kill9_batch_then_rerun_is_byte_identical(big_source, tiny_llama, tmp_pa
     assert {j["status"] for j in final["jobs"]} <= {"ok", "skipped"}
     assert _outputs(root) == _outputs(ref_root)
     assert not list((root / "out").glob("*.lowbit-partial"))
+
+
+@pytest.mark.parametrize("delay", [0.05, 1.5])  # after the first worker appears: starting up / converting
+def test_ctrl_c_batch_stops_cleanly_and_resumes(big_source, tiny_llama, tmp_path, delay):
+    root = tmp_path / "run"
+    root.mkdir()
+    toml = _batch_toml(root, big_source, tiny_llama)
+    proc = subprocess.Popen([sys.executable, "-m", "lowbit", "batch", str(toml), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not psutil.Process(proc.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "lowbit: interrupted" and "Traceback" not in err, err
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    report = json.loads((root / "out" / "batch-report.json").read_text())
+    assert any("interrupted" in (j["error"] or "") for j in report["jobs"])
+    proc = _batch(toml)
+    final = json.loads(proc.communicate(timeout=300)[0])
+    assert proc.returncode == 0 and {j["status"] for j in final["jobs"]} <= {"ok", "skipped"}
