@@ -16,7 +16,7 @@ name, l2 = device_info()
 copy = measure_copy_bandwidth()
 shapes = [(8192, 8192), (4096, 4096), (29568, 8192), (8192, 29568)]
 schemes = sys.argv[1].split(",") if len(sys.argv) > 1 else ["bf16", "fp8-block", "nvfp4", "int4"]
-print(f"{name} copy {copy:.0f} GB/s min_blocks={G.MIN_BLOCKS} unroll={G.UNROLL} plan={[G.plan_launch(n, k, sch, 132, 96) for n, k in [(8192, 8192), (29568, 8192)] for sch in ["bf16", "nvfp4"]]}")
+print(f"{name} copy {copy:.0f} GB/s tuning={G.COMPILE_TUNING} env={ {k: v for k, v in os.environ.items() if k.startswith("LOWBIT_GEMV")} } plan={[G.plan_launch(n, k, sch, 132, 96) for n, k in [(8192, 8192), (29568, 8192)] for sch in ["bf16", "nvfp4"]]}")
 for n, k in shapes:
     for scheme in schemes:
         ws = [random_gpu_weight(scheme, n, k, seed=i) for i in range(copies_for(n * k * 2, l2))]

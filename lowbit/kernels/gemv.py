@@ -19,8 +19,15 @@ from lowbit.kernels.weights import GpuWeight
 import os
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
-UNROLL = int(os.environ.get("LOWBIT_GEMV_UNROLL", 2))
-MIN_BLOCKS = int(os.environ.get("LOWBIT_GEMV_MIN_BLOCKS", 1))
+#: per weight scheme (GEMV_MIN_BLOCKS, GEMV_UNROLL): the best measured on H200 (benchmarks/RESULTS.md);
+#: LOWBIT_GEMV_MIN_BLOCKS / LOWBIT_GEMV_UNROLL override them for experiments
+COMPILE_TUNING = {"bf16": (3, 2), "fp8-block": (3, 2), "nvfp4": (3, 1), "int4": (3, 1)}
+UNROLL = 2  # the most any scheme uses (the planner's minimum work per warp)
+
+
+def _tuning(scheme: str) -> tuple[int, int]:
+    mb, un = COMPILE_TUNING[scheme]
+    return int(os.environ.get("LOWBIT_GEMV_MIN_BLOCKS", mb)), int(os.environ.get("LOWBIT_GEMV_UNROLL", un))
 TUNE = os.environ.get("LOWBIT_GEMV_TUNE", "1") != "0"
 ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "nvfp4": ("nvfp4",)}
 _FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
@@ -190,7 +197,8 @@ def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int):
     """(kernel, warps, splits) for one shape, cached: the kernel's register count sets the occupancy."""
     from lowbit.kernels.compile import get_function
 
-    fn = get_function(file, name, {"GEMV_WARPS": WARPS, "GEMV_UNROLL": UNROLL, "GEMV_MIN_BLOCKS": MIN_BLOCKS})
+    mb, un = _tuning(scheme)
+    fn = get_function(file, name, {"GEMV_WARPS": WARPS, "GEMV_UNROLL": un, "GEMV_MIN_BLOCKS": mb})
     return (fn, *plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs)))
 
 

@@ -156,3 +156,34 @@ def test_autotuned_launch_is_correct(scheme, act):
     _run(scheme, 2048, 4096, 4, act)
     assert len(G._TUNED) == before + 1
     _run(scheme, 2048, 4096, 12, act)  # the m16 kernel is tuned separately
+
+
+@pytest.mark.parametrize("scheme,opts", [("nvfp4", {}), ("int4", {"group_size": 32, "asymmetric": True}),
+                                         ("int4", {"group_size": 64})])
+@pytest.mark.parametrize("n,k", [(37, 192), (16, 64), (130, 320)])
+def test_no_reads_past_the_scales(scheme, opts, n, k):
+    """K that ends inside an iteration: the kernel must not read scales/zero points past the tensors.
+    They are placed in front of 0xFF bytes (E4M3 / bf16 NaN) so any stray read poisons the output."""
+    import cupy
+
+    from lowbit.kernels.gemv import gemv
+    from lowbit.kernels.weights import to_gpu
+
+    if k % opts.get("group_size", 16):
+        pytest.skip("K not a multiple of G")
+    rng, seed = fresh_rng()
+    t = disk_tensors(scheme, random_weight(rng, n, k), **opts)
+    g = {}
+    for name, arr in t.items():
+        if name == "weight_shape":
+            continue
+        raw = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
+        buf = cupy.full(raw.size + 4096, 0xFF, dtype=cupy.uint8)
+        buf[: raw.size] = cupy.asarray(raw)
+        dt = np.uint8 if arr.dtype.itemsize == 1 else arr.dtype
+        g[name] = buf[: raw.size].view(dt).reshape(arr.shape)
+    w = to_gpu(scheme, g, **opts)
+    assert w.tensors["weight_scale"].data.ptr == g["weight_scale"].data.ptr  # no copy: the poison stays behind
+    x = random_x(rng, 3, k)
+    y = gemv(w, cupy.asarray(x), out=cupy.full((3, n), np.nan, dtype=BF16))
+    check_against_reference(scheme, t, x, cupy.asnumpy(y), "bf16", seed)

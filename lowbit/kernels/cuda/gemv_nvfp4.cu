@@ -20,10 +20,10 @@ struct PolicyNVFP4 {
   static constexpr bool PARTIAL = false;
   const uint8_t* s;
   const float* xs;
-  int n, groups;
+  int n, k, groups;
   float osc;
   __device__ PolicyNVFP4(const lb::Args& a, int)
-      : s(static_cast<const uint8_t*>(a.s)), xs(a.xs), n(a.n), groups(a.k / 16),
+      : s(static_cast<const uint8_t*>(a.s)), xs(a.xs), n(a.n), k(a.k), groups(a.k / 16),
         osc(128.f / __ldg(a.gscale)) {}
   __device__ static void xperm(uint32_t (&X)[EC / 2]) { lb::xperm_pairs4<EC / 2>(X); }
   __device__ static uint32_t scale2(uint8_t code) {
@@ -31,6 +31,11 @@ struct PolicyNVFP4 {
     return lb::pack_bf16x2(f, f);
   }
   __device__ void decode(const uint4& raw, int row, int k0, uint32_t (&A)[EC / 2]) const {
+    if (k0 >= k) {  // a chunk past K (last iteration): no scale exists there, and x is zero anyway
+#pragma unroll
+      for (int i = 0; i < EC / 2; ++i) A[i] = 0u;
+      return;
+    }
     const long base = (long)min(row, n - 1) * groups;
     const int g0 = k0 / 16;
     const uint32_t sc0 = scale2(__ldg(s + base + g0));
