@@ -57,9 +57,11 @@ def _random(scheme: str, n: int, k: int, e: int | None, rs):
         t = {"weight_packed": rint(0, 256, (n, k // 2), cupy.uint8), "weight_scale": rint(0x30, 0x40, (n, k // 16), cupy.uint8),
              "weight_global_scale": cupy.full(lead + (1,), 1000.0, cupy.float32)}
     else:
+        g = next(g for g in (128, 64, 32) if k % g == 0)
         t = {"weight_packed": rs.randint(-(2**31), 2**31 - 1, size=lead + (n, k // 8), dtype=cupy.int64).astype(cupy.int32),
-             "weight_scale": rs.uniform(1e-4, 1e-3, size=lead + (n, k // 128)).astype(cupy.float32).astype(bf16)}
-    return to_gpu(scheme, t, **({"group_size": 128} if scheme == "int4" else {}))
+             "weight_scale": rs.uniform(1e-4, 1e-3, size=lead + (n, k // g)).astype(cupy.float32).astype(bf16)}
+        return to_gpu(scheme, t, group_size=g)
+    return to_gpu(scheme, t)
 
 
 def random_cuda_ops(cfg: ModelConfig, scheme: str, seed: int = 0, cuda_graph: bool = True,
@@ -103,6 +105,7 @@ def random_cuda_ops(cfg: ModelConfig, scheme: str, seed: int = 0, cuda_graph: bo
                 ops.lin[f"{m}.shared_expert.{name}"] = _random(scheme, n, k, None, rs)
             ops.lin[f"{m}.shared_expert_gate"] = _random("bf16", 1, h, None, rs)
     ops.fused = _fused(fused)
+    ops._fuse_linears()
     ops.decoder = _GraphDecoder(ops, capture=cuda_graph)
     return ops
 

@@ -3,7 +3,7 @@
 The model runs these instead of chains of cupy elementwise ops where ops.fused is set (CUDA only);
 each computes exactly what the numpy path in lowbit.runtime.model computes (the reference: the CPU
 backend; tests/runtime/test_cuda.py compares the logits):
-  rms_norm      y = x * rsqrt(mean(x^2) + eps) * w, one block per row
+  rms_norm      y = x * rsqrt(mean(x^2) + eps) * w, one block per row (fp32, or bf16 for GEMV inputs)
   rope          rotate-half RoPE at positions start.. (or the device-held position), in one pass
   silu_mul      silu(g) * u
   attend        one token's attention over the KV cache (causal up to the device position, optional
@@ -36,15 +36,27 @@ __device__ float block_max(float v, float* red) {
     return s;
 }
 
+__device__ unsigned short to_bf16_rne(float f) {
+    unsigned int u = __float_as_uint(f);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+// y (fp32) or yb (bf16 bits, RNE as cupy's astype) = x * rsqrt(mean(x^2) + eps) * w, one block per row
 extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                        float* __restrict__ y, int n, float eps) {
+                                        float* __restrict__ y, unsigned short* __restrict__ yb, int n, float eps) {
     __shared__ float red[32];
     const float* xr = x + (long long)blockIdx.x * n;
-    float* yr = y + (long long)blockIdx.x * n;
     float s = 0.f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) { float v = xr[i]; s += v * v; }
     float r = rsqrtf(block_sum(s, red) / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * r * w[i];
+    if (yb) {
+        unsigned short* ybr = yb + (long long)blockIdx.x * n;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) ybr[i] = to_bf16_rne(xr[i] * r * w[i]);
+    } else {
+        float* yr = y + (long long)blockIdx.x * n;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * r * w[i];
+    }
 }
 
 // x, y: [m, heads, d]; cos/sin: [positions, d]; position of token t = (pos ? pos[0] : start) + t
@@ -118,12 +130,21 @@ class Fused:
         self._silu = cupy.ElementwiseKernel("float32 g, float32 u", "float32 y",
                                             "y = g / (1.0f + expf(-g)) * u", "lowbit_silu_mul")
 
-    def rms_norm(self, x, w, eps: float):
+    def rms_norm(self, x, w, eps: float, bf16: bool = False):
+        """fp32 out, or bf16 (rounded as astype would) when the result only feeds GEMVs."""
         cp = self.cp
         x = cp.ascontiguousarray(x, dtype=cp.float32)
         n = x.shape[-1]
-        y = cp.empty_like(x)
-        self._rms((x.size // n,), (128,), (x, w, y, np.int32(n), np.float32(eps)))
+        null = np.uint64(0)
+        if bf16:
+            from lowbit.formats.numerics import BF16
+
+            y = cp.empty(x.shape, dtype=BF16)
+            args = (x, w, null, y, np.int32(n), np.float32(eps))
+        else:
+            y = cp.empty_like(x)
+            args = (x, w, y, null, np.int32(n), np.float32(eps))
+        self._rms((x.size // n,), (128,), args)
         return y
 
     def rope(self, x, cos, sin, pos, start: int):

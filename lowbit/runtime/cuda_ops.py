@@ -55,6 +55,7 @@ class CudaOps:
             log.info("experts run one by one (host sync per layer): CUDA graph decode is off")
             cuda_graph = False
         self.fused = _fused(fused)
+        self._fuse_linears()
         self.decoder = _GraphDecoder(self, capture=cuda_graph)
 
     def _upload(self, ckpt, prefix):
@@ -99,16 +100,46 @@ class CudaOps:
     def vector(self, name: str):
         return self.vec.get(name)
 
+    def _bf16_in(self, x):
+        return x if x.dtype == self.bf16 and x.flags.c_contiguous else self.xp.ascontiguousarray(x.astype(self.bf16))
+
     def linear(self, prefix: str, x):
         from lowbit.kernels.linear import linear
 
-        xb = self.xp.ascontiguousarray(x.astype(self.bf16))
-        y = linear(self.lin[prefix], xb, act=self.act).astype(self.xp.float32)
+        y = linear(self.lin[prefix], self._bf16_in(x), act=self.act).astype(self.xp.float32)
         b = self.vec.get(f"{prefix}.bias")
         return y if b is None else y + b
 
     def linears(self, prefixes, x):
-        return [self.linear(p, x) for p in prefixes]
+        """Modules on one input: one GEMV over their N-stacked weight when _fuse_linears built it."""
+        from lowbit.kernels.linear import linear
+
+        xb, key = self._bf16_in(x), "|".join(prefixes)
+        if key not in self.lin:
+            return [self.linear(p, xb) for p in prefixes]
+        y = linear(self.lin[key], xb, act=self.act).astype(self.xp.float32)
+        outs, n0 = [], 0
+        for p, n in zip(prefixes, self.split[key]):
+            b = self.vec.get(f"{p}.bias")
+            outs.append(y[:, n0:n0 + n] if b is None else y[:, n0:n0 + n] + b)
+            n0 += n
+        return outs
+
+    def _fuse_linears(self) -> None:
+        """Stack q/k/v and gate/up along N once at load, where the layout allows (see _stack_n)."""
+        self.split = {}
+        for i in range(self.cfg.layers):
+            p = f"model.layers.{i}"
+            groups = [tuple(f"{p}.self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj"))]
+            for m in (f"{p}.mlp", f"{p}.mlp.shared_expert"):
+                groups.append((f"{m}.gate_proj", f"{m}.up_proj"))
+            for g in groups:
+                ws = [self.lin.get(x) for x in g]
+                w = _stack_n(ws, "|".join(g)) if all(ws) else None
+                if w is not None:
+                    self.lin["|".join(g)], self.split["|".join(g)] = w, [x.n for x in ws]
+                    for x in g:
+                        del self.lin[x]
 
     def embed(self, ids):
         return self.embed_w[ids].astype(self.xp.float32)
@@ -126,10 +157,10 @@ class CudaOps:
         if self.moe.get(p) is not None:
             from lowbit.kernels.moe import moe_experts
 
-            y = moe_experts(xp.ascontiguousarray(x.astype(self.bf16)), xp.ascontiguousarray(top.astype(xp.int32)),
+            y = moe_experts(self._bf16_in(x), xp.ascontiguousarray(top.astype(xp.int32)),
                             w.astype(xp.float32), self.moe[p], act=self.act)
             return y.astype(xp.float32)
-        out = xp.zeros_like(x)
+        out = xp.zeros(x.shape, xp.float32)
         top_h = xp.asnumpy(top)
         for e in np.unique(top_h):
             rows, slot = np.nonzero(top_h == e)
@@ -201,6 +232,31 @@ class _GraphDecoder:
             finally:
                 graph = self.stream.end_capture()
         self.graphs[span] = (graph, out)
+
+
+def _stack_n(ws: list, name: str):
+    """One GpuWeight holding several linears of the same K stacked along N, or None where the on-disk
+    layout does not allow it: fp8 scale blocks straddling a boundary (N % 128), differing nvfp4 global
+    scales, int4 options or zero points packed across a boundary (N % 8)."""
+    import cupy
+
+    from lowbit.kernels.weights import GpuWeight
+
+    w0 = ws[0]
+    if any(w.scheme != w0.scheme or w.k != w0.k or w.experts is not None or w.opts != w0.opts for w in ws):
+        return None
+    inner = [w.n for w in ws[:-1]]
+    if w0.scheme == "fp8-block" and any(n % 128 for n in inner):
+        return None
+    if w0.scheme == "int4" and any(n % 8 for n in inner):
+        return None
+    if w0.scheme == "nvfp4":
+        gs = [float(w.tensors["weight_global_scale"].reshape(-1)[0]) for w in ws]
+        if len(set(gs)) != 1:
+            return None
+    t = {s: (w0.tensors[s] if s == "weight_global_scale" else cupy.concatenate([w.tensors[s] for w in ws]))
+         for s in w0.tensors}
+    return GpuWeight(w0.scheme, sum(w.n for w in ws), w0.k, t, dict(w0.opts), None, name)
 
 
 def _fused(wanted: bool):

@@ -36,8 +36,8 @@ class Transformer:
         h = ops.embed(ids)
         for i in range(cfg.layers):
             p = f"model.layers.{i}"
-            h = h + self.attention(i, self.rms_norm(h, f"{p}.input_layernorm.weight"), pos)
-            x = self.rms_norm(h, f"{p}.post_attention_layernorm.weight")
+            h = h + self.attention(i, self.rms_norm(h, f"{p}.input_layernorm.weight", to_linear=True), pos)
+            x = self.rms_norm(h, f"{p}.post_attention_layernorm.weight", to_linear=True)
             h = h + (self.moe(i, x) if cfg.moe_layer(i) else self.mlp(f"{p}.mlp", x))
         if isinstance(pos, int):
             self.kv.length = pos + h.shape[0]
@@ -45,9 +45,10 @@ class Transformer:
             h = h[-1:]
         return ops.lm_head(self.rms_norm(h, "model.norm.weight"))
 
-    def rms_norm(self, x, name: str):
+    def rms_norm(self, x, name: str, to_linear: bool = False):
+        """to_linear: the result only feeds linear layers (the CUDA backend then hands them bf16)."""
         if self.ops.fused:
-            return self.ops.fused.rms_norm(x, self.ops.vector(name), self.cfg.eps)
+            return self.ops.fused.rms_norm(x, self.ops.vector(name), self.cfg.eps, bf16=to_linear)
         xp = self.xp
         var = xp.mean(x * x, axis=-1, keepdims=True)
         return x * (1.0 / xp.sqrt(var + self.cfg.eps)) * self.ops.vector(name)
