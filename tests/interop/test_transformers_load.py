@@ -25,7 +25,7 @@ import pytest
 
 from lowbit.formats import safetensors_io as sio
 from lowbit.formats import scheme_module
-from lowbit.formats.checkpoint import open_checkpoint, write_index
+from lowbit.formats.checkpoint import open_checkpoint
 from lowbit.formats.numerics import BF16
 from lowbit.quantize.convert import convert
 
