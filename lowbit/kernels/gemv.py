@@ -21,7 +21,7 @@ import os
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
 #: per weight scheme (GEMV_MIN_BLOCKS, GEMV_UNROLL): the best measured on H200 (benchmarks/RESULTS.md);
 #: LOWBIT_GEMV_MIN_BLOCKS / LOWBIT_GEMV_UNROLL override them for experiments
-COMPILE_TUNING = {"bf16": (3, 2), "fp8-block": (3, 2), "nvfp4": (3, 1), "int4": (3, 1)}
+COMPILE_TUNING = {"bf16": (3, 2), "fp8-block": (3, 2), "nvfp4": (1, 2), "int4": (3, 1)}
 UNROLL = 2  # the most any scheme uses (the planner's minimum work per warp)
 
 
@@ -203,12 +203,13 @@ def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int):
 
 
 #: launch configs (row tiles, warps along K, splits) tried by the autotuner besides the planner's
-TUNE_CANDIDATES = ((1, 8, 1), (2, 4, 1), (1, 8, 2), (2, 4, 2), (4, 2, 2), (4, 1, 4), (4, 1, 6))
-TUNE_MIN_ELEMENTS = 1 << 22  # smaller weights are latency-bound: the planner's choice is kept
+TUNE_CANDIDATES = ((1, 8, 1), (2, 4, 1), (1, 8, 2), (2, 4, 2), (4, 2, 2), (4, 1, 4), (4, 1, 6),
+                   (1, 4, 4), (1, 2, 8), (2, 2, 4))
+TUNE_MIN_ELEMENTS = 1 << 20  # below this the planner's choice is kept (tuning would cost more than it saves)
 _TUNED: dict = {}
 
 
-def _time_config(launch, cfg, flush, reps: int = 3) -> float:
+def _time_config(launch, cfg, flush, reps: int = 5) -> float:
     import cupy
 
     times = []
