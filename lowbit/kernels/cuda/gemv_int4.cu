@@ -22,17 +22,14 @@ struct PolicyInt4 {
   static constexpr bool PARTIAL = false;
   const uint16_t* s;
   const int* z;
-  int n, k, groups, group;
+  int n, groups, group;
   __device__ PolicyInt4(const lb::Args& a, int)
-      : s(static_cast<const uint16_t*>(a.s)), z(a.z), n(a.n), k(a.k), groups(a.k / a.group), group(a.group) {}
+      : s(static_cast<const uint16_t*>(a.s)), z(a.z), n(a.n), groups(a.k / a.group), group(a.group) {}
   __device__ static void xperm(uint32_t (&X)[EC / 2]) { lb::xperm_pairs4<EC / 2>(X); }
   __device__ void decode(const uint4& raw, int row, int k0, uint32_t (&A)[EC / 2]) const {
-    if (k0 >= k) {  // a chunk past K (last iteration): no scale exists there, and x is zero anyway
-#pragma unroll
-      for (int i = 0; i < EC / 2; ++i) A[i] = 0u;
-      return;
-    }
-    const int r = min(row, n - 1), gi = k0 / group;
+    // The group index is clamped, not branched on: past K x is zero, so any in-range scale gives 0 there
+    // (q - zp is finite); no read leaves the scale / zero-point tensors.
+    const int r = min(row, n - 1), gi = min(k0 / group, groups - 1);
     const uint32_t sc = __ldg(s + (long)r * groups + gi);
     uint32_t zp = 8u;
     if (z != nullptr) zp = ((uint32_t)__ldg(z + (long)(r >> 3) * groups + gi) >> (4 * (r & 7))) & 0xfu;

@@ -20,10 +20,10 @@ struct PolicyNVFP4 {
   static constexpr bool PARTIAL = false;
   const uint8_t* s;
   const float* xs;
-  int n, k, groups;
+  int n, groups;
   float osc;
   __device__ PolicyNVFP4(const lb::Args& a, int)
-      : s(static_cast<const uint8_t*>(a.s)), xs(a.xs), n(a.n), k(a.k), groups(a.k / 16),
+      : s(static_cast<const uint8_t*>(a.s)), xs(a.xs), n(a.n), groups(a.k / 16),
         osc(128.f / __ldg(a.gscale)) {}
   __device__ static void xperm(uint32_t (&X)[EC / 2]) { lb::xperm_pairs4<EC / 2>(X); }
   __device__ static uint32_t scale2(uint8_t code) {
@@ -31,15 +31,12 @@ struct PolicyNVFP4 {
     return lb::pack_bf16x2(f, f);
   }
   __device__ void decode(const uint4& raw, int row, int k0, uint32_t (&A)[EC / 2]) const {
-    if (k0 >= k) {  // a chunk past K (last iteration): no scale exists there, and x is zero anyway
-#pragma unroll
-      for (int i = 0; i < EC / 2; ++i) A[i] = 0u;
-      return;
-    }
+    // Group indices are clamped, not branched on: past K the codes are zero (the chunk load zero-fills)
+    // and x is zero, so any in-range scale gives 0 there; no read leaves the scale tensor.
     const long base = (long)min(row, n - 1) * groups;
-    const int g0 = k0 / 16;
+    const int g0 = min(k0 / 16, groups - 1), g1 = min(k0 / 16 + 1, groups - 1);
     const uint32_t sc0 = scale2(__ldg(s + base + g0));
-    const uint32_t sc1 = g0 + 1 < groups ? scale2(__ldg(s + base + g0 + 1)) : 0u;
+    const uint32_t sc1 = scale2(__ldg(s + base + g1));
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
     constexpr uint32_t MAG = 0x01C001C0u, SGN = 0x80008000u;
 #pragma unroll
