@@ -16,9 +16,9 @@ if [[ $what == bench || $what == all ]]; then
 fi
 if [[ $what == tune ]]; then
   timeout 200 python3 -m pytest -q -m gpu --maxfail=15 -p no:cacheprovider tests/kernels/test_gemm.py tests/kernels/test_moe.py 2>&1 | tail -30 | tee "$OUT/tests.log"
-  LOWBIT_SM90_W16=3,2 timeout 200 python3 -m pytest -q -m gpu --maxfail=5 -p no:cacheprovider tests/kernels/test_gemm.py -k "1031 or 200" 2>&1 | tail -5 | tee "$OUT/tests_w16_32.log"
-  mkdir -p "$OUT/w16_32"
-  LOWBIT_SM90_W16=3,2 timeout 120 python3 benchmarks/gemm.py "$OUT/w16_32" --quick 2>&1 | tail -25
+  LOWBIT_SM90_FP8=1,2,4 timeout 200 python3 -m pytest -q -m gpu --maxfail=5 -p no:cacheprovider tests/kernels/test_gemm.py tests/kernels/test_moe.py -k "1031 or 200 or w8a8 or prefill-700" 2>&1 | tail -5 | tee "$OUT/tests_fp8_1.log"
+  mkdir -p "$OUT/fp8_1"
+  LOWBIT_SM90_FP8=1,2,4 timeout 120 python3 benchmarks/gemm.py "$OUT/fp8_1" --quick 2>&1 | tail -25
   timeout 150 python3 benchmarks/moe.py "$OUT" 2>&1 | tail -20 | tee "$OUT/moe_bench.log"
 fi
 if [[ $what == quick ]]; then

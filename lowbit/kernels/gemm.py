@@ -106,6 +106,25 @@ def _sm90_available() -> bool:
     return device_arch() == "sm_90a" and os.environ.get("LOWBIT_GEMM_SM90", "1") != "0"
 
 
+#: gemm_fp8_sm90 configuration: (warpgroups per CTA, CTAs per SM, stages); LOWBIT_SM90_FP8 overrides
+SM90_FP8 = (2, 1, 4)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_fp8_cfg() -> tuple[int, int, int]:
+    import os
+
+    v = os.environ.get("LOWBIT_SM90_FP8")
+    return tuple(int(p) for p in v.split(",")) if v else SM90_FP8
+
+
+def effective_bm(kind: str, t: Tile) -> int:
+    """Rows per CTA the launched kernel really uses (the MoE permutation's tiles must match)."""
+    if kind == "fp8" and use_sm90(t):
+        return 64 * _sm90_fp8_cfg()[0]
+    return t.bm
+
+
 @functools.lru_cache(maxsize=None)
 def _sm90_w16_cfg() -> tuple[int, int]:
     import os
@@ -120,7 +139,8 @@ def use_sm90(t: Tile) -> bool:
 
 def sm90_smem_bytes(kind: str, scheme_id: int = 0) -> int:
     if kind == "fp8":
-        return SM90_STAGES * 2 * 16384 + 1024
+        nwg, _minb, stages = _sm90_fp8_cfg()
+        return stages * (64 * nwg + 128) * 128 + 1024
     raw = {0: 128, 1: 64, 2: 32, 3: 32}[scheme_id] * 128
     wbf = 0 if scheme_id == 0 else 2 * 16384
     return _sm90_w16_cfg()[0] * (16384 + raw) + wbf + 1024
@@ -133,7 +153,8 @@ def _sm90_kernel(kind: str, scheme_id: int = 0, group: int = 128):
         f = get_function("gemm_w16_sm90.cu", "gemm_w16_sm90",
                          {"SCHEME": scheme_id, "INT4_GROUP": group, "STAGES": stages, "MINB": minb})
     else:
-        f = get_function("gemm_fp8_sm90.cu", "gemm_fp8_sm90", {"STAGES": SM90_STAGES})
+        nwg, minb, stages = _sm90_fp8_cfg()
+        f = get_function("gemm_fp8_sm90.cu", "gemm_fp8_sm90", {"STAGES": stages, "NWG": nwg, "MINB": minb})
     f.max_dynamic_shared_size_bytes = sm90_smem_bytes(kind, scheme_id)
     return f
 
@@ -199,10 +220,11 @@ def launch(w: GpuWeight, x, act: str, *, rows: int, y, a_rows=None, gate=None, g
     k_len = k_len or -(-w.k // 128) * 128
     e, offs, tile_offs = groups if groups else (1, None, None)
     n_tiles = -(-w.n // t.bn)
+    bm = effective_bm(kind, t)
     if groups:  # (m-tile bound, n-tile): grouped_tile maps blockIdx.x to an expert's rows
-        grid = (max(m_tiles or -(-rows // t.bm), 1), n_tiles, splits)
+        grid = (max(m_tiles or -(-rows // bm), 1), n_tiles, splits)
     else:  # 1-D grouped raster order (cta_tile in gemm_common.cuh)
-        grid = (max(-(-rows // t.bm) * n_tiles, 1), 1, splits)
+        grid = (max(-(-rows // bm) * n_tiles, 1), 1, splits)
     ypart = cupy.empty((splits, rows, w.n), cupy.float32) if splits > 1 else None
     dims = (np.int32(rows), np.int32(w.n), np.int32(w.k), np.int32(k_len), np.int32(e), _ptr(offs), _ptr(tile_offs))
     if kind == "fp8":
@@ -212,7 +234,7 @@ def launch(w: GpuWeight, x, act: str, *, rows: int, y, a_rows=None, gate=None, g
         g_ptr = _ptr(gate) if splits == 1 else 0
         args = (xq, xs, w.tensors["weight"], w.tensors["weight_scale_inv"], g_ptr, y, _ptr(ypart)) + dims
         if use_sm90(t):
-            _sm90_kernel("fp8")(grid, (256,), args, shared_mem=sm90_smem_bytes("fp8"))
+            _sm90_kernel("fp8")(grid, (128 * _sm90_fp8_cfg()[0],), args, shared_mem=sm90_smem_bytes("fp8"))
         else:
             _kernel("fp8", t)(grid, (t.threads,), args, shared_mem=smem_bytes("fp8", t))
     else:

@@ -133,9 +133,10 @@ def _prefill(x, ids, wts, ew: MoeWeights, act: str, out=None):
     rows = t * k
     kind = "fp8" if act == "fp8" else "w16"
     tile = _gemm.pick_tile(kind, -(-rows // e))
-    perm = moe_router.align(ids, e, tile.bm)
+    bm = _gemm.effective_bm(kind, tile)
+    perm = moe_router.align(ids, e, bm)
     groups = (e, perm.offs, perm.tile_offs)
-    m_tiles = -(-rows // tile.bm) + e
+    m_tiles = -(-rows // bm) + e
     common = dict(rows=rows, groups=groups, tile=tile, m_tiles=m_tiles)
     g = cupy.empty((rows, i_dim), x.dtype)
     _gemm.launch(ew.gate, x, act, y=g, a_rows=perm.sorted_tok, **common)

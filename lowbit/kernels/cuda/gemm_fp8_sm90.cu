@@ -2,24 +2,30 @@
 // xs f32 [ceil(K/128), M] from act_quant_fp8, W e4m3 [E,N,K], ws f32 [E, ceil(N/128), ceil(K/128)];
 // same grouped mode, split-K and epilogue; reference: dequantized operands, float64 matmul) on Hopper
 // warpgroup MMA (wgmma.mma_async m64n128k32 e4m3, both operands from 128-byte-swizzled smem).
-// CTA = 2 warpgroups, tile 128 x 128, BK = 128 = one scale block: each k-step accumulates into a
+// CTA = NWG warpgroups (2: tile 128 x 128; 1: 64 x 128, several CTAs per SM), BK = 128 = one scale block: each k-step accumulates into a
 // temporary, then promotes acc += tmp * xs[kb, m] * ws[n/128, kb] in fp32 (DeepSeek-V3 recipe).
 // Only sm_90a has wgmma: elsewhere the body is empty and the launcher uses gemm_fp8.cu.
 // Launch: grid as in gemm_w16.cu (dense: (m_tiles*n_tiles, 1, splits); grouped: (m_tiles, n_tiles)),
-// block 256, dynamic smem STAGES*32 KiB + 1024.
+// block 128*NWG, dynamic smem STAGES*(BM+BN)*128 + 1024.
 #include "gemm_sm90.cuh"
 
 #ifndef STAGES
 #define STAGES 4
 #endif
-#define BM 128
+#ifndef NWG
+#define NWG 2  // warpgroups per CTA (1: 64-row CTAs that interleave on an SM, MINB of them)
+#endif
+#ifndef MINB
+#define MINB 1
+#endif
+#define BM (64 * NWG)
 #define BN 128
 #define BK 128
-#define NT 256
+#define NT (128 * NWG)
 constexpr int A_STAGE = BM * 128;
 constexpr int B_STAGE = BN * 128;
 
-extern "C" __global__ void __launch_bounds__(NT, 1) gemm_fp8_sm90(
+extern "C" __global__ void __launch_bounds__(NT, MINB) gemm_fp8_sm90(
     const uint8_t* __restrict__ xq, const float* __restrict__ xs, const uint8_t* __restrict__ wq,
     const float* __restrict__ wscale, const bf16* __restrict__ gate, bf16* __restrict__ y,
     float* __restrict__ ypart, int M, int N, int K, int k_len, int E, const int* __restrict__ offs,
@@ -46,12 +52,16 @@ extern "C" __global__ void __launch_bounds__(NT, 1) gemm_fp8_sm90(
     auto load_stage = [&](int kt) {
         const int st = kt % STAGES, k0 = kbeg + kt * BK;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int idx = tid + i * NT, r = idx / 8, c = idx % 8, kc = k0 + c * 16;
-            const int row = tr.m0 + r, n = n0 + r;
-            const bool oka = row < tr.m_end && kc < kend, okb = n < N && kc < kend;
-            cp_async16(As + st * A_STAGE + sw128_off(r, c), oka ? (const void*)(xq + (size_t)row * K + kc) : (const void*)xq, oka);
-            cp_async16(Bs + st * B_STAGE + sw128_off(r, c), okb ? (const void*)(wbase + (size_t)n * K + kc) : (const void*)wq, okb);
+        for (int i = 0; i < BM * 8 / NT; ++i) {
+            const int idx = tid + i * NT, r = idx / 8, c = idx % 8, kc = k0 + c * 16, row = tr.m0 + r;
+            const bool ok = row < tr.m_end && kc < kend;
+            cp_async16(As + st * A_STAGE + sw128_off(r, c), ok ? (const void*)(xq + (size_t)row * K + kc) : (const void*)xq, ok);
+        }
+#pragma unroll
+        for (int i = 0; i < BN * 8 / NT; ++i) {
+            const int idx = tid + i * NT, r = idx / 8, c = idx % 8, kc = k0 + c * 16, n = n0 + r;
+            const bool ok = n < N && kc < kend;
+            cp_async16(Bs + st * B_STAGE + sw128_off(r, c), ok ? (const void*)(wbase + (size_t)n * K + kc) : (const void*)wq, ok);
         }
     };
 

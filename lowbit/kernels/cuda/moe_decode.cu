@@ -106,18 +106,14 @@ extern "C" __global__ void __launch_bounds__(256, 3) moe_decode_gate_up(
     extern __shared__ __align__(16) uint8_t smem_raw[];
     bf16* xs = reinterpret_cast<bf16*>(smem_raw);
     const int p = blockIdx.y, t = p / k, e = ids[p];
-    copy_to_smem(xs, x + (size_t)t * H, H);
-    __syncthreads();
-    const int lane = threadIdx.x & 31, i = blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (i >= I) return;
+    const int lane = threadIdx.x & 31, i = min(blockIdx.x * 8 + (threadIdx.x >> 5), I - 1);
     const float g_gs = (SCHEME == 2) ? gg[e] : 1.f, u_gs = (SCHEME == 2) ? ug[e] : 1.f;
     const uint8_t* grow = gq + ((size_t)e * I + i) * row_bytes(H);
     const uint8_t* urow = uq + ((size_t)e * I + i) * row_bytes(H);
     const int cpr = H / EPC, total = 2 * cpr;
-    float sg = 0.f, su = 0.f;
-    for (int base = 0; base < total; base += 32 * U) {
-        uint4 raw[U];
-        Scl sc[U];
+    uint4 raw[U];
+    Scl sc[U];
+    auto fetch = [&](int base) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int idx = base + lane + 32 * u;
@@ -129,6 +125,14 @@ extern "C" __global__ void __launch_bounds__(256, 3) moe_decode_gate_up(
                            : load_scale<SCHEME, INT4_GROUP>(e, i, c * EPC, I, H, gsc, gz, g_gs);
             }
         }
+    };
+    fetch(0);  // the first weight loads fly while x is staged in shared memory
+    copy_to_smem(xs, x + (size_t)t * H, H);
+    __syncthreads();
+    if (blockIdx.x * 8 + (threadIdx.x >> 5) >= I) return;
+    float sg = 0.f, su = 0.f;
+    for (int base = 0; base < total; base += 32 * U) {
+        if (base > 0) fetch(base);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int idx = base + lane + 32 * u;
@@ -145,44 +149,41 @@ extern "C" __global__ void __launch_bounds__(256, 3) moe_decode_gate_up(
     if (lane == 0) h[(size_t)p * I + i] = __float2bfloat16_rn(silu(sg) * su);
 }
 
-extern "C" __global__ void __launch_bounds__(256) moe_decode_down(
+extern "C" __global__ void __launch_bounds__(256, 2) moe_decode_down(
     const bf16* __restrict__ h, const int* __restrict__ ids, const float* __restrict__ wts, int k, int E, int H,
     int I, const uint8_t* __restrict__ dq, const void* __restrict__ dsc, const int32_t* __restrict__ dz,
     const float* __restrict__ dg, bf16* __restrict__ out) {
     extern __shared__ __align__(16) uint8_t smem_raw[];
     bf16* hs = reinterpret_cast<bf16*>(smem_raw);
-    __shared__ int eid[32];
-    __shared__ float ew[32], egs[32];
     const int t = blockIdx.y;
-    copy_to_smem(hs, h + (size_t)t * k * I, k * I);
-    if (threadIdx.x < k) {
-        eid[threadIdx.x] = ids[t * k + threadIdx.x];
-        ew[threadIdx.x] = wts[t * k + threadIdx.x];
-        egs[threadIdx.x] = (SCHEME == 2) ? dg[eid[threadIdx.x]] : 1.f;
-    }
-    __syncthreads();
-    const int lane = threadIdx.x & 31, n = blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (n >= H) return;
+    const int lane = threadIdx.x & 31, n = min(blockIdx.x * 8 + (threadIdx.x >> 5), H - 1);
     const int cpr = I / EPC, total = k * cpr;
-    float acc = 0.f;
-    for (int base = 0; base < total; base += 32 * UD) {
-        uint4 raw[UD];
-        Scl sc[UD];
+    uint4 raw[UD];
+    Scl sc[UD];
+    auto fetch = [&](int base) {
 #pragma unroll
         for (int u = 0; u < UD; ++u) {
             const int idx = base + lane + 32 * u;
             if (idx < total) {
-                const int j = idx / cpr, c = idx - j * cpr, e = eid[j];
+                const int j = idx / cpr, c = idx - j * cpr, e = __ldg(ids + t * k + j);
                 raw[u] = __ldg(reinterpret_cast<const uint4*>(dq + ((size_t)e * H + n) * row_bytes(I)) + c);
-                sc[u] = load_scale<SCHEME, INT4_GROUP>(e, n, c * EPC, H, I, dsc, dz, egs[j]);
+                sc[u] = load_scale<SCHEME, INT4_GROUP>(e, n, c * EPC, H, I, dsc, dz, (SCHEME == 2) ? __ldg(dg + e) : 1.f);
             }
         }
+    };
+    fetch(0);  // the first weight loads fly while the token's h rows are staged
+    copy_to_smem(hs, h + (size_t)t * k * I, k * I);
+    __syncthreads();
+    if (blockIdx.x * 8 + (threadIdx.x >> 5) >= H) return;
+    float acc = 0.f;
+    for (int base = 0; base < total; base += 32 * UD) {
+        if (base > 0) fetch(base);
 #pragma unroll
         for (int u = 0; u < UD; ++u) {
             const int idx = base + lane + 32 * u;
             if (idx < total) {
                 const int j = idx / cpr, c = idx - j * cpr;
-                acc = fmaf(ew[j], chunk_dot(raw[u], hs + j * I + c * EPC, sc[u]), acc);
+                acc = fmaf(__ldg(wts + t * k + j), chunk_dot(raw[u], hs + j * I + c * EPC, sc[u]), acc);
             }
         }
     }
