@@ -188,7 +188,7 @@ def quantize_act_nvfp4(x, codes: bool = False):
     cd = cupy.empty((m, k // 2), dtype=cupy.uint8) if codes else None
     sc = cupy.empty((m, k // 16), dtype=cupy.uint8) if codes else None
     fn = get_function("gemv_act.cu", "act_quant_nvfp4")
-    fn((m,), (256,), (x, xq, xs, cd if codes else NULL, sc if codes else NULL, np.int32(m), np.int32(k)))
+    fn((m,), (1024,), (x, xq, xs, cd if codes else NULL, sc if codes else NULL, np.int32(m), np.int32(k)))
     return (xq, xs, cd, sc) if codes else (xq, xs)
 
 
