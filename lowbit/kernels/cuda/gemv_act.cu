@@ -91,11 +91,11 @@ extern "C" __global__ void __launch_bounds__(1024)
     __nv_fp8_storage_t s8 = __nv_cvt_float_to_fp8(gx * (ga / 6.f), __NV_SATFINITE, __NV_E4M3);
     if (lb::e4m3_to_float(s8) == 0.f) s8 = 0x01;  // 2^-9, the smallest E4M3 subnormal
     const float s8f = lb::e4m3_to_float(s8), eff = s8f / gx;
-    uint32_t packed = 0u;
+    uint32_t packed = 0u, ow[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
       const uint32_t c = e2m1_code(fminf(fmaxf(v[j] / eff, -6.f), 6.f));
-      xq[(long)token * k + gi * 16 + j] = bf16_bits(e2m1_value(c) * s8f);
+      ow[j >> 1] |= (uint32_t)bf16_bits(e2m1_value(c) * s8f) << (16 * (j & 1));
       packed |= c << (4 * (j & 7));
       if ((j & 7) == 7) {
         if (codes != nullptr)
@@ -103,6 +103,9 @@ extern "C" __global__ void __launch_bounds__(1024)
         packed = 0u;
       }
     }
+    uint4* dst = reinterpret_cast<uint4*>(xq + (long)token * k + gi * 16);
+    dst[0] = make_uint4(ow[0], ow[1], ow[2], ow[3]);
+    dst[1] = make_uint4(ow[4], ow[5], ow[6], ow[7]);
     if (scales != nullptr) scales[(long)token * (k / 16) + gi] = s8;
   }
 }
