@@ -8,7 +8,7 @@ what=${1:-all}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 date -u | tee -a "$OUT/gpu.txt"
 if [[ $what == tests || $what == all || $what == quick ]]; then
-  timeout 240 python3 -m pytest -q -m gpu --maxfail=15 -p no:cacheprovider tests/kernels/test_gemm.py tests/kernels/test_moe.py 2>&1 | tail -60 | tee "$OUT/tests.log"
+  timeout 240 python3 -m pytest -q -m gpu --maxfail=15 -p no:cacheprovider tests/kernels/test_gemm.py tests/kernels/test_moe.py tests/kernels/test_gemm_verify.py 2>&1 | tail -60 | tee "$OUT/tests.log"
 fi
 if [[ $what == bench || $what == all ]]; then
   python3 benchmarks/gemm.py "$OUT" 2>&1 | tee "$OUT/gemm_bench.log"

@@ -210,6 +210,14 @@ def moe_layer_check(ctx, lin) -> list:
     have = set(ctx.ck.names())
     names = [{p: {s: f"{base}.experts.{e}.{proj}.{s}" for s in suffixes if f"{base}.experts.{e}.{proj}.{s}" in have}
               for p, proj in zip(("gate", "up", "down"), projs)} for e in range(n_exp)]
+    from lowbit.verify.checks import passed
+
+    target = f"{base}.experts"
+    if n_exp == 0 or any(len(d[p]) != len(suffixes) for d in names for p in d):
+        return [passed(target, "moe", f"MoE path not run: experts are not all stored as {ctx.scheme} "
+                                      f"({n_exp} experts in config.json)")]
+    if lin.k % 32 or lin.n % 32:
+        return [passed(target, "moe", f"MoE path not run: hidden {lin.k} / expert {lin.n} not multiples of 32")]
     experts = [{p: {s: np.asarray(ctx.ck.get(n)) for s, n in d[p].items()} for p in d} for d in names]
     mw = MoeWeights.from_checkpoint_tensors(ctx.scheme, experts, name=f"{base}.experts", **ctx.opts)
     del experts
@@ -220,8 +228,8 @@ def moe_layer_check(ctx, lin) -> list:
     for tokens, path in ((1, "decode"), (8, "prefill")):
         for act in (("bf16", "fp8") if ctx.scheme == "fp8-block" and path == "prefill" else ("bf16",)):
             r = check_moe(mw, dense, router, top_k, tokens, norm=norm, norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
-                          act=act, seed=seed + tokens, path=path, name=f"{base}.experts")
-            out.append(_result(r, f"{base}.experts"))
+                          act=act, seed=seed + tokens, path=path, name=target)
+            out.append(_result(r, target))
     return out
 
 
