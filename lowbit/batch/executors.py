@@ -17,7 +17,10 @@ import ctypes
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
+from contextlib import contextmanager
+from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 
 from lowbit.errors import LowbitError
@@ -86,6 +89,21 @@ def _exit_reason(code: int | None) -> str:
     return f"the worker process exited with code {code} before reporting a result"
 
 
+@contextmanager
+def _sigint_flag():
+    """While jobs run, Ctrl-C only sets a flag that the scheduling loop checks: a KeyboardInterrupt
+    raised at a random point (say, inside a finalizer, where Python swallows it) could be lost."""
+    flag: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    prev = signal.signal(signal.SIGINT, lambda signum, _frame: flag.append(signum))
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, prev)
+
+
 class LocalExecutor:
     """N spawned worker processes on this machine, one process per job."""
 
@@ -103,6 +121,8 @@ class LocalExecutor:
                                 name=f"lowbit-batch-{slot}", daemon=True)
         # the child starts with SIGINT blocked (the mask survives exec) until it ignores it, so a
         # Ctrl-C during its start-up cannot print a traceback from inside an import
+        # (start the resource tracker first: its launch unblocks SIGINT on its way out)
+        resource_tracker.ensure_running()
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             proc.start()
@@ -160,18 +180,21 @@ class LocalExecutor:
         pending = list(range(len(jobs)))[::-1]
         running: dict[int, dict] = {}
         results: dict[int, dict] = {}
-        try:
-            while pending or running:
-                for slot in range(self.workers):
-                    if pending and slot not in running:
-                        i = pending.pop()
-                        running[slot] = self._start(fn, jobs[i], i, slot)
-                        on_event("start", i, slot, jobs[i])
-                self._poll(running, on_event, results)
-        finally:
-            for r in running.values():
-                r["proc"].kill()
-                r["proc"].join()
+        with _sigint_flag() as interrupted:
+            try:
+                while pending or running:
+                    if interrupted:
+                        raise KeyboardInterrupt
+                    for slot in range(self.workers):
+                        if pending and slot not in running:
+                            i = pending.pop()
+                            running[slot] = self._start(fn, jobs[i], i, slot)
+                            on_event("start", i, slot, jobs[i])
+                    self._poll(running, on_event, results)
+            finally:
+                for r in running.values():
+                    r["proc"].kill()
+                    r["proc"].join()
         return results
 
 
@@ -210,24 +233,33 @@ class RayExecutor:
         pending = list(range(len(jobs)))[::-1]
         inflight: dict = {}
         results: dict[int, dict] = {}
-        while pending or inflight:
-            while pending and len(inflight) < self.workers:
-                i = pending.pop()
-                slot = min(set(range(self.workers)) - {s for _, s, _ in inflight.values()})
-                inflight[task.remote(fn, jobs[i])] = (i, slot, time.monotonic())
-                on_event("start", i, slot, jobs[i])
-            done, _ = self.ray.wait(list(inflight), num_returns=1, timeout=_POLL_S)
-            for ref in done:
-                i, slot, t0 = inflight.pop(ref)
-                try:
-                    res = self.ray.get(ref)
-                except Exception as e:  # worker crashed / node lost
-                    res = failed(f"the Ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}",
-                                 time.monotonic() - t0)
-                results[i] = res
-                on_event("done", i, slot, res)
-            self._expire(inflight, jobs, results, on_event)
+        with _sigint_flag() as interrupted:
+            while pending or inflight:
+                if interrupted:
+                    for ref in inflight:
+                        self.ray.cancel(ref, force=True)
+                    raise KeyboardInterrupt
+                self._step(task, fn, jobs, pending, inflight, results, on_event)
         return results
+
+    def _step(self, task, fn, jobs, pending, inflight, results, on_event) -> None:
+        """Submit up to `workers` tasks, collect what finished within one poll, expire timeouts."""
+        while pending and len(inflight) < self.workers:
+            i = pending.pop()
+            slot = min(set(range(self.workers)) - {s for _, s, _ in inflight.values()})
+            inflight[task.remote(fn, jobs[i])] = (i, slot, time.monotonic())
+            on_event("start", i, slot, jobs[i])
+        done, _ = self.ray.wait(list(inflight), num_returns=1, timeout=_POLL_S)
+        for ref in done:
+            i, slot, t0 = inflight.pop(ref)
+            try:
+                res = self.ray.get(ref)
+            except Exception as e:  # worker crashed / node lost
+                res = failed(f"the Ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}",
+                             time.monotonic() - t0)
+            results[i] = res
+            on_event("done", i, slot, res)
+        self._expire(inflight, jobs, results, on_event)
 
     def _expire(self, inflight: dict, jobs, results, on_event) -> None:
         now = time.monotonic()
