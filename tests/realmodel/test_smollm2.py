@@ -87,3 +87,26 @@ def test_perplexity_per_scheme_bounded(smollm2, smollm2_quantized):
     assert base < got["fp8-block"] < 1.2 * base
     assert got["fp8-block"] < got["nvfp4"] < 3 * base
     assert got["fp8-block"] < got["int4"] < 3 * base
+
+
+def test_cli_import_gguf_then_generate(tmp_path):
+    """The user's path: lowbit import-gguf, then lowbit generate --json, on the real GGUF."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lowbit.cli.main import cli
+    from lowbit.runtime.realmodel import smollm2_gguf
+
+    out = tmp_path / "smol"
+    r = CliRunner().invoke(cli, ["import-gguf", str(smollm2_gguf()), str(out)])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                     "tokenizer.json", "tokenizer_config.json"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["num_key_value_heads"], cfg["tie_word_embeddings"], cfg["rope_theta"]) == (3, True, 100000.0)
+    r = CliRunner().invoke(cli, ["generate", str(out), "--prompt", "What is the capital of France?",
+                                 "--device", "cpu", "--max-new-tokens", "16", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert "Paris" in res["text"] and res["output_ids"][-1] == 2 and res["decode_tok_s"] > 0
