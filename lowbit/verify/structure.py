@@ -20,7 +20,7 @@ _SCALE_SUFFIXES = ("weight_scale_inv", "weight_scale", "weight_global_scale")
 
 def check_files(path: Path, manifest: dict | None) -> list[CheckResult]:
     """sha256 of every file listed in lowbit.json (a single flipped byte fails); unlisted files fail too."""
-    from lowbit.quantize.manifest import sha256_file
+    from lowbit.quantize.manifest import manifest_problem, sha256_file
 
     path = Path(path)
     if manifest is None:
@@ -40,6 +40,9 @@ def check_files(path: Path, manifest: dict | None) -> list[CheckResult]:
     for f in sorted(path.iterdir()):
         if f.is_file() and f.name not in listed and f.name != MANIFEST and not f.name.startswith("."):
             out.append(fail(f.name, "sha256", "present but not listed in lowbit.json"))
+    problem = manifest_problem(path / MANIFEST)  # lowbit.json itself (its manifest_sha256)
+    out.append(fail(MANIFEST, "sha256", f"{problem}: re-convert to regenerate it") if problem else
+               passed(MANIFEST, "sha256", "matches its manifest_sha256"))
     return out
 
 
