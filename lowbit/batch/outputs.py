@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowbit.quantize.manifest import SELF_DIGEST, manifest_problem
+from lowbit.quantize.manifest import manifest_problem
 
 MANIFEST_NAME = "lowbit.json"
 _CHUNK = 1 << 22
@@ -88,10 +88,9 @@ def output_state(out_dir) -> OutputState:
         problem = _check_file(root, name, rec)
         if problem:
             return OutputState("invalid", problem)
-    if SELF_DIGEST in manifest:  # lowbit.json itself: canonical text + its own digest
-        problem = manifest_problem(mpath)
-        if problem:
-            return OutputState("invalid", problem)
+    problem = manifest_problem(mpath)  # lowbit.json itself: canonical text + its own digest
+    if problem:
+        return OutputState("invalid", problem)
     return OutputState("complete")
 
 

@@ -16,6 +16,8 @@ import signal
 import time
 from pathlib import Path
 
+from lowbit.quantize.manifest import SELF_DIGEST, manifest_digest
+
 
 def write_fake_output(out: str, payload: bytes) -> None:
     out_p = Path(out)
@@ -23,7 +25,9 @@ def write_fake_output(out: str, payload: bytes) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "model.safetensors").write_bytes(payload)
     files = {"model.safetensors": {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}}
-    (tmp / "lowbit.json").write_text(json.dumps({"files": files}))
+    body = {"files": files}
+    body[SELF_DIGEST] = manifest_digest(body)
+    (tmp / "lowbit.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out_p)
 
 

@@ -77,15 +77,18 @@ def test_lowbit_verify_detects_flipped_bytes(converted):
                         text=True, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     rng = random.Random(9)
-    for name in ("model-00001-of-00002.safetensors", "config.json", "lowbit.json"):
+    man = (converted / "lowbit.json").read_bytes()
+    flips = [(sorted(converted.glob("model-*.safetensors"))[0].name, None), ("config.json", None),
+             ("model.safetensors.index.json", None), ("lowbit.json", man.index(b"\n  ")),  # whitespace
+             ("lowbit.json", man.index(b"manifest_sha256") + 14),  # the digest's own key
+             ("lowbit.json", man.index(b'"scheme": "nvfp4"') + 12)]  # a value: nvfp4 -> ~vfp4
+    for name, pos in flips:
         p = converted / name
-        if not p.exists():
-            p = sorted(converted.glob("model-*.safetensors"))[0]
-        raw = _flip(p, rng.randrange(p.stat().st_size), 0x10)
+        raw = _flip(p, rng.randrange(p.stat().st_size) if pos is None else pos, 0x10 if pos is None else 0x01)
         try:
             r = subprocess.run([sys.executable, "-m", "lowbit", "verify", str(converted)],
                                capture_output=True, text=True, timeout=300)
-            assert r.returncode in (1, 2), (name, r.stdout, r.stderr)
+            assert r.returncode in (1, 2), (name, pos, r.stdout, r.stderr)
             assert p.name in r.stdout + r.stderr
         finally:
             p.write_bytes(raw)
