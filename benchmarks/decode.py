@@ -61,6 +61,14 @@ def gpu(args) -> None:
             r = {"config": config, "scheme": scheme, "error": f"{type(e).__name__}: {e}"[:500]}
         print(json.dumps(r), flush=True)
         cupy.get_default_memory_pool().free_all_blocks()
+    from lowbit.runtime.bench_decode import time_moe_layer
+
+    for config, scheme in (("qwen3-30b-a3b", "fp8-block"), ("mixtral-8x7b", "nvfp4")):
+        try:
+            print(json.dumps(time_moe_layer(config, scheme)), flush=True)
+        except Exception as e:
+            print(json.dumps({"moe_layer": config, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
+        cupy.get_default_memory_pool().free_all_blocks()
     try:
         print(json.dumps(transformers_gpu_smollm2(args.tokens)), flush=True)
     except Exception as e:

@@ -147,3 +147,44 @@ def bench_decode(config: str, scheme: str, tokens: int = 128, prompt: int = 32, 
             "decode_tok_s": tokens / dt,
             "prefill_tok_s": prompt / prefill_s, "active_mb_per_token": nbytes / 1e6, "copy_gbs": bw,
             "roofline_tok_s": roof, "pct_roofline": 100 * tokens / dt / roof}
+
+
+def time_moe_layer(config: str, scheme: str, iters: int = 200) -> dict:
+    """One MoE layer's decode pieces alone (1 token): router GEMV + top-k, and the grouped expert kernels."""
+    import cupy
+
+    from lowbit.kernels.linear import linear
+    from lowbit.kernels.moe import MoeWeights, moe_experts
+    from lowbit.kernels.moe_router import topk
+
+    cfg = from_dict(preset_config(config), config)
+    rs = cupy.random.RandomState(1)
+    h, e, inter = cfg.hidden, cfg.experts, cfg.moe_intermediate
+    mw = MoeWeights(scheme, _random(scheme, inter, h, e, rs), _random(scheme, inter, h, e, rs),
+                    _random(scheme, h, inter, e, rs))
+    router = _random("bf16", e, h, None, rs)
+    x = rs.standard_normal((1, h), dtype=cupy.float32).astype(_bf16())
+
+    def route():
+        return topk(linear(router, x).astype(cupy.float32), cfg.top_k, "qwen3", cfg.norm_topk)
+
+    ids, w = route()
+    out = {}
+    for name, fn in (("router_us", route), ("experts_us", lambda: moe_experts(x, ids, w, mw))):
+        fn()
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        for _ in range(iters):
+            fn()
+        stop.record()
+        stop.synchronize()
+        out[name] = cupy.cuda.get_elapsed_time(start, stop) * 1e3 / iters
+    nbytes = cfg.top_k * mw.expert_nbytes()
+    return {"config": config, "scheme": scheme, **out, "expert_mb": nbytes / 1e6,
+            "experts_gbs": nbytes / (out["experts_us"] * 1e-6) / 1e9}
+
+
+def _bf16():
+    from lowbit.formats.numerics import BF16
+
+    return BF16

@@ -4,7 +4,8 @@ The model runs these instead of chains of cupy elementwise ops where ops.fused i
 each computes exactly what the numpy path in lowbit.runtime.model computes (the reference: the CPU
 backend; tests/runtime/test_cuda.py compares the logits):
   rms_norm      y = x * rsqrt(mean(x^2) + eps) * w, one block per row (fp32, or bf16 for GEMV inputs)
-  rope          rotate-half RoPE at positions start.. (or the device-held position), in one pass
+  rope          rotate-half RoPE at positions start.. (or the device-held position), optionally after
+                the per-head RMSNorm of Qwen3 (q_norm / k_norm), one block per (token, head)
   silu_mul      silu(g) * u
   attend        one token's attention over the KV cache (causal up to the device position, optional
                 sliding window), softmax in fp32, one block per query head; keys beyond the position
@@ -59,19 +60,27 @@ extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float
     }
 }
 
-// x, y: [m, heads, d]; cos/sin: [positions, d]; position of token t = (pos ? pos[0] : start) + t
+// x, y: [m, heads, d], one block per (token, head) row, blockDim = d rounded up to 32 (d <= 1024);
+// optional RMSNorm of the row first (w != NULL: Qwen3's q_norm / k_norm); position = (pos ? pos[0] : start) + t
 extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restrict__ y,
                                     const float* __restrict__ cs, const float* __restrict__ sn,
-                                    const int* __restrict__ pos, int start, int m, int heads, int d) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long total = (long long)m * heads * d;
-    if (i >= total) return;
-    int j = (int)(i % d);
-    int t = (int)(i / ((long long)heads * d));
+                                    const int* __restrict__ pos, int start, int heads, int d,
+                                    const float* __restrict__ w, float eps) {
+    __shared__ float red[32];
+    __shared__ float row[1024];
+    int r = blockIdx.x, t = r / heads, j = threadIdx.x;
+    float v = j < d ? x[(long long)r * d + j] : 0.f;
+    if (w) {
+        float rr = rsqrtf(block_sum(v * v, red) / (float)d + eps);
+        v = j < d ? v * rr * w[j] : 0.f;
+    }
+    row[j] = v;
+    __syncthreads();
+    if (j >= d) return;
     long long p = (long long)(pos ? pos[0] : start) + t;
     int h2 = d / 2;
-    float rot = j < h2 ? -x[i + h2] : x[i - h2];
-    y[i] = x[i] * cs[p * d + j] + rot * sn[p * d + j];
+    float rot = j < h2 ? -row[j + h2] : row[j - h2];
+    y[(long long)r * d + j] = v * cs[p * d + j] + rot * sn[p * d + j];
 }
 
 // q, out: [heads, d]; k, v: [kv_heads, max_ctx, d]; one block per query head; scores in shared memory
@@ -147,15 +156,16 @@ class Fused:
         self._rms((x.size // n,), (128,), args)
         return y
 
-    def rope(self, x, cos, sin, pos, start: int):
-        """x [M, heads, D]; pos: device int32 [1] or None (then positions start..)."""
+    def rope(self, x, cos, sin, pos, start: int, w=None, eps: float = 0.0):
+        """x [M, heads, D]; pos: device int32 [1] or None (then positions start..); w: RMSNorm first."""
         cp = self.cp
         x = cp.ascontiguousarray(x, dtype=cp.float32)
         m, heads, d = x.shape
         y = cp.empty_like(x)
-        total = m * heads * d
-        self._rope((-(-total // 256),), (256,), (x, y, cos, sin, pos if pos is not None else np.uint64(0),
-                                                np.int32(start), np.int32(m), np.int32(heads), np.int32(d)))
+        null = np.uint64(0)
+        self._rope((m * heads,), (-(-d // 32) * 32,), (x, y, cos, sin, pos if pos is not None else null,
+                                                      np.int32(start), np.int32(heads), np.int32(d),
+                                                      w if w is not None else null, np.float32(eps)))
         return y
 
     def silu_mul(self, g, u):

@@ -157,8 +157,9 @@ class CudaOps:
         if self.moe.get(p) is not None:
             from lowbit.kernels.moe import moe_experts
 
-            y = moe_experts(self._bf16_in(x), xp.ascontiguousarray(top.astype(xp.int32)),
-                            w.astype(xp.float32), self.moe[p], act=self.act)
+            ids = top if top.dtype == xp.int32 else top.astype(xp.int32)     # topk gives int32 / f32 already
+            y = moe_experts(self._bf16_in(x), ids, w if w.dtype == xp.float32 else w.astype(xp.float32),
+                            self.moe[p], act=self.act)
             return y.astype(xp.float32)
         out = xp.zeros(x.shape, xp.float32)
         top_h = xp.asnumpy(top)

@@ -53,11 +53,16 @@ class Transformer:
         var = xp.mean(x * x, axis=-1, keepdims=True)
         return x * (1.0 / xp.sqrt(var + self.cfg.eps)) * self.ops.vector(name)
 
-    def rope(self, x, pos):
-        """x [M, heads, D] rotated at positions pos.. (rotate_half: pairs (j, j + D/2))."""
+    def rope(self, x, pos, norm: str | None = None):
+        """x [M, heads, D] rotated at positions pos.. (rotate_half: pairs (j, j + D/2)), after the
+        per-head RMSNorm `norm` when given (Qwen3's q_norm / k_norm)."""
         if self.ops.fused:
             device = isinstance(pos, DevicePos)
-            return self.ops.fused.rope(x, self.cos, self.sin, pos.index if device else None, 0 if device else pos)
+            w = self.ops.vector(norm) if norm else None
+            return self.ops.fused.rope(x, self.cos, self.sin, pos.index if device else None, 0 if device else pos,
+                                       w, self.cfg.eps)
+        if norm:
+            x = self.rms_norm(x, norm)
         m, d = x.shape[0], x.shape[-1]
         rows = self.kv.rows(pos, m)
         cos, sin = self.cos[rows][:, None, :], self.sin[rows][:, None, :]
@@ -70,9 +75,8 @@ class Transformer:
         m, hd, nkv = x.shape[0], cfg.head_dim, cfg.kv_heads
         q, k, v = ops.linears((f"{p}.q_proj", f"{p}.k_proj", f"{p}.v_proj"), x)
         q, k, v = q.reshape(m, cfg.heads, hd), k.reshape(m, nkv, hd), v.reshape(m, nkv, hd)
-        if cfg.qk_norm:
-            q, k = self.rms_norm(q, f"{p}.q_norm.weight"), self.rms_norm(k, f"{p}.k_norm.weight")
-        q, k = self.rope(q, pos), self.rope(k, pos)
+        qn, kn = (f"{p}.q_norm.weight", f"{p}.k_norm.weight") if cfg.qk_norm else (None, None)
+        q, k = self.rope(q, pos, qn), self.rope(k, pos, kn)
         keys, values = self.kv.append(i, pos, k, v)          # [nkv, T, D], T = pos + m
         if ops.fused and isinstance(pos, DevicePos) and pos.span <= ops.fused.max_span:   # one fused kernel
             o = ops.fused.attend(q[0], self.kv.k[i], self.kv.v[i], pos.index, pos.span, self.scale, cfg.sliding_window)
