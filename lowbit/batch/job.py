@@ -65,8 +65,11 @@ def _measure(job: Job, summary, result: dict) -> None:
     result["warnings"] = [str(w) for w in summary.warnings]
     if not job.verify:
         return
-    err = error_summary(job.output, _local_source(job), job.scheme)
+    err = error_summary(job.output, _local_source(job), job.scheme, use_gpu=job.verify_gpu)
     result["worst_error"] = err.to_dict()
+    if err.failures:
+        raise LowbitError(f"{job.output}: {err.checker} failed {len(err.failures)} check(s), worst: "
+                          f"{err.failures[0]}; see `lowbit verify {job.output} --against SRC`")
     if err.kept_mismatch:
         raise LowbitError(f"{job.output}: kept tensor {err.kept_mismatch} differs from the source; "
                           "the conversion is corrupt: delete the output and re-run")

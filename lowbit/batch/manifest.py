@@ -3,7 +3,8 @@
 ```toml
 output_root = "out"          # relative paths are relative to the manifest file
 workers = 4
-verify = true                # default for every job: worst relative error vs the source
+verify = true                # default for every job: `lowbit verify --against SRC` on the output
+# verify_gpu = "auto"        # run the GPU kernel checks too where a GPU is present (true/false)
 # max_rel_error = 0.2        # a job whose worst tensor error is above this fails
 
 [[job]]
@@ -46,6 +47,7 @@ QUANTIZE_OPTIONS: dict[str, tuple[type | tuple[type, ...], object]] = {
 VERIFY_OPTIONS: dict[str, tuple[type | tuple[type, ...], object]] = {
     "verify": (bool, True),
     "max_rel_error": ((int, float), None),
+    "verify_gpu": ((bool, str), "auto"),
     "timeout_s": ((int, float), None),
 }
 TOP_KEYS = {"output_root", "workers", "job"} | set(VERIFY_OPTIONS) | set(QUANTIZE_OPTIONS)
@@ -64,6 +66,7 @@ class Job:
     verify: bool = True
     max_rel_error: float | None = None
     timeout_s: float | None = None
+    verify_gpu: bool | str = "auto"
 
     @property
     def label(self) -> str:
@@ -72,7 +75,8 @@ class Job:
     def to_dict(self) -> dict:
         return {"source": self.source, "scheme": self.scheme, "output": self.output,
                 "options": dict(self.options), "verify": self.verify,
-                "max_rel_error": self.max_rel_error, "timeout_s": self.timeout_s}
+                "max_rel_error": self.max_rel_error, "timeout_s": self.timeout_s,
+                "verify_gpu": self.verify_gpu}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Job":
@@ -141,6 +145,8 @@ def _job_entries(where: str, table: dict, qdefaults: dict, vdefaults: dict, base
             raise ConfigError(f"{where}: unknown scheme {s!r}; choose from {', '.join(SCHEMES)}")
     opts = _settings(where, table, qdefaults, QUANTIZE_OPTIONS)
     ver = _settings(where, table, vdefaults, VERIFY_OPTIONS)
+    if isinstance(ver["verify_gpu"], str) and ver["verify_gpu"] != "auto":
+        raise ConfigError(f"{where}: `verify_gpu` must be true, false or \"auto\", found {ver['verify_gpu']!r}")
     name = table.get("name") or source_name(src)
     if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
         raise ConfigError(f"{where}: `name` must be a plain directory name, found {name!r}")

@@ -55,6 +55,8 @@ TEMPLATE = """---
 | tensors quantized | {{ tensors }} |
 | worst relative error | {{ worst }} |
 | mean relative error | {{ mean }} |
+| lowest SQNR | {{ sqnr }} |
+| checked by | {{ checker }} |
 
 The error is ||W' - W|| / ||W|| of each dequantized weight against the source weight.
 {% if kept %}{{ kept }} tensors (router, norms, embeddings, lm_head and layers the scheme cannot
@@ -109,6 +111,14 @@ def _manifest_source(output: str) -> str | None:
         return None
 
 
+def _checker(err: dict) -> str:
+    if not err:
+        return "not checked"
+    who = f"`{err['checker']} --against` the source" if err.get("checker") == "lowbit verify" else \
+        "numpy dequantize vs the source"
+    return who + ("; GPU kernels checked" if err.get("kernel_ran") else "; no GPU kernel ran")
+
+
 def render_card(record: dict, options: dict) -> str:
     """README.md text for one finished batch record (see lowbit.batch.report)."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -135,6 +145,8 @@ def render_card(record: dict, options: dict) -> str:
         tensors=err.get("tensors", "?"), worst=_fmt_err(err.get("worst_rel_error")) +
         (f" (`{err['worst_tensor']}`)" if err.get("worst_tensor") else ""),
         mean=_fmt_err(err.get("mean_rel_error")), kept=record.get("kept"),
+        sqnr="not measured" if err.get("min_sqnr_db") is None else f"{err['min_sqnr_db']:.1f} dB",
+        checker=_checker(err),
         engines=ENGINES[scheme], command=quantize_command(source, scheme, options,
                                                           Path(record["output"]).name))
     return str(card)

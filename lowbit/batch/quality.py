@@ -1,14 +1,16 @@
-"""Worst per-tensor error of a converted checkpoint against its BF16 source (numpy, CPU).
+"""The check a batch job runs on its output: `lowbit verify --against SRC` where lowbit.verify is
+installed (file hashes, structure, SQNR per tensor against per-scheme floors, GPU kernels when a GPU
+is there), else a numpy fallback with the same figures. Kept (BF16) tensors must be bit-identical
+to the source either way.
 
-For every quantized linear `prefix` of the output: dequantize it with `lowbit.formats.<scheme>`
-and compare with the source `prefix.weight` in float32. The figure is the relative Frobenius error
-||W' - W|| / ||W|| (an all-zero source tensor counts its absolute error). Tensors kept in BF16
-must be bit-identical to the source; a mismatch is reported as an error of +inf for that tensor.
+Figures: per quantized linear the relative Frobenius error ||W' - W|| / ||W|| (from the SQNR:
+rel = 10^(-SQNR/20)); the worst and the mean over tensors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,11 +29,13 @@ class ErrorSummary:
     worst_rel_error: float | None
     mean_rel_error: float | None
     kept_mismatch: str | None = None  # first kept (BF16) tensor that differs from the source
+    min_sqnr_db: float | None = None
+    checker: str = "numpy"            # "lowbit verify" or "numpy"
+    kernel_ran: bool = False
+    failures: list[str] = field(default_factory=list)  # failed checks, worst first
 
     def to_dict(self) -> dict:
-        return {"tensors": self.tensors, "worst_tensor": self.worst_tensor,
-                "worst_rel_error": self.worst_rel_error, "mean_rel_error": self.mean_rel_error,
-                "kept_mismatch": self.kept_mismatch}
+        return dict(self.__dict__)
 
 
 def _quantized_prefixes(out, scheme: str) -> list[str]:
@@ -47,7 +51,7 @@ def _rel_error(deq: np.ndarray, ref: np.ndarray) -> float:
 
 
 def tensor_error(out, src, scheme: str, prefix: str) -> float:
-    """Relative error of one quantized linear of `out` against `src[prefix.weight]`."""
+    """Relative error of one quantized linear of `out` against `src[prefix.weight]` (numpy)."""
     names = list(scheme_module(scheme).tensor_layout(16, 128)) + list(_EXTRA.get(scheme, ()))
     parts = {s: np.asarray(out.get(f"{prefix}.{s}")) for s in names if f"{prefix}.{s}" in out}
     deq = scheme_module(scheme).dequantize(parts)
@@ -65,16 +69,40 @@ def _kept_mismatch(out, src, quantized: set[str]) -> str | None:
     return None
 
 
-def error_summary(out_dir, src_dir, scheme: str) -> ErrorSummary:
-    """Compare every quantized tensor of `out_dir` with `src_dir` (both checkpoint directories)."""
+def _summarise(errors: dict[str, float], **kw) -> ErrorSummary:
+    if not errors:
+        return ErrorSummary(0, None, None, None, **kw)
+    worst = max(errors, key=errors.get)
+    return ErrorSummary(len(errors), f"{worst}.weight", errors[worst],
+                        float(np.mean(list(errors.values()))), **kw)
+
+
+def _numpy_summary(out, src, scheme: str, prefixes: list[str], kept: str | None) -> ErrorSummary:
+    errors = {p: tensor_error(out, src, scheme, p) for p in prefixes}
+    sq = [-20 * math.log10(e) for e in errors.values() if e > 0]
+    return _summarise(errors, kept_mismatch=kept, min_sqnr_db=min(sq) if sq else None)
+
+
+def _verify_summary(out_dir, src_dir, use_gpu, kept: str | None) -> ErrorSummary:
+    from lowbit.verify.runner import verify_checkpoint
+
+    rep = verify_checkpoint(out_dir, against=src_dir, use_gpu=use_gpu)
+    sqnr = {r.target: r.value for r in rep.results if r.check == "sqnr" and r.value is not None}
+    errors = {t: (10 ** (-db / 20) if math.isfinite(db) else 0.0) for t, db in sqnr.items()}
+    failures = [f"{r.target} {r.check}: {r.detail}" for r in rep.worst_first() if not r.ok]
+    return _summarise(errors, kept_mismatch=kept, min_sqnr_db=min(sqnr.values()) if sqnr else None,
+                      checker="lowbit verify", kernel_ran=rep.kernel_ran, failures=failures[:5])
+
+
+def error_summary(out_dir, src_dir, scheme: str, use_gpu="auto") -> ErrorSummary:
+    """Check `out_dir` against its source `src_dir` (both checkpoint directories)."""
     from lowbit.formats.checkpoint import open_checkpoint
 
     out, src = open_checkpoint(out_dir), open_checkpoint(src_dir)
     prefixes = _quantized_prefixes(out, scheme)
-    errors = {p: tensor_error(out, src, scheme, p) for p in prefixes}
     kept = _kept_mismatch(out, src, set(prefixes))
-    if not errors:
-        return ErrorSummary(0, None, None, None, kept)
-    worst = max(errors, key=errors.get)
-    return ErrorSummary(len(errors), f"{worst}.weight", errors[worst],
-                        float(np.mean(list(errors.values()))), kept)
+    try:
+        import lowbit.verify.runner  # noqa: F401
+    except ImportError:
+        return _numpy_summary(out, src, scheme, prefixes, kept)
+    return _verify_summary(out_dir, src_dir, use_gpu, kept)
