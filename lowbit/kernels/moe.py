@@ -6,7 +6,8 @@ on the GPU). `moe_forward(x, router_w, experts, top_k, norm, norm_topk_prob, act
 
 Two paths, neither with a host synchronisation or a Python loop over experts:
   decode (T <= DECODE_MAX_TOKENS): moe_decode_gate_up + moe_decode_down, grouped GEMVs that stream
-    each chosen expert's rows once per (token, slot) and sum the k experts in registers.
+    each chosen expert's rows once per (token, slot) and sum the k experts in registers (the _staged
+    variants copy each warp's rows to shared memory with cp.async first, when that fits).
   prefill: moe_align (sort assignments by expert, offsets by scan), gate and up grouped GEMMs that
     gather x rows on the fly (the up GEMM applies silu(gate) * up in its epilogue), the down grouped
     GEMM, then moe_combine (weighted sum back to token order). act="fp8" runs the fp8-block
@@ -92,11 +93,16 @@ def _stack(arrays):
     return np.stack([np.asarray(a) for a in arrays])
 
 
+#: the staged decode kernels (weights via cp.async into shared memory) run when their shared memory fits
+STAGED_MAX_SMEM = 160 * 1024
+_ELEM_BYTES = {"bf16": 2.0, "fp8-block": 1.0, "nvfp4": 0.5, "int4": 0.5}
+
+
 @functools.lru_cache(maxsize=None)
-def _decode_kernels(scheme_id: int, group: int):
-    d = {"SCHEME": scheme_id, "INT4_GROUP": group}
-    return (get_function("moe_decode.cu", "moe_decode_gate_up", d),
-            get_function("moe_decode.cu", "moe_decode_down", d))
+def _decode_kernel(name: str, scheme_id: int, group: int, smem: int):
+    f = get_function("moe_decode.cu", name, {"SCHEME": scheme_id, "INT4_GROUP": group})
+    f.max_dynamic_shared_size_bytes = smem
+    return f
 
 
 def _ptrs(w: GpuWeight):
@@ -109,19 +115,26 @@ def _decode(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None):
 
     t, k = ids.shape
     e, i_dim, h_dim = ew.num_experts, ew.intermediate, ew.hidden
-    fgu, fdown = _decode_kernels(_gemm.SCHEME_IDS[ew.scheme], ew.gate.group_size)
+    sid, g = _gemm.SCHEME_IDS[ew.scheme], ew.gate.group_size
+    eb = _ELEM_BYTES[ew.scheme]
     h = cupy.empty((t * k, i_dim), x.dtype)
     out = cupy.empty((t, h_dim), x.dtype) if out is None else out
-    fgu.max_dynamic_shared_size_bytes = h_dim * 2
-    fgu((-(-i_dim // 8), t * k), (256,),
+    smem = h_dim * 2 + int(16 * h_dim * eb)
+    name = "moe_decode_gate_up_staged" if smem <= STAGED_MAX_SMEM else "moe_decode_gate_up"
+    smem = smem if smem <= STAGED_MAX_SMEM else h_dim * 2
+    _decode_kernel(name, sid, g, smem)(
+        (-(-i_dim // 8), t * k), (256,),
         (x, ids, np.int32(k), np.int32(e), np.int32(i_dim), np.int32(h_dim)) + _ptrs(ew.gate) + _ptrs(ew.up) + (h,),
-        shared_mem=h_dim * 2)
+        shared_mem=smem)
     if only == "gate_up":
         return h
-    fdown.max_dynamic_shared_size_bytes = k * i_dim * 2
-    fdown((-(-h_dim // 8), t), (256,),
-          (h, ids, wts, np.int32(k), np.int32(e), np.int32(h_dim), np.int32(i_dim)) + _ptrs(ew.down) + (out,),
-          shared_mem=k * i_dim * 2)
+    smem = k * i_dim * 2 + int(8 * k * i_dim * eb)
+    name = "moe_decode_down_staged" if smem <= STAGED_MAX_SMEM else "moe_decode_down"
+    smem = smem if smem <= STAGED_MAX_SMEM else k * i_dim * 2
+    _decode_kernel(name, sid, g, smem)(
+        (-(-h_dim // 8), t), (256,),
+        (h, ids, wts, np.int32(k), np.int32(e), np.int32(h_dim), np.int32(i_dim)) + _ptrs(ew.down) + (out,),
+        shared_mem=smem)
     return out
 
 

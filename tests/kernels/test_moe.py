@@ -149,3 +149,20 @@ def test_moe_weights_held_once_and_checked():
         MoeWeights.from_checkpoint_tensors("int4", [])
     with pytest.raises(KernelError, match="gate"):
         MoeWeights.from_checkpoint_tensors("bf16", [{"gate": {"weight": np.zeros((32, 64), numerics.BF16)}}])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,opts", SCHEMES)
+def test_moe_decode_register_kernels(monkeypatch, scheme, opts):
+    # the staged (shared-memory) decode kernels run when they fit; check the register ones too
+    from lowbit.kernels import moe
+
+    monkeypatch.setattr(moe, "STAGED_MAX_SMEM", 0)
+    i = 384 if opts.get("group_size") == 128 else 160
+    mw, dense = _experts(scheme, opts, 16, 256, i, seed=4)
+    rng = np.random.default_rng(5)
+    for t in (1, 3):
+        x = gc.random_bf16(rng, (t, 256))
+        ids = _ragged_ids(t, 16, 4, rng, "all_on_one")
+        err = _run_experts(mw, dense, x, ids, rng.random((t, 4)).astype(np.float32), path="decode")
+        assert err < gc.MOE_BOUND, f"{scheme} {opts} T={t}: rel err {err:.3g}"

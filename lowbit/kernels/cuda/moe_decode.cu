@@ -190,3 +190,109 @@ extern "C" __global__ void __launch_bounds__(256, 2) moe_decode_down(
     acc = warp_sum(acc);
     if (lane == 0) out[(size_t)t * H + n] = __float2bfloat16_rn(acc);
 }
+
+// ---- staged variants: each warp's weight rows are copied whole into shared memory with cp.async
+// (no registers held per load, so many more bytes are in flight per SM), then consumed from there.
+// Same math and grids as above; dynamic smem: gate_up H*2 + 16*row_bytes(H); down k*I*2 + 8*k*row_bytes(I).
+// The launcher uses them when that fits (<= 160 KiB), else the register kernels.
+extern "C" __global__ void __launch_bounds__(256) moe_decode_gate_up_staged(
+    const bf16* __restrict__ x, const int* __restrict__ ids, int k, int E, int I, int H,
+    const uint8_t* __restrict__ gq, const void* __restrict__ gsc, const int32_t* __restrict__ gz,
+    const float* __restrict__ gg, const uint8_t* __restrict__ uq, const void* __restrict__ usc,
+    const int32_t* __restrict__ uz, const float* __restrict__ ug, bf16* __restrict__ h) {
+    extern __shared__ __align__(16) uint8_t smem_raw[];
+    bf16* xs = reinterpret_cast<bf16*>(smem_raw);
+    const int p = blockIdx.y, t = p / k, e = ids[p];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, i = min(blockIdx.x * 8 + warp, I - 1);
+    const int cpr = H / EPC, total = 2 * cpr;
+    uint8_t* wb = smem_raw + (size_t)H * 2 + (size_t)warp * 2 * row_bytes(H);
+    const uint8_t* grow = gq + ((size_t)e * I + i) * row_bytes(H);
+    const uint8_t* urow = uq + ((size_t)e * I + i) * row_bytes(H);
+    for (int c = lane; c < total; c += 32)
+        cp_async16(wb + (size_t)c * 16, (c < cpr ? grow + (size_t)c * 16 : urow + (size_t)(c - cpr) * 16), true);
+    cp_async_commit();
+    const float g_gs = (SCHEME == 2) ? gg[e] : 1.f, u_gs = (SCHEME == 2) ? ug[e] : 1.f;
+    Scl sc[U];
+    auto scales = [&](int base) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int idx = base + lane + 32 * u;
+            if (idx < total) {
+                const bool up = idx >= cpr;
+                const int c = up ? idx - cpr : idx;
+                sc[u] = up ? load_scale<SCHEME, INT4_GROUP>(e, i, c * EPC, I, H, usc, uz, u_gs)
+                           : load_scale<SCHEME, INT4_GROUP>(e, i, c * EPC, I, H, gsc, gz, g_gs);
+            }
+        }
+    };
+    scales(0);
+    copy_to_smem(xs, x + (size_t)t * H, H);
+    cp_async_wait<0>();
+    __syncthreads();
+    if (blockIdx.x * 8 + warp >= I) return;
+    float sg = 0.f, su = 0.f;
+    for (int base = 0; base < total; base += 32 * U) {
+        if (base > 0) scales(base);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int idx = base + lane + 32 * u;
+            if (idx < total) {
+                const bool up = idx >= cpr;
+                const int c = up ? idx - cpr : idx;
+                const float d = chunk_dot(reinterpret_cast<const uint4*>(wb)[idx], xs + c * EPC, sc[u]);
+                if (up) su += d; else sg += d;
+            }
+        }
+    }
+    sg = warp_sum(sg);
+    su = warp_sum(su);
+    if (lane == 0) h[(size_t)p * I + i] = __float2bfloat16_rn(silu(sg) * su);
+}
+
+extern "C" __global__ void __launch_bounds__(256) moe_decode_down_staged(
+    const bf16* __restrict__ h, const int* __restrict__ ids, const float* __restrict__ wts, int k, int E, int H,
+    int I, const uint8_t* __restrict__ dq, const void* __restrict__ dsc, const int32_t* __restrict__ dz,
+    const float* __restrict__ dg, bf16* __restrict__ out) {
+    extern __shared__ __align__(16) uint8_t smem_raw[];
+    bf16* hs = reinterpret_cast<bf16*>(smem_raw);
+    const int t = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n = min(blockIdx.x * 8 + warp, H - 1);
+    const int cpr = I / EPC, total = k * cpr;
+    uint8_t* wb = smem_raw + (size_t)k * I * 2 + (size_t)warp * k * row_bytes(I);
+    for (int idx = lane; idx < total; idx += 32) {
+        const int j = idx / cpr, c = idx - j * cpr, e = __ldg(ids + t * k + j);
+        cp_async16(wb + (size_t)idx * 16, dq + ((size_t)e * H + n) * row_bytes(I) + (size_t)c * 16, true);
+    }
+    cp_async_commit();
+    Scl sc[U];
+    auto scales = [&](int base) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int idx = base + lane + 32 * u;
+            if (idx < total) {
+                const int j = idx / cpr, c = idx - j * cpr, e = __ldg(ids + t * k + j);
+                sc[u] = load_scale<SCHEME, INT4_GROUP>(e, n, c * EPC, H, I, dsc, dz, (SCHEME == 2) ? __ldg(dg + e) : 1.f);
+            }
+        }
+    };
+    scales(0);
+    copy_to_smem(hs, h + (size_t)t * k * I, k * I);
+    cp_async_wait<0>();
+    __syncthreads();
+    if (blockIdx.x * 8 + warp >= H) return;
+    float acc = 0.f;
+    for (int base = 0; base < total; base += 32 * U) {
+        if (base > 0) scales(base);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int idx = base + lane + 32 * u;
+            if (idx < total) {
+                const int j = idx / cpr, c = idx - j * cpr;
+                acc = fmaf(__ldg(wts + t * k + j),
+                           chunk_dot(reinterpret_cast<const uint4*>(wb)[idx], hs + j * I + c * EPC, sc[u]), acc);
+            }
+        }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) out[(size_t)t * H + n] = __float2bfloat16_rn(acc);
+}
