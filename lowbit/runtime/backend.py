@@ -69,7 +69,8 @@ class CpuOps:
     def vector(self, name: str):
         return self.w.vector(name)
 
-    def linear(self, prefix: str, x):
+    def linear(self, prefix: str, x, raw: bool = False):
+        """x @ W^T (+ bias). `raw` lets a backend return its kernels' dtype (float32 here anyway)."""
         y = x @ self.w.linear(prefix).T
         b = self.w.vector(f"{prefix}.bias")
         return y if b is None else y + b

@@ -4,6 +4,7 @@ The model runs these instead of chains of cupy elementwise ops where ops.fused i
 each computes exactly what the numpy path in lowbit.runtime.model computes (the reference: the CPU
 backend; tests/runtime/test_cuda.py compares the logits):
   rms_norm      y = x * rsqrt(mean(x^2) + eps) * w, one block per row (fp32, or bf16 for GEMV inputs)
+  add_rms_norm  h += delta (the sublayer's fp32 or bf16 output), then rms_norm(h) in bf16, one pass
   rope          rotate-half RoPE at positions start.. (or the device-held position), optionally after
                 the per-head RMSNorm of Qwen3 (q_norm / k_norm), one block per (token, head)
   silu_mul      silu(g) * u
@@ -57,6 +58,27 @@ extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float
     } else {
         float* yr = y + (long long)blockIdx.x * n;
         for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * r * w[i];
+    }
+}
+
+// h += delta (fp32 df or bf16 db), then y / yb = rmsnorm(h) * w; one block per row; h updated in place
+extern "C" __global__ void add_rms_norm(float* __restrict__ h, const float* __restrict__ df,
+                                        const unsigned short* __restrict__ db, const float* __restrict__ w,
+                                        float* __restrict__ y, unsigned short* __restrict__ yb, int n, float eps) {
+    __shared__ float red[32];
+    float* hr = h + (long long)blockIdx.x * n;
+    long long off = (long long)blockIdx.x * n;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float d = df ? df[off + i] : __uint_as_float(((unsigned int)db[off + i]) << 16);
+        float v = hr[i] + d;
+        hr[i] = v;
+        s += v * v;
+    }
+    float r = rsqrtf(block_sum(s, red) / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = hr[i] * r * w[i];
+        if (yb) yb[off + i] = to_bf16_rne(v); else y[off + i] = v;
     }
 }
 
@@ -134,6 +156,7 @@ class Fused:
         self.cp = cupy
         mod = cupy.RawModule(code=_SRC, options=("-std=c++17",))
         self._rms = mod.get_function("rms_norm_f32")
+        self._add_rms = mod.get_function("add_rms_norm")
         self._rope = mod.get_function("rope_f32")
         self._attend = mod.get_function("attend_f32")
         self._silu = cupy.ElementwiseKernel("float32 g, float32 u", "float32 y",
@@ -155,6 +178,22 @@ class Fused:
             args = (x, w, y, null, np.int32(n), np.float32(eps))
         self._rms((x.size // n,), (128,), args)
         return y
+
+    def add_rms_norm(self, h, delta, w, eps: float):
+        """(h + delta in place, its RMSNorm in bf16 for the next GEMVs); delta fp32 or bf16."""
+        cp = self.cp
+        from lowbit.formats.numerics import BF16
+
+        assert h.dtype == cp.float32 and h.flags.c_contiguous
+        n = h.shape[-1]
+        null = np.uint64(0)
+        if delta.dtype == BF16:
+            df, db = null, cp.ascontiguousarray(delta)
+        else:
+            df, db = cp.ascontiguousarray(delta, dtype=cp.float32), null
+        y = cp.empty(h.shape, dtype=BF16)
+        self._add_rms((h.size // n,), (128,), (h, df, db, w, null, y, np.int32(n), np.float32(eps)))
+        return h, y
 
     def rope(self, x, cos, sin, pos, start: int, w=None, eps: float = 0.0):
         """x [M, heads, D]; pos: device int32 [1] or None (then positions start..); w: RMSNorm first."""

@@ -103,11 +103,15 @@ class CudaOps:
     def _bf16_in(self, x):
         return x if x.dtype == self.bf16 and x.flags.c_contiguous else self.xp.ascontiguousarray(x.astype(self.bf16))
 
-    def linear(self, prefix: str, x):
+    def linear(self, prefix: str, x, raw: bool = False):
+        """float32 x @ W^T (+ bias); raw and no bias: the kernel's bf16 output as it is (one cast less)."""
         from lowbit.kernels.linear import linear
 
-        y = linear(self.lin[prefix], self._bf16_in(x), act=self.act).astype(self.xp.float32)
+        y = linear(self.lin[prefix], self._bf16_in(x), act=self.act)
         b = self.vec.get(f"{prefix}.bias")
+        if raw and b is None:
+            return y
+        y = y.astype(self.xp.float32)
         return y if b is None else y + b
 
     def linears(self, prefixes, x):
@@ -160,13 +164,13 @@ class CudaOps:
             ids = top if top.dtype == xp.int32 else top.astype(xp.int32)     # topk gives int32 / f32 already
             y = moe_experts(self._bf16_in(x), ids, w if w.dtype == xp.float32 else w.astype(xp.float32),
                             self.moe[p], act=self.act)
-            return y.astype(xp.float32)
+            return y if not self.cfg.shared_intermediate else y.astype(xp.float32)   # bf16: add_norm takes it
         out = xp.zeros(x.shape, xp.float32)
         top_h = xp.asnumpy(top)
         for e in np.unique(top_h):
             rows, slot = np.nonzero(top_h == e)
             r = xp.asarray(rows)
-            out[r] += mlp(f"{p}.experts.{int(e)}", x[r], names) * w[r, xp.asarray(slot)][:, None]
+            out[r] += mlp(f"{p}.experts.{int(e)}", x[r], names).astype(xp.float32) * w[r, xp.asarray(slot)][:, None]
         return out
 
     # --- what the generate loop calls ---

@@ -33,17 +33,24 @@ class Transformer:
         kv_cache.DevicePos (one token, position on the GPU) for a replayable CUDA-graph decode step.
         """
         cfg, ops = self.cfg, self.ops
-        h = ops.embed(ids)
+        h = ops.embed(ids)                                                  # the residual stream
+        x = self.rms_norm(h, "model.layers.0.input_layernorm.weight", to_linear=True)
         for i in range(cfg.layers):
             p = f"model.layers.{i}"
-            h = h + self.attention(i, self.rms_norm(h, f"{p}.input_layernorm.weight", to_linear=True), pos)
-            x = self.rms_norm(h, f"{p}.post_attention_layernorm.weight", to_linear=True)
-            h = h + (self.moe(i, x) if cfg.moe_layer(i) else self.mlp(f"{p}.mlp", x))
+            h, x = self.add_norm(h, self.attention(i, x, pos), f"{p}.post_attention_layernorm.weight")
+            nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < cfg.layers else "model.norm.weight"
+            h, x = self.add_norm(h, self.moe(i, x) if cfg.moe_layer(i) else self.mlp(f"{p}.mlp", x), nxt)
         if isinstance(pos, int):
             self.kv.length = pos + h.shape[0]
-        if last_only:
-            h = h[-1:]
-        return ops.lm_head(self.rms_norm(h, "model.norm.weight"))
+        return ops.lm_head(x[-1:] if last_only else x)
+
+    def add_norm(self, h, delta, name: str):
+        """(h + delta, rms_norm(h + delta)): a sublayer's output joins the residual stream, and the
+        next sublayer's (or the final) norm reads it. The CUDA backend does both in one kernel."""
+        if self.ops.fused:
+            return self.ops.fused.add_rms_norm(h, delta, self.ops.vector(name), self.cfg.eps)
+        h = h + delta
+        return h, self.rms_norm(h, name)
 
     def rms_norm(self, x, name: str, to_linear: bool = False):
         """to_linear: the result only feeds linear layers (the CUDA backend then hands them bf16)."""
@@ -80,7 +87,7 @@ class Transformer:
         keys, values = self.kv.append(i, pos, k, v)          # [nkv, T, D], T = pos + m
         if ops.fused and isinstance(pos, DevicePos) and pos.span <= ops.fused.max_span:   # one fused kernel
             o = ops.fused.attend(q[0], self.kv.k[i], self.kv.v[i], pos.index, pos.span, self.scale, cfg.sliding_window)
-            return ops.linear(f"{p}.o_proj", o.reshape(1, cfg.heads * hd))
+            return ops.linear(f"{p}.o_proj", o.reshape(1, cfg.heads * hd), raw=True)
         group = cfg.heads // nkv
         qg = q.reshape(m, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * m, hd)
         if isinstance(pos, DevicePos):   # graph-captured decode: no cuBLAS (it cannot be captured)
@@ -96,13 +103,13 @@ class Transformer:
         else:
             o = s @ values
         o = o.reshape(nkv, group, m, hd).transpose(2, 0, 1, 3).reshape(m, cfg.heads * hd)
-        return ops.linear(f"{p}.o_proj", o)
+        return ops.linear(f"{p}.o_proj", o, raw=True)
 
     def mlp(self, p: str, x, names=("gate_proj", "up_proj", "down_proj")):
         gate, up, down = names
         g, u = self.ops.linears((f"{p}.{gate}", f"{p}.{up}"), x)
         act = self.ops.fused.silu_mul(g, u) if self.ops.fused else g / (1.0 + self.xp.exp(-g)) * u
-        return self.ops.linear(f"{p}.{down}", act)
+        return self.ops.linear(f"{p}.{down}", act, raw=True)
 
     def moe(self, i: int, x):
         """Sparse MoE block: router softmax, top-k experts per token, weighted sum (+ shared expert)."""
@@ -114,7 +121,7 @@ class Transformer:
         top, w = ops.route(logits, cfg.top_k, cfg.norm_topk)     # softmax, top-k, renormalize
         out = ops.moe_experts(p, x, top, w, names, self.mlp)
         if cfg.shared_intermediate:
-            shared = self.mlp(f"{p}.shared_expert", x)
+            shared = self.mlp(f"{p}.shared_expert", x).astype(xp.float32)
             gate = ops.linear(f"{p}.shared_expert_gate", x)
             out = out + shared / (1.0 + xp.exp(-gate))
         return out
