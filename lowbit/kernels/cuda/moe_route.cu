@@ -110,6 +110,48 @@ __device__ __forceinline__ void topk_token(const float* __restrict__ logits, int
     }
 }
 
+// top-k of one token by a whole block (E <= blockDim.x): thread e computes the rank of logit e
+// (larger first, ties to the lower index); the k winners are placed by rank. Same weights as topk_token.
+__device__ void topk_token_block(const float* __restrict__ logits, int t, int E, int k, int norm, int renorm,
+                                 int* __restrict__ ids, float* __restrict__ wts) {
+    __shared__ float lg[MAXV * 32];
+    __shared__ float sel[32];
+    __shared__ float red[32];
+    const int tid = threadIdx.x;
+    __syncthreads();  // the shared arrays are reused token after token
+    for (int e = tid; e < E; e += blockDim.x) lg[e] = __ldcg(logits + (size_t)t * E + e);
+    __syncthreads();
+    float v = tid < E ? lg[tid] : -INFINITY;
+    int r = 0;
+    if (tid < E)
+        for (int j = 0; j < E; ++j) {
+            const float u = lg[j];
+            r += (u > v) || (u == v && j < tid);
+        }
+    if (tid < E && r < k) {
+        sel[r] = v;
+        ids[(size_t)t * k + r] = tid;
+    }
+    __syncthreads();
+    const float mx = sel[0];
+    float ex = tid < E ? __expf(v - mx) : 0.f;  // softmax denominator over all E (Qwen3)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ex += __shfl_xor_sync(0xffffffffu, ex, o);
+    if ((tid & 31) == 0) red[tid >> 5] = ex;
+    __syncthreads();
+    if (tid < k) {
+        float total = 0.f, chosen_sum = 0.f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total += red[w];
+        for (int j = 0; j < k; ++j) chosen_sum += __expf(sel[j] - mx);
+        const float p = __expf(sel[tid] - mx);
+        float w;
+        if (norm == 0) w = p / chosen_sum;
+        else if (renorm) w = (p / total) / (chosen_sum / total);
+        else w = p / total;
+        wts[(size_t)t * k + tid] = w;
+    }
+}
+
 extern "C" __global__ void router_topk(const float* __restrict__ logits, int T, int E, int k, int norm, int renorm,
                                        int* __restrict__ ids, float* __restrict__ wts) {
     const int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
@@ -132,6 +174,10 @@ extern "C" __global__ void router_fused(const bf16* __restrict__ x, const bf16* 
     if (!last) return;
     __threadfence();
     if (threadIdx.x == 0) *counter = 0u;
+    if (T <= 8 && E <= (int)blockDim.x) {  // few tokens: rank-based top-k with the whole block
+        for (int t = 0; t < T; ++t) topk_token_block(logits, t, E, k, norm, renorm, ids, wts);
+        return;
+    }
     for (int t = threadIdx.x >> 5; t < T; t += blockDim.x >> 5) topk_token(logits, t, E, k, norm, renorm, ids, wts, threadIdx.x & 31);
 }
 
