@@ -187,3 +187,26 @@ def test_no_reads_past_the_scales(scheme, opts, n, k):
     x = random_x(rng, 3, k)
     y = gemv(w, cupy.asarray(x), out=cupy.full((3, n), np.nan, dtype=BF16))
     check_against_reference(scheme, t, x, cupy.asnumpy(y), "bf16", seed)
+
+
+def test_linear_dispatches_gemv_and_gemm():
+    """linear(): M <= 16 is exactly gemv; M > 16 goes to gemm (or its fallback) and matches the reference."""
+    import cupy
+
+    from lowbit.kernels.gemv import gemv
+    from lowbit.kernels.linear import linear
+    from lowbit.kernels.weights import to_gpu
+
+    rng, seed = fresh_rng()
+    t = disk_tensors("fp8-block", random_weight(rng, 96, 512))
+    w = to_gpu("fp8-block", t)
+    x = random_x(rng, 40, 512)
+    xg = cupy.asarray(x)
+    assert cupy.array_equal(linear(w, xg[:5]), gemv(w, xg[:5])), f"seed {seed}"
+    y3 = linear(w, xg.reshape(5, 8, 512))  # leading dims are flattened: M = 40 > 16
+    assert y3.shape == (5, 8, 96)
+    from lowbit.formats import scheme_module
+
+    ref = x.astype(np.float64) @ scheme_module("fp8-block").dequantize(t).astype(np.float64).T
+    got = cupy.asnumpy(y3).reshape(40, 96).astype(np.float64)
+    assert np.abs(got - ref).max() <= 2.0**-6 * np.abs(ref).max(), f"seed {seed}"
