@@ -90,7 +90,7 @@ def _counter():
 
 def route(x, router_w, top_k: int, norm: str = "mixtral", norm_topk_prob: bool = True):
     """(ids int32 [T, k], weights f32 [T, k]) for bf16 x [T, H] and router weight bf16 [E, H].
-    Few tokens: one fused launch (router_fused; its last block ranks <= 8 tokens' logits with the whole
+X
     block); many: cuBLAS logits + router_topk (one warp per token)."""
     import cupy
 

@@ -3,7 +3,8 @@
 // router_logits: logits f32 [T, E] = x bf16 [T, H] . Wr bf16 [E, H] (fp32 accumulate). One warp per
 //   (token, expert); block 256 = 8 experts; grid (ceil(E/8), T). Used for few tokens (decode); many
 //   tokens use cuBLAS. Preconditions: H % 8 == 0, rows 16-byte aligned.
-// router_fused: both in one launch for few tokens (the last block to finish runs the top-k).
+// router_fused: both in one launch for few tokens (the last block to finish runs the top-k: one
+//   token ranked by the whole block, topk_token_block; more tokens one warp each).
 // router_topk: ids i32 [T, k], weights f32 [T, k] from logits f32 [T, E]; one warp per token,
 //   E <= 32*MAXV, k <= E. Top-k by repeated warp argmax (ties -> lower expert index).
 //   norm 0 (Mixtral): softmax over the chosen k logits. norm 1 (Qwen3-MoE): softmax over all E, take
@@ -174,7 +175,7 @@ extern "C" __global__ void router_fused(const bf16* __restrict__ x, const bf16* 
     if (!last) return;
     __threadfence();
     if (threadIdx.x == 0) *counter = 0u;
-    if (T <= 8 && E <= (int)blockDim.x) {  // few tokens: rank-based top-k with the whole block
+    if (T == 1 && E <= (int)blockDim.x) {  // one token: rank-based top-k with the whole block
         for (int t = 0; t < T; ++t) topk_token_block(logits, t, E, k, norm, renorm, ids, wts);
         return;
     }
