@@ -90,8 +90,8 @@ def _counter():
 
 def route(x, router_w, top_k: int, norm: str = "mixtral", norm_topk_prob: bool = True):
     """(ids int32 [T, k], weights f32 [T, k]) for bf16 x [T, H] and router weight bf16 [E, H].
-X
-    block); many: cuBLAS logits + router_topk (one warp per token)."""
+    Few tokens: one fused launch (router_fused; its last block ranks one token's logits with the whole
+    block, more tokens one warp each); many: cuBLAS logits + router_topk (one warp per token)."""
     import cupy
 
     _check_router(x, router_w)
