@@ -217,3 +217,29 @@ def test_non_string_dtype_refused(src_copy):
     _rewrite(p, h, data)
     with pytest.raises(CheckpointError, match="which lowbit cannot read"):
         open_checkpoint(src_copy)
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__)
+def test_converter_refuses_before_writing(src_copy, tmp_path, corrupt):
+    from lowbit.quantize.convert import convert
+
+    corrupt(src_copy)
+    out = tmp_path / "out"
+    with pytest.raises(LowbitError):
+        convert(src_copy, out, "nvfp4", device="cpu")
+    assert not out.exists() and not (tmp_path / "out.lowbit-partial").exists()
+
+
+@pytest.mark.parametrize("corrupt", [truncate, index_path_traversal, shard_symlink_escapes],
+                         ids=lambda f: f.__name__)
+def test_cli_one_line_exit_2(src_copy, tmp_path, corrupt):
+    import subprocess
+    import sys
+
+    names, needle = corrupt(src_copy)
+    r = subprocess.run([sys.executable, "-m", "lowbit", "quantize", str(src_copy), "-o", str(tmp_path / "o"),
+                        "--scheme", "fp8-block", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("lowbit: error: ")
+    assert needle in r.stderr and names in r.stderr
+    assert not (tmp_path / "o").exists()
