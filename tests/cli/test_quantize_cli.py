@@ -64,8 +64,10 @@ def test_errors_exit_2_one_line(monkeypatch, capsys, tmp_path, args, message):
     assert not (tmp_path / "o").exists()
 
 
-def test_hub_offline_one_line_no_hang(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+@pytest.mark.parametrize("env_extra", [{"HF_HUB_OFFLINE": "1"},
+                                       {"HF_ENDPOINT": "http://10.255.255.1", "HF_HUB_ETAG_TIMEOUT": "5"}])
+def test_hub_offline_one_line_no_hang(tmp_path, env_extra):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), **env_extra)
     p = subprocess.run([sys.executable, "-m", "lowbit", "quantize", "someorg/somemodel@main", "-o",
                         str(tmp_path / "o"), "--scheme", "nvfp4"], env=env, capture_output=True,
                        text=True, timeout=120)
