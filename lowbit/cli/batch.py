@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -11,8 +12,10 @@ import click
 class _Bars:
     """tqdm rendering of batch events: an overall bar (position 0) and one line per worker."""
 
-    def __init__(self, workers: int, quiet: bool):
+    def __init__(self, workers: int, quiet: bool, file=None, disable=None):
         self.workers, self.quiet = workers, quiet
+        self.file = file or sys.stderr
+        self.kw = {"file": self.file, "disable": disable, "dynamic_ncols": True}  # disable=None: off if no tty
         self.total = None
         self.slots: dict = {}
         self.jobs: list = []
@@ -25,10 +28,10 @@ class _Bars:
         if kind == "plan":
             self.jobs = data["jobs"]
             self.total = tqdm(total=len(self.jobs), initial=len(self.jobs) - len(data["todo"]),
-                              desc="batch", unit="job", position=0, dynamic_ncols=True, disable=None)
+                              desc="batch", unit="job", position=0, **self.kw)
         elif kind == "start":
             bar = tqdm(total=None, desc=f"[{slot}] {self.jobs[index].label}", unit="B", unit_scale=True,
-                       position=1 + (slot or 0), leave=False, dynamic_ncols=True, disable=None)
+                       position=1 + (slot or 0), leave=False, **self.kw)
             self.slots[slot] = bar
         elif kind == "progress" and slot in self.slots:
             done, total = data
@@ -42,9 +45,9 @@ class _Bars:
                 self.slots.pop(slot).close()
             self.total.update(1)
             if data.get("status") == "failed":
-                self.total.write(f"failed: {self.jobs[index].label}: {data.get('error')}")
+                self.total.write(f"failed: {self.jobs[index].label}: {data.get('error')}", file=self.file)
         elif kind == "push":
-            self.total.write(f"pushing {Path(data['output']).name} ...")
+            self.total.write(f"pushing {Path(data['output']).name} ...", file=self.file)
 
     def close(self):
         for bar in self.slots.values():
