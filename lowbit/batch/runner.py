@@ -58,10 +58,12 @@ def _skipped(job: Job, previous: dict) -> dict:
     return res
 
 
-def plan_jobs(manifest: BatchManifest) -> tuple[list[int], dict[int, dict]]:
-    """(indices of jobs to run, {index: result} for those to skip or refuse without running)."""
+def plan_jobs(manifest: BatchManifest) -> tuple[list[int], dict[int, dict], set[int]]:
+    """(indices of jobs to run, {index: result} for those skipped or refused without running,
+    indices whose existing output failed verification and is replaced: it is ours, it has lowbit.json).
+    Each output is hashed once."""
     previous = read_previous(manifest.output_root)
-    todo, done = [], {}
+    todo, done, replace = [], {}, set()
     for i, job in enumerate(manifest.jobs):
         state = output_state(job.output)
         if state.complete:
@@ -72,14 +74,14 @@ def plan_jobs(manifest: BatchManifest) -> tuple[list[int], dict[int, dict]]:
         else:
             if state.kind == "invalid":
                 log.warning("%s: %s; converting it again", job.output, state.reason)
+                replace.add(i)
             todo.append(i)
-    return todo, done
+    return todo, done, replace
 
 
-def _redo_options(job: Job) -> dict:
-    """An existing output that failed verification is replaced (it is ours: it has lowbit.json)."""
+def _job_dict(job: Job, replace: bool) -> dict:
     d = job.to_dict()
-    if output_state(job.output).kind == "invalid":
+    if replace:
         d["_overwrite"] = True
     return d
 
@@ -115,7 +117,7 @@ def run_batch(manifest: BatchManifest, *, executor: str = "local", workers: int 
     ex = make_executor(executor, workers or manifest.workers, ray_address)
     t0 = time.monotonic()
     with _root_lock(root):
-        todo, results = plan_jobs(manifest)
+        todo, results, replace = plan_jobs(manifest)
         on_event("plan", None, None, {"jobs": list(manifest.jobs), "todo": todo, "done": results})
         def relay(kind, k, slot, data):
             if kind == "done":
@@ -123,7 +125,7 @@ def run_batch(manifest: BatchManifest, *, executor: str = "local", workers: int 
             on_event(kind, todo[k], slot, data)
 
         try:
-            ex.run([_redo_options(manifest.jobs[i]) for i in todo], job_fn, relay)
+            ex.run([_job_dict(manifest.jobs[i], i in replace) for i in todo], job_fn, relay)
         except KeyboardInterrupt:
             _write_interrupted(manifest, todo, results, executor, t0)
             raise
