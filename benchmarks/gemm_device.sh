@@ -16,10 +16,11 @@ if [[ $what == bench || $what == all ]]; then
 fi
 if [[ $what == tune ]]; then
   timeout 200 python3 -m pytest -q -m gpu --maxfail=15 -p no:cacheprovider tests/kernels/test_gemm.py tests/kernels/test_moe.py 2>&1 | tail -30 | tee "$OUT/tests.log"
-  LOWBIT_SM90_FP8=1,2,4 timeout 200 python3 -m pytest -q -m gpu --maxfail=5 -p no:cacheprovider tests/kernels/test_gemm.py tests/kernels/test_moe.py -k "1031 or 200 or w8a8 or prefill-700" 2>&1 | tail -5 | tee "$OUT/tests_fp8_1.log"
-  mkdir -p "$OUT/fp8_1"
-  LOWBIT_SM90_FP8=1,2,4 timeout 120 python3 benchmarks/gemm.py "$OUT/fp8_1" --quick 2>&1 | tail -25
-  timeout 150 python3 benchmarks/moe.py "$OUT" 2>&1 | tail -20 | tee "$OUT/moe_bench.log"
+  for cfg in 3,2,128 3,1,256 4,1,256; do
+    LOWBIT_SM90_W16=$cfg timeout 200 python3 -m pytest -q -m gpu --maxfail=5 -p no:cacheprovider tests/kernels/test_gemm.py tests/kernels/test_moe.py -k "1031 or 200 or prefill-700 or large_tiles" 2>&1 | tail -3
+    mkdir -p "$OUT/w16_${cfg//,/_}"
+    LOWBIT_SM90_W16=$cfg timeout 120 python3 benchmarks/gemm.py "$OUT/w16_${cfg//,/_}" --quick 2>&1 | tail -20
+  done
 fi
 if [[ $what == moe ]]; then
   timeout 200 python3 -m pytest -q -m gpu --maxfail=15 -p no:cacheprovider tests/kernels/test_moe.py 2>&1 | tail -30 | tee "$OUT/tests.log"

@@ -95,8 +95,8 @@ def _kernel(kind: str, t: Tile, scheme_id: int = 0, group: int = 128):
 
 
 SM90_STAGES = 4
-#: gemm_w16_sm90 configuration: (stages, CTAs per SM); LOWBIT_SM90_W16="3,2" overrides (benchmarks)
-SM90_W16 = (3, 2)  # measured on H200 2026-11-26: (3, 2) 350-407 TFLOPS vs (4, 1) 270-290 for fp8 W8A16
+#: gemm_w16_sm90 configuration: (stages, CTAs per SM, BN); LOWBIT_SM90_W16="3,1,256" overrides (benchmarks)
+SM90_W16 = (3, 2, 128)  # measured on H200 2026-11-26: (3, 2) 350-407 TFLOPS vs (4, 1) 270-290 for fp8 W8A16
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,11 +126,19 @@ def effective_bm(kind: str, t: Tile) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _sm90_w16_cfg() -> tuple[int, int]:
+def _sm90_w16_cfg() -> tuple[int, int, int]:
     import os
 
     v = os.environ.get("LOWBIT_SM90_W16")
-    return tuple(int(p) for p in v.split(",")) if v else SM90_W16
+    cfg = tuple(int(p) for p in v.split(",")) if v else SM90_W16
+    return (cfg + (128,))[:3]
+
+
+def effective_bn(kind: str, t: Tile) -> int:
+    """Output columns per CTA the launched kernel really uses."""
+    if kind == "w16" and use_sm90(t):
+        return _sm90_w16_cfg()[2]
+    return t.bn
 
 
 def use_sm90(t: Tile) -> bool:
@@ -141,17 +149,18 @@ def sm90_smem_bytes(kind: str, scheme_id: int = 0) -> int:
     if kind == "fp8":
         nwg, _minb, stages = _sm90_fp8_cfg()
         return stages * (64 * nwg + 128) * 128 + 1024
-    raw = {0: 128, 1: 64, 2: 32, 3: 32}[scheme_id] * 128
-    wbf = 0 if scheme_id == 0 else 2 * 16384
-    return _sm90_w16_cfg()[0] * (16384 + raw) + wbf + 1024
+    stages, _minb, bn = _sm90_w16_cfg()
+    raw = {0: 128, 1: 64, 2: 32, 3: 32}[scheme_id] * bn
+    wbf = 0 if scheme_id == 0 else 2 * bn * 128
+    return stages * (16384 + raw) + wbf + 1024
 
 
 @functools.lru_cache(maxsize=None)
 def _sm90_kernel(kind: str, scheme_id: int = 0, group: int = 128):
     if kind == "w16":
-        stages, minb = _sm90_w16_cfg()
+        stages, minb, bn = _sm90_w16_cfg()
         f = get_function("gemm_w16_sm90.cu", "gemm_w16_sm90",
-                         {"SCHEME": scheme_id, "INT4_GROUP": group, "STAGES": stages, "MINB": minb})
+                         {"SCHEME": scheme_id, "INT4_GROUP": group, "STAGES": stages, "MINB": minb, "BN": bn})
     else:
         nwg, minb, stages = _sm90_fp8_cfg()
         f = get_function("gemm_fp8_sm90.cu", "gemm_fp8_sm90", {"STAGES": stages, "NWG": nwg, "MINB": minb})
@@ -219,7 +228,7 @@ def launch(w: GpuWeight, x, act: str, *, rows: int, y, a_rows=None, gate=None, g
     t = tile or pick_tile(kind, rows)
     k_len = k_len or -(-w.k // 128) * 128
     e, offs, tile_offs = groups if groups else (1, None, None)
-    n_tiles = -(-w.n // t.bn)
+    n_tiles = -(-w.n // effective_bn(kind, t))
     bm = effective_bm(kind, t)
     if groups:  # (m-tile bound, n-tile): grouped_tile maps blockIdx.x to an expert's rows
         grid = (max(m_tiles or -(-rows // bm), 1), n_tiles, splits)

@@ -23,10 +23,14 @@
 #ifndef MINB
 #define MINB 1  // CTAs per SM the register budget is sized for (2: <= 128 registers, STAGES 3 fits twice)
 #endif
+#ifndef BN
+#define BN 128  // 128 (wgmma m64n128) or 256 (m64n256: half the A traffic per FLOP, 128 accumulators)
+#endif
 #define BM 128
-#define BN 128
 #define BK 64
 #define NT 256
+#define NACC (BN / 2)
+#define DQ_PASSES (BN * 2 / NT)
 
 #if SCHEME == 0
 #define RAW_ROW 128
@@ -124,37 +128,44 @@ extern "C" __global__ void __launch_bounds__(NT, MINB) gemm_w16_sm90(
             }
         }
     };
-    auto scale_of = [&](int kt) {
-        return load_scale<SCHEME, INT4_GROUP>(tr.e, n0 + (tid >> 1), kbeg + kt * BK + (tid & 1) * 32, N, K, wscale,
-                                              wzero, gs);
+    auto scale_of = [&](int kt, Scl (&sc)[DQ_PASSES]) {
+#pragma unroll
+        for (int q = 0; q < DQ_PASSES; ++q)
+            sc[q] = load_scale<SCHEME, INT4_GROUP>(tr.e, n0 + (tid >> 1) + q * (NT / 2), kbeg + kt * BK + (tid & 1) * 32,
+                                                   N, K, wscale, wzero, gs);
     };
-    // dequantize raw stage of step kt into bf16 buffer b (thread: row tid/2, 32 elements = 4 chunks)
-    auto dequant = [&](int kt, const Scl& s) {
+    // dequantize raw stage of step kt into bf16 buffer (kt & 1): thread rows tid/2 + q*NT/2, 32 elements each
+    auto dequant = [&](int kt, const Scl (&sc)[DQ_PASSES]) {
 #if SCHEME != 0
-        const int r = tid >> 1, h = tid & 1;
-        uint32_t o[16];
-        dequant32_regs<SCHEME>(Wraw + (kt % STAGES) * W_STAGE + r * RAW_ROW + h * (RAW_ROW / 2), s, o);
+        const int h = tid & 1;
         uint8_t* dst = Wbf + (kt & 1) * WBF;
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-            *reinterpret_cast<uint4*>(dst + sw128_off(r, h * 4 + i)) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
+        for (int q = 0; q < DQ_PASSES; ++q) {
+            const int r = (tid >> 1) + q * (NT / 2);
+            uint32_t o[16];
+            dequant32_regs<SCHEME>(Wraw + (kt % STAGES) * W_STAGE + r * RAW_ROW + h * (RAW_ROW / 2), sc[q], o);
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                *reinterpret_cast<uint4*>(dst + sw128_off(r, h * 4 + i)) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
+        }
 #endif
     };
 
-    float acc[64];
+    float acc[NACC];
 #pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < nk) load_stage(s);
         cp_async_commit();
     }
-    Scl nxt = scale_of(0);
+    Scl nxt[DQ_PASSES], cur[DQ_PASSES];
+    scale_of(0, nxt);
     cp_async_wait<STAGES - 2>();
     __syncthreads();
     dequant(0, nxt);
-    if (nk > 1) nxt = scale_of(1);
+    if (nk > 1) scale_of(1, nxt);
     fence_proxy_async();
     __syncthreads();
 
@@ -167,7 +178,13 @@ extern "C" __global__ void __launch_bounds__(NT, MINB) gemm_w16_sm90(
 #endif
         wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < BK / 16; ++ks) wgmma_bf16_m64n128(acc, sw128_desc(as + ks * 32), sw128_desc(bs + ks * 32), 1);
+        for (int ks = 0; ks < BK / 16; ++ks) {
+#if BN == 256
+            wgmma_bf16_m64n256(acc, sw128_desc(as + ks * 32), sw128_desc(bs + ks * 32), 1);
+#else
+            wgmma_bf16_m64n128(acc, sw128_desc(as + ks * 32), sw128_desc(bs + ks * 32), 1);
+#endif
+        }
         wgmma_commit();
         // while wgmma(kt) runs: retire wgmma(kt-1), refill its stage, dequantize step kt+1
         wgmma_wait<1>();
@@ -179,8 +196,9 @@ extern "C" __global__ void __launch_bounds__(NT, MINB) gemm_w16_sm90(
         if (kt + STAGES - 1 < nk) load_stage(kt + STAGES - 1);  // into the stage wgmma(kt-1) read
         cp_async_commit();
         if (kt + 1 < nk) {
-            const Scl cur = nxt;
-            if (kt + 2 < nk) nxt = scale_of(kt + 2);
+#pragma unroll
+            for (int q = 0; q < DQ_PASSES; ++q) cur[q] = nxt[q];
+            if (kt + 2 < nk) scale_of(kt + 2, nxt);
             dequant(kt + 1, cur);  // into the bf16 buffer wgmma(kt-1) read
             fence_proxy_async();
         }
