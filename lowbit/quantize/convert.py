@@ -10,7 +10,9 @@ OS error keeps it for the resume.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -156,37 +158,66 @@ def convert(src, out, scheme: str, *, group_size: int = 128, asymmetric: bool = 
     plan = make_plan(ck, scheme, group_size=group_size, asymmetric=asymmetric, ignore=ignore,
                      generic=generic, max_shard_bytes=parse_size(max_shard_size))
     out = Path(out).absolute()
-    _check_out(out, ck.path, overwrite)
-    dev = pick_device(device)
-    if dev == "cuda":
-        from lowbit.quantize.gpu import gpu_quantize as quantize_fn
-    else:
-        quantize_fn = stream.cpu_quantize
-    partial = out.with_name(out.name + ".lowbit-partial")
-    journal = Journal(partial, plan.fingerprint(source.ident), resume)
-    progress = progress or (lambda n, total: None)
-    total = sum(it.in_bytes for it in plan.items)
-    try:
-        reused = _run(ck, plan, partial, journal, quantize_fn, progress, total)
-        manifest = _finish(ck, plan, partial, source.ident, dict(journal.shards))
-        journal.remove()
-        _publish(partial, out)
-    except LowbitError:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    except OSError as e:  # disk full, permissions, I/O: one clear line; finished shards kept to resume
-        raise _os_error(e, out, partial) from None
-    files = sorted(p.name for p in out.iterdir())
-    return ConvertSummary(
-        scheme=scheme, options=plan.opts, source=source.ident, out=str(out), device=dev, files=files,
-        bytes_in=total, bytes_out=sum((out / f).stat().st_size for f in files if f.endswith(".safetensors")),
-        quantized=sum(it.quantize for it in plan.items), kept=plan.kept, warnings=plan.warnings,
-        seconds=time.perf_counter() - t0, manifest=str(out / manifest.name), resumed_shards=reused)
+    with _exclusive(out):  # one writer per OUT: a second one would corrupt the first's output
+        _check_out(out, ck.path, overwrite)
+        dev = pick_device(device)
+        if dev == "cuda":
+            from lowbit.quantize.gpu import gpu_quantize as quantize_fn
+        else:
+            quantize_fn = stream.cpu_quantize
+        partial = out.with_name(out.name + ".lowbit-partial")
+        journal = Journal(partial, plan.fingerprint(source.ident), resume)
+        progress = progress or (lambda n, total: None)
+        total = sum(it.in_bytes for it in plan.items)
+        try:
+            reused = _run(ck, plan, partial, journal, quantize_fn, progress, total)
+            manifest = _finish(ck, plan, partial, source.ident, dict(journal.shards))
+            journal.remove()
+            _publish(partial, out)
+        except LowbitError:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        except OSError as e:  # disk full, permissions, I/O: one clear line; finished shards kept to resume
+            raise _os_error(e, out, partial) from None
+        files = sorted(p.name for p in out.iterdir())
+        return ConvertSummary(
+            scheme=scheme, options=plan.opts, source=source.ident, out=str(out), device=dev, files=files,
+            bytes_in=total, bytes_out=sum((out / f).stat().st_size for f in files if f.endswith(".safetensors")),
+            quantized=sum(it.quantize for it in plan.items), kept=plan.kept, warnings=plan.warnings,
+            seconds=time.perf_counter() - t0, manifest=str(out / manifest.name), resumed_shards=reused)
 
 
 class OutputWriteError(LowbitError, OSError):
     """Writing the output failed (disk full, permissions, I/O): a LowbitError (one line in the CLI)
     that is still an OSError for callers that handle those."""
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold an exclusive lock on `OUT.lowbit-lock` (fcntl.flock: the kernel releases it if the process
+    dies) for the whole conversion; a second writer to the same OUT is refused at once."""
+    lock = out.with_name(out.name + ".lowbit-lock")
+    while True:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            f = open(lock, "a+")
+        except OSError as e:
+            raise OutputWriteError(f"{out}: cannot create {lock} ({e.strerror}); check that the output "
+                                   "directory is writable") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise LowbitError(f"{out}: another lowbit process is writing this output (lock {lock}); "
+                              "wait for it to finish or choose another -o") from None
+        if lock.exists() and os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
+            break  # still the lock file at that path (not one a finishing writer just removed)
+        f.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        f.close()
 
 
 def _os_error(e: OSError, out: Path, partial: Path) -> LowbitError:
