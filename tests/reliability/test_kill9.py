@@ -218,3 +218,26 @@ def test_ctrl_c_batch_stops_cleanly_and_resumes(big_source, tiny_llama, tmp_path
     proc = _batch(toml)
     final = json.loads(proc.communicate(timeout=300)[0])
     assert proc.returncode == 0 and {j["status"] for j in final["jobs"]} <= {"ok", "skipped"}
+
+
+def test_second_writer_to_same_output_is_refused(big_source, tmp_path):
+    """Two `lowbit quantize` runs into one OUT: the second is refused while the first writes (without
+    the lock, the first published shards the second was rewriting: lowbit.json did not match)."""
+    ref = tmp_path / "ref"
+    subprocess.run(_quantize_cmd(big_source, ref), check=True, capture_output=True, timeout=300)
+    out = tmp_path / "out"
+    journal = tmp_path / "out.lowbit-partial" / ".lowbit-journal.json"
+    first = subprocess.Popen(_quantize_cmd(big_source, out), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not journal.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    first.send_signal(signal.SIGSTOP)  # frozen mid-conversion, holding its lock
+    try:
+        second = subprocess.run(_quantize_cmd(big_source, out), capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.returncode == 2 and "another lowbit process is writing this output" in second.stderr
+    assert output_state(out).complete and tree_bytes(out) == tree_bytes(ref)
+    assert not (tmp_path / "out.lowbit-lock").exists()
