@@ -17,11 +17,12 @@ def demo(workdir, source, device):
 
     rows, origin = run_demo(workdir, source, device, say=lambda m: click.echo(m, err=True))
     click.echo(f"\nSmolLM2-135M-Instruct (from {origin}), question: {QUESTION!r}\n")
-    head = f"{'scheme':<10} {'size MB':>8} {'weight err mean/max':>20} {'ppl':>7} {'tok/s':>7}  answer"
+    head = (f"{'scheme':<10} {'size MB':>8} {'weight err mean/max':>20} {'verify':>14} {'ppl':>7} {'tok/s':>7}"
+            "  answer")
     click.echo(head)
     click.echo("-" * len(head))
     for r in rows:
         err = "-" if r.err_mean is None else f"{r.err_mean:.4f}/{r.err_max:.4f}"
         answer = r.answer.replace("\n", " ")
-        click.echo(f"{r.scheme:<10} {r.size_bytes / 1e6:>8.1f} {err:>20} {r.perplexity:>7.2f} "
+        click.echo(f"{r.scheme:<10} {r.size_bytes / 1e6:>8.1f} {err:>20} {r.verify:>14} {r.perplexity:>7.2f} "
                    f"{r.decode_tok_s:>7.1f}  {answer[:70]}")

@@ -1,8 +1,9 @@
 """`lowbit demo`: SmolLM2 -> BF16 -> each scheme -> check -> the same question -> one table.
 
-For every scheme: convert (lowbit.quantize.convert), measure the weight error of every quantized
-tensor against the BF16 source (relative Frobenius error, mean and worst), perplexity on the shipped
-text, ask "What is the capital of France?" greedily and time the decode.
+For every scheme: convert (lowbit.quantize.convert), verify it against the source (lowbit.verify:
+structure, hashes, SQNR floors, and the GPU kernels where a GPU is present), measure the weight error of
+every quantized tensor (relative Frobenius error, mean and worst), perplexity on the shipped text, ask
+"What is the capital of France?" greedily and time the decode.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Row:
     perplexity: float
     answer: str
     decode_tok_s: float
+    verify: str = "-"
 
 
 def checkpoint_bytes(path: Path) -> int:
@@ -58,7 +60,20 @@ def evaluate(path: Path, scheme: str, device: str, src: Path | None) -> Row:
     eng.reset()
     r = eng.generate(eng.tokenizer.encode_chat([{"role": "user", "content": QUESTION}]), max_new_tokens=32)
     em, ex = weight_errors(src, path) if src is not None else (None, None)
-    return Row(scheme, checkpoint_bytes(path), em, ex, ppl, r.text.strip(), r.stats.decode_tok_s)
+    return Row(scheme, checkpoint_bytes(path), em, ex, ppl, r.text.strip(), r.stats.decode_tok_s,
+               verified(path, src) if src is not None else "-")
+
+
+def verified(path: Path, src: Path) -> str:
+    """`lowbit verify` against the source: 'pass N' or 'FAIL k/N', '+gpu' when the kernels ran."""
+    try:
+        from lowbit.verify.runner import verify_checkpoint
+    except ImportError:
+        return "n/a"
+    rep = verify_checkpoint(path, against=src, use_gpu="auto")
+    bad = sum(not r.ok for r in rep.results)
+    tag = "+gpu" if rep.kernel_ran else ""
+    return (f"pass {len(rep.results)}" if rep.ok else f"FAIL {bad}/{len(rep.results)}") + tag
 
 
 def run_demo(workdir: Path, source: str = "auto", device: str = "auto", say=log.info) -> tuple[list[Row], str]:

@@ -110,3 +110,14 @@ def test_cli_import_gguf_then_generate(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert "Paris" in res["text"] and res["output_ids"][-1] == 2 and res["decode_tok_s"] > 0
+
+
+def test_demo_row_for_one_scheme(smollm2, smollm2_quantized):
+    """What `lowbit demo` prints for fp8-block: verify passes, error and size in range, Paris."""
+    from lowbit.runtime.demo import evaluate
+
+    row = evaluate(smollm2_quantized["fp8-block"], "fp8-block", "cpu", smollm2)
+    assert row.verify.startswith("pass"), row.verify
+    # E4M3 with per-block scales: relative error ~2^-5.5 on Gaussian-like weights (measured 0.026)
+    assert 0.01 < row.err_mean <= row.err_max < 0.04
+    assert 0.55 < row.size_bytes / 269_060_552 < 0.65 and "Paris" in row.answer
