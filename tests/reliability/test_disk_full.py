@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tree_bytes, tree_digest
+from rel_util import tree_bytes, tree_digest
 
 from lowbit.batch.manifest import parse_manifest
 from lowbit.batch.runner import run_batch

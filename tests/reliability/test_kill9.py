@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import tree_bytes
+from rel_util import tree_bytes
 
 from lowbit.batch.outputs import output_state
 from lowbit.synth import write_synthetic
