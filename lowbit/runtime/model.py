@@ -2,7 +2,8 @@
 
 Module names are the names on disk (`model.layers.{i}.self_attn.q_proj`, `...block_sparse_moe.experts.{e}.w1`,
 `...mlp.shared_expert_gate`); `ops` (lowbit.runtime.backend) turns a name into a matmul on the host
-(numpy, dequantized float32) or on the GPU (cupy, our kernels). Activations are float32 on both.
+(numpy, dequantized float32) or on the GPU (cupy, our kernels). Activations are float32 (the CUDA
+backend hands its GEMVs bf16 and fuses norms, RoPE and attention where `ops.fused` is set).
 The math follows transformers' modeling files: pre-norm RMSNorm, RoPE in the rotate-half layout,
 GQA (query head h reads kv head h // group), SiLU-gated MLP, softmax router with top-k
 (renormalized for Mixtral and Qwen3-MoE, and for Qwen2-MoE when norm_topk_prob), and Qwen2-MoE's
