@@ -141,6 +141,13 @@ def _publish(partial: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
+def _source_stamp(ck: Checkpoint, ident: str) -> str:
+    """What a resume must match besides the plan: the source and its shards' size and mtime (a
+    source rewritten in place between two runs must not mix with shards made from the old one)."""
+    stats = [(f, (ck.path / f).stat()) for f in ck.files()]
+    return ident + "|" + ";".join(f"{f}:{st.st_size}:{st.st_mtime_ns}" for f, st in stats)
+
+
 def _threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -166,7 +173,7 @@ def convert(src, out, scheme: str, *, group_size: int = 128, asymmetric: bool = 
         else:
             quantize_fn = stream.cpu_quantize
         partial = out.with_name(out.name + ".lowbit-partial")
-        journal = Journal(partial, plan.fingerprint(source.ident), resume)
+        journal = Journal(partial, plan.fingerprint(_source_stamp(ck, source.ident)), resume)
         progress = progress or (lambda n, total: None)
         total = sum(it.in_bytes for it in plan.items)
         try:

@@ -172,3 +172,25 @@ def test_interrupt_leaves_no_out(tiny, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         convert(tiny("llama"), tmp_path / "o", "int4", group_size=32)
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_ignores_shards_of_a_changed_source(tiny, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    shutil.copytree(tiny("mixtral"), src)
+    real = stream.quantize_item
+
+    def flaky(ck, it, *a, **k):
+        if it.source.startswith("model.layers.1."):
+            raise OSError("injected")
+        return real(ck, it, *a, **k)
+
+    monkeypatch.setattr(stream, "quantize_item", flaky)
+    with pytest.raises(OSError):
+        convert(src, tmp_path / "out", "nvfp4", max_shard_size="500KB")
+    monkeypatch.setattr(stream, "quantize_item", real)
+    _poke(src, "model.layers.0.self_attn.q_proj.weight", 0.5)  # same shapes, new values
+    s = convert(src, tmp_path / "out", "nvfp4", max_shard_size="500KB")
+    assert s.resumed_shards == 0
+    convert(src, tmp_path / "ref", "nvfp4", max_shard_size="500KB")
+    for f in sorted(p.name for p in (tmp_path / "ref").glob("*.safetensors")):
+        assert (tmp_path / "out" / f).read_bytes() == (tmp_path / "ref" / f).read_bytes()
