@@ -2,7 +2,7 @@
 
 `run_job(job_dict, progress)` never raises for a problem of the job itself: it returns a result
 dict with `status` "ok" or "failed" and a one-line `error`, so one bad model cannot stop a batch.
-`progress(done, total, desc)` reports bytes converted.
+`progress(done, total)` reports bytes converted so far.
 """
 
 from __future__ import annotations

@@ -55,6 +55,10 @@ def _skipped(job: Job, previous: dict) -> dict:
            "kept": prev.get("kept")}
     if res["bytes_in"] and res["bytes_out"]:
         res["ratio"] = round(res["bytes_in"] / res["bytes_out"], 4)
+    worst = (res["worst_error"] or {}).get("worst_rel_error")
+    if job.max_rel_error is not None and worst is not None and worst > job.max_rel_error:
+        res.update(status="failed", error=f"{job.output}: recorded worst relative error {worst:.4g} > "
+                   f"max_rel_error {job.max_rel_error}; delete the output to convert it again")
     return res
 
 

@@ -103,3 +103,17 @@ def test_summary_table_lists_every_job(tmp_path):
     assert "fake-ok-0-int4" in lines[1] and " ok " in lines[1] and "4.00x" in lines[1]
     assert "fake-error-1-int4" in lines[2] and "injected failure" in lines[2]
     assert lines[-1].startswith("1 ok, 1 failed, 0 skipped")
+
+
+def test_skipped_output_still_held_to_max_rel_error(tmp_path):
+    m = _manifest(tmp_path, ["ok"])
+    report = run_batch(m, job_fn=fake_job)
+    # the previous report recorded an error figure; a stricter limit now fails the finished output
+    path = tmp_path / "out" / REPORT_NAME
+    doc = json.loads(path.read_text())
+    doc["jobs"][0]["worst_error"] = {"worst_rel_error": 0.2}
+    path.write_text(json.dumps(doc))
+    strict = _manifest(tmp_path, ["ok"], max_rel_error=0.1)
+    again = run_batch(strict, job_fn=fake_job)
+    assert report.jobs[0]["status"] == "ok" and again.jobs[0]["status"] == "failed"
+    assert "max_rel_error 0.1" in again.jobs[0]["error"]
