@@ -20,7 +20,7 @@ def main() -> None:
     for scheme in ("fp8-block", "nvfp4", "int4", "bf16"):
         rows += moe_rows(scheme=scheme, tokens=(1, 4, 64, 1024, 4096) if scheme == "fp8-block" else (1, 1024))
     lines = [f"GPU: {gpu}; copy {rows[0]['copy_GBps']:.0f} GB/s", "",
-             "| scheme | act | tokens | eager us | graph us (route / experts = gate_up + down) | roofline us (8 experts @ copy) | "
+             "| scheme | act | tokens | eager us | graph us: fused (unfused route / experts = gate_up + down) | roofline us (8 experts @ copy) | "
              "graph/roofline | TFLOPS |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = r.get("graph_us")

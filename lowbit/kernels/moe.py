@@ -5,7 +5,9 @@ gate/up [E, I, H], down [E, H, I] (`GpuWeight` with a leading expert dim; no per
 on the GPU). `moe_forward(x, router_w, experts, top_k, norm, norm_topk_prob, act)` -> bf16 [T, H].
 
 Two paths, neither with a host synchronisation or a Python loop over experts:
-  decode (T <= DECODE_MAX_TOKENS): moe_decode_gate_up + moe_decode_down, grouped GEMVs that stream
+  decode (T <= DECODE_MAX_TOKENS): moe_forward runs router + experts as ONE persistent launch
+    (moe_decode_fused, 2 CTAs per SM, grid barriers between phases) when it fits; moe_experts (routing given)
+    runs moe_decode_gate_up + moe_decode_down, grouped GEMVs that stream
     each chosen expert's rows once per (token, slot) and sum the k experts in registers (the _staged
     variants, off by default, copy each warp's rows to shared memory with cp.async first).
   prefill: moe_align (sort assignments by expert, offsets by scan), gate and up grouped GEMMs that
@@ -184,11 +186,52 @@ def moe_experts(x, ids, wts, experts: MoeWeights, act: str = "bf16", path: str |
     return _decode(x, ids, wts, experts, out) if use_decode else _prefill(x, ids, wts, experts, act, out)
 
 
+#: decode steps (T <= DECODE_MAX_TOKENS) run as one persistent launch (moe_decode_fused) when it fits
+FUSED_DECODE = True
+_BARRIERS: dict = {}
+
+
+def _fused_fits(x, ew: MoeWeights, top_k: int) -> bool:
+    t, h_dim = x.shape
+    smem = max(t * h_dim, t * top_k * ew.intermediate) * 2
+    return (FUSED_DECODE and 0 < t <= DECODE_MAX_TOKENS and t * top_k <= 32 and ew.num_experts <= 256
+            and h_dim % 8 == 0 and smem <= 96 * 1024)
+
+
+def _decode_fused(x, router_w, ew: MoeWeights, top_k: int, norm: str, norm_topk_prob: bool, out=None):
+    """Router + experts of a few tokens in one persistent launch (grid barriers between phases)."""
+    import cupy
+
+    t, h_dim = x.shape
+    e, i_dim = ew.num_experts, ew.intermediate
+    dev = cupy.cuda.Device().id
+    if dev not in _BARRIERS:
+        _BARRIERS[dev] = cupy.zeros(2, cupy.uint32)  # arrival count, generation (self-resetting)
+    smem = max(t * h_dim, t * top_k * i_dim) * 2
+    f = _decode_kernel("moe_decode_fused", _gemm.SCHEME_IDS[ew.scheme], ew.gate.group_size, 96 * 1024)
+    logits = cupy.empty((t, e), cupy.float32)
+    h = cupy.empty((t * top_k, i_dim), x.dtype)
+    out = cupy.empty((t, h_dim), x.dtype) if out is None else out
+    args = (x, router_w, np.int32(t), np.int32(e), np.int32(top_k), np.int32(i_dim), np.int32(h_dim),
+            np.int32(moe_router.NORMS[norm]), np.int32(bool(norm_topk_prob))) + _ptrs(ew.gate) + _ptrs(ew.up) \
+        + _ptrs(ew.down) + (logits, h, out, _BARRIERS[dev])
+    # every CTA must be resident at once (grid barriers): 2 per SM is what __launch_bounds__(256, 2)
+    # sizes the registers for, and smem <= 96 KiB lets two fit; launched alone on its stream
+    f((2 * _gemm._num_sms(),), (256,), args, shared_mem=smem)
+    return out
+
+
 def moe_forward(x, router_w, experts: MoeWeights, top_k: int, norm: str = "mixtral",
                 norm_topk_prob: bool = True, act: str = "bf16", path: str | None = None, out=None):
     """The MoE block: bf16 x [T, H], router weight bf16 [E, H] -> bf16 [T, H]."""
     if router_w.shape[0] != experts.num_experts:
         raise KernelError(f"{experts.gate.name}: router has {router_w.shape[0]} experts, weights have "
                           f"{experts.num_experts}")
+    if path in (None, "decode") and _fused_fits(x, experts, top_k):
+        moe_router._check_router(x, router_w)
+        _gemm.check_x(experts.gate, x)
+        if norm not in moe_router.NORMS:
+            raise KernelError(f"router: norm={norm!r} is not known; use one of {', '.join(moe_router.NORMS)}")
+        return _decode_fused(x, router_w, experts, top_k, norm, norm_topk_prob, out)
     ids, wts = moe_router.route(x, router_w, top_k, norm, norm_topk_prob)
     return moe_experts(x, ids, wts, experts, act=act, path=path, out=out)

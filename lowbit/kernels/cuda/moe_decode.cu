@@ -9,7 +9,7 @@
 // moe_decode_down: out bf16 [T, H], out[t, n] = sum_j wts[t*k+j] * (down_{ids[t*k+j]}[n] . h[t*k+j]).
 //   grid (ceil(H/8), T), block 256 (one warp per output row), dynamic smem k*I*2 (the token's h rows).
 // Preconditions (launcher): H and I multiples of 32; k <= 32; contiguous, 16-byte aligned operands.
-#include "gemm_common.cuh"
+#include "moe_common.cuh"
 
 #ifndef SCHEME
 #define SCHEME 1
@@ -295,4 +295,146 @@ extern "C" __global__ void __launch_bounds__(256) moe_decode_down_staged(
     }
     acc = warp_sum(acc);
     if (lane == 0) out[(size_t)t * H + n] = __float2bfloat16_rn(acc);
+}
+
+// ---- one persistent launch for the whole decode step (router + gate/up + down) ----------------------
+// moe_decode_fused: every CTA is resident (grid = 2 per SM, which __launch_bounds__(256, 2) and
+// <= 96 KiB of shared memory guarantee on an otherwise idle GPU), phases are
+// separated by a grid barrier on bar[2] (arrival count, generation; zero once, self-resetting):
+//   1. logits[t, e] = x_t . router_e (one warp per (t, e), grid-stride), barrier;
+//   2. every CTA ranks the logits itself (warp t: top-k of token t into shared memory);
+//   3. h[p, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), one warp per (pair p, row i), barrier;
+//   4. out[t, n] = sum_j w_tj * (down_{e_tj}[n] . h[t*k + j]), one warp per (t, n).
+// Same math as router_fused + moe_decode_gate_up + moe_decode_down. T * k <= 32, E <= 32 * MAXV.
+// Dynamic smem: max(T*H, T*k*I) * 2 bytes.
+__device__ __forceinline__ void grid_barrier(unsigned int* bar) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        volatile unsigned int* vgen = bar + 1;
+        const unsigned int gen = *vgen;
+        __threadfence();
+        if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+            bar[0] = 0u;
+            __threadfence();
+            atomicAdd(bar + 1, 1u);
+        } else {
+            long long spins = 0;
+            while (*vgen == gen) {
+                __nanosleep(64);
+                if (++spins > (1LL << 26)) __trap();  // a CTA that never arrives: fail loudly, never hang
+            }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) moe_decode_fused(
+    const bf16* __restrict__ x, const bf16* __restrict__ wr, int T, int E, int k, int I, int H, int norm, int renorm,
+    const uint8_t* __restrict__ gq, const void* __restrict__ gsc, const int32_t* __restrict__ gz,
+    const float* __restrict__ gg, const uint8_t* __restrict__ uq, const void* __restrict__ usc,
+    const int32_t* __restrict__ uz, const float* __restrict__ ug, const uint8_t* __restrict__ dq,
+    const void* __restrict__ dsc, const int32_t* __restrict__ dz, const float* __restrict__ dg,
+    float* __restrict__ logits, bf16* __restrict__ h, bf16* __restrict__ out, unsigned int* __restrict__ bar) {
+    extern __shared__ __align__(16) uint8_t smem_raw[];
+    bf16* buf = reinterpret_cast<bf16*>(smem_raw);  // x rows (phases 1-3), then h rows (phase 4)
+    __shared__ int sid[32];
+    __shared__ float swt[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gw = blockIdx.x * 8 + warp, nw = gridDim.x * 8;
+    copy_to_smem(buf, x, T * H);
+    __syncthreads();
+    // 1. router logits
+    for (int item = gw; item < T * E; item += nw) {
+        const int t = item / E, e = item - t * E;
+        const uint4* xr = reinterpret_cast<const uint4*>(buf + (size_t)t * H);
+        const uint4* w = reinterpret_cast<const uint4*>(wr + (size_t)e * H);
+        float s = 0.f;
+        for (int c = lane; c < H / 8; c += 32) {
+            const uint4 a = xr[c], b = __ldg(w + c);
+            const uint32_t av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const float2 fa = __bfloat1622float2(*reinterpret_cast<const bf162*>(&av[q]));
+                const float2 fb = __bfloat1622float2(*reinterpret_cast<const bf162*>(&bv[q]));
+                s = fmaf(fa.x, fb.x, fmaf(fa.y, fb.y, s));
+            }
+        }
+        s = warp_sum(s);
+        if (lane == 0) logits[item] = s;
+    }
+    grid_barrier(bar);
+    // 2. top-k, redundantly in every CTA
+    if (warp < T) topk_token(logits, warp, E, k, norm, renorm, sid, swt, lane);
+    __syncthreads();
+    // 3. gate/up
+    const int cpr = H / EPC;
+    for (int item = gw; item < T * k * I; item += nw) {
+        const int p = item / I, i = item - p * I, t = p / k, e = sid[p];
+        const float g_gs = (SCHEME == 2) ? gg[e] : 1.f, u_gs = (SCHEME == 2) ? ug[e] : 1.f;
+        const uint8_t* grow = gq + ((size_t)e * I + i) * row_bytes(H);
+        const uint8_t* urow = uq + ((size_t)e * I + i) * row_bytes(H);
+        float sg = 0.f, su = 0.f;
+        for (int base = 0; base < 2 * cpr; base += 32 * U) {
+            uint4 raw[U];
+            Scl sc[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int idx = base + lane + 32 * u;
+                if (idx < 2 * cpr) {
+                    const bool up = idx >= cpr;
+                    const int c = up ? idx - cpr : idx;
+                    raw[u] = __ldg(reinterpret_cast<const uint4*>(up ? urow : grow) + c);
+                    sc[u] = up ? load_scale<SCHEME, INT4_GROUP>(e, i, c * EPC, I, H, usc, uz, u_gs)
+                               : load_scale<SCHEME, INT4_GROUP>(e, i, c * EPC, I, H, gsc, gz, g_gs);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int idx = base + lane + 32 * u;
+                if (idx < 2 * cpr) {
+                    const bool up = idx >= cpr;
+                    const int c = up ? idx - cpr : idx;
+                    const float d = chunk_dot(raw[u], buf + (size_t)t * H + c * EPC, sc[u]);
+                    if (up) su += d; else sg += d;
+                }
+            }
+        }
+        sg = warp_sum(sg);
+        su = warp_sum(su);
+        if (lane == 0) h[(size_t)p * I + i] = __float2bfloat16_rn(silu(sg) * su);
+    }
+    grid_barrier(bar);
+    // 4. down, weighted sum over the k experts of each token
+    for (int c = threadIdx.x; c < T * k * I / 8; c += blockDim.x)
+        reinterpret_cast<uint4*>(buf)[c] = __ldcg(reinterpret_cast<const uint4*>(h) + c);
+    __syncthreads();
+    const int cpd = I / EPC;
+    for (int item = gw; item < T * H; item += nw) {
+        const int t = item / H, n = item - t * H;
+        float acc = 0.f;
+        for (int base = 0; base < k * cpd; base += 32 * U) {
+            uint4 raw[U];
+            Scl sc[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int idx = base + lane + 32 * u;
+                if (idx < k * cpd) {
+                    const int j = idx / cpd, c = idx - j * cpd, e = sid[t * k + j];
+                    raw[u] = __ldg(reinterpret_cast<const uint4*>(dq + ((size_t)e * H + n) * row_bytes(I)) + c);
+                    sc[u] = load_scale<SCHEME, INT4_GROUP>(e, n, c * EPC, H, I, dsc, dz, (SCHEME == 2) ? dg[e] : 1.f);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int idx = base + lane + 32 * u;
+                if (idx < k * cpd) {
+                    const int j = idx / cpd, c = idx - j * cpd;
+                    acc = fmaf(swt[t * k + j], chunk_dot(raw[u], buf + (size_t)(t * k + j) * I + c * EPC, sc[u]), acc);
+                }
+            }
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) out[item] = __float2bfloat16_rn(acc);
+    }
 }
