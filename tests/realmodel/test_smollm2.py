@@ -121,3 +121,56 @@ def test_demo_row_for_one_scheme(smollm2, smollm2_quantized):
     # E4M3 with per-block scales: relative error ~2^-5.5 on Gaussian-like weights (measured 0.026)
     assert 0.01 < row.err_mean <= row.err_max < 0.04
     assert 0.55 < row.size_bytes / 269_060_552 < 0.65 and "Paris" in row.answer
+
+
+def moefy(dense, out, experts: int = 4):
+    """real-model.md's MoE stand-in in numpy: each FFN cut into `experts` Mixtral experts, zero router,
+    top_k = E (every expert weighs 1/E), w2 scaled by E (a power of two: exact in bf16)."""
+    import json
+
+    import ml_dtypes
+
+    from lowbit.formats.safetensors_io import save_file
+
+    ck = open_checkpoint(dense)
+    cfg = dict(ck.config)
+    inter, e = cfg["intermediate_size"], experts
+    tensors = {}
+    for name in ck.names():
+        w = np.asarray(ck.get(name))
+        if ".mlp." not in name:
+            tensors[name] = w
+            continue
+        pre, rest = name.split(".mlp.")
+        moe = f"{pre}.block_sparse_moe"
+        for i in range(e):
+            sl = slice(i * inter // e, (i + 1) * inter // e)
+            if rest == "gate_proj.weight":
+                tensors[f"{moe}.experts.{i}.w1.weight"] = np.ascontiguousarray(w[sl])
+            elif rest == "up_proj.weight":
+                tensors[f"{moe}.experts.{i}.w3.weight"] = np.ascontiguousarray(w[sl])
+            else:
+                tensors[f"{moe}.experts.{i}.w2.weight"] = np.ascontiguousarray(
+                    (w[:, sl].astype(np.float32) * e).astype(ml_dtypes.bfloat16))
+        if rest == "gate_proj.weight":
+            tensors[f"{moe}.gate.weight"] = np.zeros((e, cfg["hidden_size"]), ml_dtypes.bfloat16)
+    out.mkdir()
+    save_file(out / "model.safetensors", tensors)
+    cfg.update(model_type="mixtral", architectures=["MixtralForCausalLM"], intermediate_size=inter // e,
+               num_local_experts=e, num_experts_per_tok=e, sliding_window=None)
+    (out / "config.json").write_text(json.dumps(cfg))
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        (out / f).write_bytes((dense / f).read_bytes())
+    return out
+
+
+def test_moe_stand_in_equals_dense_model(smollm2, tmp_path):
+    """A real model in Mixtral form (4 experts, all chosen): same logits as the dense model, Paris."""
+    moe = Engine(moefy(smollm2, tmp_path / "moe"), device="cpu", max_context=128)
+    dense = Engine(smollm2, device="cpu", max_context=128)
+    ids = dense.tokenizer.encode_chat(QUESTION)
+    a, b = moe.logits(ids), dense.logits(ids)
+    # the experts' partial sums reorder fp32 accumulation only: differences at float32 noise level
+    assert np.abs(a - b).max() < 1e-3 * np.abs(b).max()
+    moe.reset()
+    assert "Paris" in moe.generate(ids, max_new_tokens=16).text
