@@ -117,3 +117,18 @@ def test_skipped_output_still_held_to_max_rel_error(tmp_path):
     again = run_batch(strict, job_fn=fake_job)
     assert report.jobs[0]["status"] == "ok" and again.jobs[0]["status"] == "failed"
     assert "max_rel_error 0.1" in again.jobs[0]["error"]
+
+
+def test_report_write_failure_keeps_results_and_fails_exit(tmp_path, monkeypatch):
+    import errno
+
+    import lowbit.batch.runner as runner
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runner, "write_report", full)
+    report = run_batch(_manifest(tmp_path, ["ok"]), job_fn=fake_job)
+    assert report.jobs[0]["status"] == "ok"  # the work is done and returned
+    assert "could not write the report (No space left on device)" in report.extra["report_error"]
+    assert report.exit_code == 1
