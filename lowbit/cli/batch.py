@@ -60,7 +60,8 @@ class _Bars:
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--workers", type=int, default=None, help="Worker processes (default: the manifest's).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: spawned processes on this machine; ray: Ray tasks (pip install lowbit[ray]; sources and output_root on storage every node sees).")
+              help="local: spawned processes on this machine; ray: Ray tasks (pip install "
+                   "lowbit[ray]; sources and output_root on storage every node sees).")
 @click.option("--ray-address", default=None, help="ray.init address (e.g. auto, ray://head:10001).")
 @click.option("--push-to-hub", "push_org", default=None, metavar="ORG",
               help="Upload each finished checkpoint to ORG/<name> with a generated model card.")
