@@ -71,7 +71,20 @@ class _Bars:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def batch(ctx, manifest, workers, executor, ray_address, push_org, dry_run, as_json, quiet):
-    """Convert every source x scheme of MANIFEST.toml; exit 0 only when no job failed."""
+    """Convert every source x scheme of MANIFEST.toml; exit 0 only when no job failed.
+
+    \b
+    output_root = "out"        # each output: out/<source name>-<scheme>
+    workers = 4
+    verify = true              # lowbit verify --against the source, per output
+    [[job]]
+    source = "models/llama"    # a directory, or org/name@revision
+    schemes = ["fp8-block", "nvfp4", "int4"]
+    group_size = 64            # any `lowbit quantize` option by name
+
+    The report goes to out/batch-report.json. A re-run skips outputs whose lowbit.json
+    sha256s verify and resumes interrupted conversions at the shard level.
+    """
     from lowbit.batch import load_manifest, run_batch, summary_table
     from lowbit.errors import LowbitError
 
