@@ -137,7 +137,7 @@ def pack_int32_lsb(nibbles: np.ndarray, axis: int = -1) -> np.ndarray:
     The length along `axis` is padded with zeros to a multiple of 8 (compressed-tensors pads rows).
     """
     nibbles = np.asarray(nibbles)
-    if axis in (-1, nibbles.ndim - 1) and nibbles.shape[-1] % 8 == 0 and nibbles.ndim:
+    if nibbles.ndim and axis in (-1, nibbles.ndim - 1) and nibbles.shape[-1] % 8 == 0:
         # fast path: nibble pairs -> bytes (low nibble first); 4 little-endian bytes = one word
         packed = pack_nibbles(nibbles.astype(np.uint8) & np.uint8(0xF))
         return np.ascontiguousarray(packed).view("<i4").astype(np.int32, copy=False)
