@@ -8,6 +8,8 @@ backend; tests/runtime/test_cuda.py compares the logits):
   rope          rotate-half RoPE at positions start.. (or the device-held position), optionally after
                 the per-head RMSNorm of Qwen3 (q_norm / k_norm), one block per (token, head)
   silu_mul      silu(g) * u
+  qkv_rope_store  decode: q|k|v GEMV output + bias -> q/k norm -> RoPE -> q out, k and v into the cache
+  swiglu        silu(gate) * up straight from the stacked gate|up GEMV output, bf16 for the down GEMV
   attend        one token's attention over the KV cache (causal up to the device position, optional
                 sliding window), softmax in fp32, one block per query head; keys beyond the position
                 are never read (graph replays at any position below the span).
@@ -105,6 +107,53 @@ extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restri
     y[(long long)r * d + j] = v * cs[p * d + j] + rot * sn[p * d + j];
 }
 
+// Decode (one token at device position pos[0]): the stacked q|k|v GEMV output y (bf16 bits,
+// [(heads + 2 kv_heads) * d]) + bias -> q/k RMSNorm (qn/kn, optional) -> RoPE on q and k -> q to qout
+// (fp32 [heads, d]), k and v into the caches ([kv_heads, max_ctx, d]) at pos. One block per head row.
+extern "C" __global__ void qkv_rope_store(const unsigned short* __restrict__ y, const float* __restrict__ bias,
+                                          const float* __restrict__ qn, const float* __restrict__ kn, float eps,
+                                          const float* __restrict__ cs, const float* __restrict__ sn,
+                                          const int* __restrict__ pos, float* __restrict__ qout,
+                                          float* __restrict__ kc, float* __restrict__ vc,
+                                          int max_ctx, int heads, int kv_heads, int d) {
+    __shared__ float red[32];
+    __shared__ float row[1024];
+    int b = blockIdx.x, j = threadIdx.x;
+    long long i = (long long)b * d + j;
+    float v = j < d ? __uint_as_float(((unsigned int)y[i]) << 16) + (bias ? bias[i] : 0.f) : 0.f;
+    int kind = b < heads ? 0 : (b < heads + kv_heads ? 1 : 2);          // q, k, v
+    const float* nw = kind == 0 ? qn : (kind == 1 ? kn : 0);
+    if (nw) {
+        float rr = rsqrtf(block_sum(v * v, red) / (float)d + eps);
+        v = j < d ? v * rr * nw[j] : 0.f;
+    }
+    long long p = pos[0];
+    if (kind < 2) {
+        row[j] = v;
+        __syncthreads();
+        int h2 = d / 2;
+        if (j < d) {
+            float rot = j < h2 ? -row[j + h2] : row[j - h2];
+            v = v * cs[p * d + j] + rot * sn[p * d + j];
+        }
+    }
+    if (j >= d) return;
+    if (kind == 0) qout[i] = v;
+    else if (kind == 1) kc[((long long)(b - heads) * max_ctx + p) * d + j] = v;
+    else vc[((long long)(b - heads - kv_heads) * max_ctx + p) * d + j] = v;
+}
+
+// act (bf16 bits) [m, inter] = silu(g) * u from the stacked gate|up GEMV output y (bf16 bits) [m, 2 inter]
+extern "C" __global__ void swiglu_bf16(const unsigned short* __restrict__ y, unsigned short* __restrict__ act,
+                                       long long m, int inter) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m * inter) return;
+    long long r = i / inter, c = i % inter;
+    float g = __uint_as_float(((unsigned int)y[r * 2 * inter + c]) << 16);
+    float u = __uint_as_float(((unsigned int)y[r * 2 * inter + inter + c]) << 16);
+    act[i] = to_bf16_rne(g / (1.0f + expf(-g)) * u);
+}
+
 // q, out: [heads, d]; k, v: [kv_heads, max_ctx, d]; one block per query head; scores in shared memory
 extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* __restrict__ k,
                                       const float* __restrict__ v, float* __restrict__ out,
@@ -159,6 +208,8 @@ class Fused:
         self._add_rms = mod.get_function("add_rms_norm")
         self._rope = mod.get_function("rope_f32")
         self._attend = mod.get_function("attend_f32")
+        self._qkv = mod.get_function("qkv_rope_store")
+        self._swiglu = mod.get_function("swiglu_bf16")
         self._silu = cupy.ElementwiseKernel("float32 g, float32 u", "float32 y",
                                             "y = g / (1.0f + expf(-g)) * u", "lowbit_silu_mul")
 
@@ -206,6 +257,28 @@ class Fused:
                                                       np.int32(start), np.int32(heads), np.int32(d),
                                                       w if w is not None else null, np.float32(eps)))
         return y
+
+    def qkv_rope_store(self, y, bias, qn, kn, eps, cos, sin, pos, k_cache, v_cache, heads: int):
+        """Decode: stacked q|k|v GEMV output (bf16 [1, N]) -> q fp32 [heads, D]; k, v written to the caches."""
+        cp = self.cp
+        kv_heads, max_ctx, d = k_cache.shape
+        q = cp.empty((heads, d), cp.float32)
+        null = np.uint64(0)
+        opt = lambda a: a if a is not None else null  # noqa: E731
+        self._qkv((heads + 2 * kv_heads,), (-(-d // 32) * 32,),
+                  (y, opt(bias), opt(qn), opt(kn), np.float32(eps), cos, sin, pos, q, k_cache, v_cache,
+                   np.int32(max_ctx), np.int32(heads), np.int32(kv_heads), np.int32(d)))
+        return q
+
+    def swiglu(self, y, inter: int):
+        """bf16 [M, inter] = silu(gate) * up from the stacked gate|up GEMV output bf16 [M, 2 inter]."""
+        from lowbit.formats.numerics import BF16
+
+        m = y.shape[0]
+        act = self.cp.empty((m, inter), BF16)
+        self._swiglu((-(-(m * inter) // 256),), (256,), (self.cp.ascontiguousarray(y), act, np.int64(m),
+                                                         np.int32(inter)))
+        return act
 
     def silu_mul(self, g, u):
         return self._silu(g, u)

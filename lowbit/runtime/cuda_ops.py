@@ -129,6 +129,28 @@ class CudaOps:
             n0 += n
         return outs
 
+    def qkv_rope_store(self, p: str, x, pos, k_cache, v_cache, cos, sin, qn, kn):
+        """Decode step's attention input in two launches (stacked GEMV + qkv_rope_store), or None when
+        q/k/v are not stacked (then the model runs the general path)."""
+        from lowbit.kernels.linear import linear
+
+        key = f"{p}.q_proj|{p}.k_proj|{p}.v_proj"
+        if key not in self.lin:
+            return None
+        y = linear(self.lin[key], self._bf16_in(x), act=self.act)
+        return self.fused.qkv_rope_store(y, self.vec.get(f"{key}.bias"), self.vec.get(qn) if qn else None,
+                                         self.vec.get(kn) if kn else None, self.cfg.eps, cos, sin, pos.index,
+                                         k_cache, v_cache, self.cfg.heads)
+
+    def swiglu(self, p: str, names, x):
+        """bf16 silu(gate(x)) * up(x) from one stacked GEMV + one kernel, or None when not stacked / biased."""
+        from lowbit.kernels.linear import linear
+
+        key = f"{p}.{names[0]}|{p}.{names[1]}"
+        if key not in self.lin or f"{key}.bias" in self.vec:
+            return None
+        return self.fused.swiglu(linear(self.lin[key], self._bf16_in(x), act=self.act), self.split[key][0])
+
     def _fuse_linears(self) -> None:
         """Stack q/k/v and gate/up along N once at load, where the layout allows (see _stack_n)."""
         self.split = {}
@@ -141,7 +163,11 @@ class CudaOps:
                 ws = [self.lin.get(x) for x in g]
                 w = _stack_n(ws, "|".join(g)) if all(ws) else None
                 if w is not None:
-                    self.lin["|".join(g)], self.split["|".join(g)] = w, [x.n for x in ws]
+                    key = "|".join(g)
+                    self.lin[key], self.split[key] = w, [x.n for x in ws]
+                    if any(f"{x}.bias" in self.vec for x in g):
+                        self.vec[f"{key}.bias"] = self.xp.concatenate(
+                            [self.vec.get(f"{x}.bias", self.xp.zeros(n, self.xp.float32)) for x, n in zip(g, self.split[key])])
                     for x in g:
                         del self.lin[x]
 

@@ -81,13 +81,18 @@ class Transformer:
         cfg, ops, xp = self.cfg, self.ops, self.xp
         p = f"model.layers.{i}.self_attn"
         m, hd, nkv = x.shape[0], cfg.head_dim, cfg.kv_heads
-        q, k, v = ops.linears((f"{p}.q_proj", f"{p}.k_proj", f"{p}.v_proj"), x)
-        q, k, v = q.reshape(m, cfg.heads, hd), k.reshape(m, nkv, hd), v.reshape(m, nkv, hd)
         qn, kn = (f"{p}.q_norm.weight", f"{p}.k_norm.weight") if cfg.qk_norm else (None, None)
-        q, k = self.rope(q, pos, qn), self.rope(k, pos, kn)
-        keys, values = self.kv.append(i, pos, k, v)          # [nkv, T, D], T = pos + m
-        if ops.fused and isinstance(pos, DevicePos) and pos.span <= ops.fused.max_span:   # one fused kernel
-            o = ops.fused.attend(q[0], self.kv.k[i], self.kv.v[i], pos.index, pos.span, self.scale, cfg.sliding_window)
+        fast = ops.fused and isinstance(pos, DevicePos) and pos.span <= ops.fused.max_span
+        # CUDA decode: projections, q/k norms, RoPE and the KV write in two launches (None: not possible)
+        q = ops.qkv_rope_store(p, x, pos, self.kv.k[i], self.kv.v[i], self.cos, self.sin, qn, kn) if fast else None
+        if q is None:
+            q, k, v = ops.linears((f"{p}.q_proj", f"{p}.k_proj", f"{p}.v_proj"), x)
+            q, k, v = q.reshape(m, cfg.heads, hd), k.reshape(m, nkv, hd), v.reshape(m, nkv, hd)
+            q, k = self.rope(q, pos, qn), self.rope(k, pos, kn)
+            keys, values = self.kv.append(i, pos, k, v)          # [nkv, T, D], T = pos + m
+            q = q[0] if fast else q
+        if fast:                                                 # one kernel for the attention itself
+            o = ops.fused.attend(q, self.kv.k[i], self.kv.v[i], pos.index, pos.span, self.scale, cfg.sliding_window)
             return ops.linear(f"{p}.o_proj", o.reshape(1, cfg.heads * hd), raw=True)
         group = cfg.heads // nkv
         qg = q.reshape(m, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * m, hd)
@@ -108,8 +113,10 @@ class Transformer:
 
     def mlp(self, p: str, x, names=("gate_proj", "up_proj", "down_proj")):
         gate, up, down = names
-        g, u = self.ops.linears((f"{p}.{gate}", f"{p}.{up}"), x)
-        act = self.ops.fused.silu_mul(g, u) if self.ops.fused else g / (1.0 + self.xp.exp(-g)) * u
+        act = self.ops.swiglu(p, names, x) if self.ops.fused else None    # CUDA: one GEMV + one kernel
+        if act is None:
+            g, u = self.ops.linears((f"{p}.{gate}", f"{p}.{up}"), x)
+            act = self.ops.fused.silu_mul(g, u) if self.ops.fused else g / (1.0 + self.xp.exp(-g)) * u
         return self.ops.linear(f"{p}.{down}", act, raw=True)
 
     def moe(self, i: int, x):
