@@ -171,12 +171,13 @@ def test_moe_decode_staged_kernels(monkeypatch, scheme, opts):
 @pytest.mark.gpu
 @pytest.mark.parametrize("scheme,opts", SCHEMES)
 @pytest.mark.parametrize("t", [1, 2, 4])
-def test_moe_decode_fused_matches_reference(scheme, opts, t):
+def test_moe_decode_fused_matches_reference(monkeypatch, scheme, opts, t):
     # moe_forward for a few tokens: router + experts in one persistent launch (moe_decode_fused)
     import cupy
 
     from lowbit.kernels import moe
 
+    monkeypatch.setattr(moe, "FUSED_DECODE", True)
     e, k, h = 16, 4, 256
     i = 384 if opts.get("group_size") == 128 else 160
     mw, dense = _experts(scheme, opts, e, h, i, seed=6)
