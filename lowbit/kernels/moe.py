@@ -7,10 +7,9 @@ on the GPU). `moe_forward(x, router_w, experts, top_k, norm, norm_topk_prob, act
 Two paths, neither with a host synchronisation or a Python loop over experts:
   decode (T <= DECODE_MAX_TOKENS): with FUSED_DECODE (off by default), moe_forward runs router + experts
     as ONE persistent launch (moe_decode_fused, 2 CTAs per SM, grid barriers between phases); otherwise
-    router_fused, then moe_experts (routing given)
-    runs moe_decode_gate_up + moe_decode_down, grouped GEMVs that stream
-    each chosen expert's rows once per (token, slot) and sum the k experts in registers (the _staged
-    variants, off by default, copy each warp's rows to shared memory with cp.async first).
+    router_fused, then moe_experts (routing given): moe_decode_gate_up + moe_decode_down, grouped
+    GEMVs that stream each chosen expert's rows once per (token, slot) and sum the k experts in
+    registers (the _staged variants, off by default, copy each warp's rows to shared memory first).
   prefill: moe_align (sort assignments by expert, offsets by scan), gate and up grouped GEMMs that
     gather x rows on the fly (the up GEMM applies silu(gate) * up in its epilogue), the down grouped
     GEMM, then moe_combine (weighted sum back to token order). act="fp8" runs the fp8-block
