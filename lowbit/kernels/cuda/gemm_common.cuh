@@ -131,21 +131,21 @@ __device__ __forceinline__ Scl load_scale(int e, int n, int k, int N, int K, con
     Scl s{0.f, 0.f, 8u};
     if (n >= N || k >= K) return s;
     if constexpr (SCH == 1) {
-    const int nb = (N + 127) / 128, kb = (K + 127) / 128;
-    s.s0 = __ldg(static_cast<const float*>(wscale) + ((size_t)e * nb + n / 128) * kb + k / 128);
+        const int nb = (N + 127) / 128, kb = (K + 127) / 128;
+        s.s0 = __ldg(static_cast<const float*>(wscale) + ((size_t)e * nb + n / 128) * kb + k / 128);
     } else if constexpr (SCH == 2) {
-    const uint16_t v = __ldg(reinterpret_cast<const unsigned short*>(
-        static_cast<const uint8_t*>(wscale) + ((size_t)e * N + n) * (K / 16) + k / 16));
-    const float f = 16384.0f / gs;  // the E2M1 decoder leaves a 2^-14 factor; global is a divisor
-    s.s0 = e4m3_to_float(v & 0xff) * f;
-    s.s1 = e4m3_to_float(v >> 8) * f;
+        const uint16_t v = __ldg(reinterpret_cast<const unsigned short*>(
+            static_cast<const uint8_t*>(wscale) + ((size_t)e * N + n) * (K / 16) + k / 16));
+        const float f = 16384.0f / gs;  // the E2M1 decoder leaves a 2^-14 factor; global is a divisor
+        s.s0 = e4m3_to_float(v & 0xff) * f;
+        s.s1 = e4m3_to_float(v >> 8) * f;
     } else if constexpr (SCH == 3) {
-    const int ng = K / G;
-    s.s0 = __bfloat162float(static_cast<const bf16*>(wscale)[((size_t)e * N + n) * ng + k / G]);
-    if (wzero != nullptr) {
-        const uint32_t w = __ldg(wzero + ((size_t)e * ((N + 7) / 8) + n / 8) * ng + k / G);
-        s.z = (w >> (4 * (n % 8))) & 15u;
-    }
+        const int ng = K / G;
+        s.s0 = __bfloat162float(static_cast<const bf16*>(wscale)[((size_t)e * N + n) * ng + k / G]);
+        if (wzero != nullptr) {
+            const uint32_t w = __ldg(wzero + ((size_t)e * ((N + 7) / 8) + n / 8) * ng + k / G);
+            s.z = (w >> (4 * (n % 8))) & 15u;
+        }
     }
     return s;
 }
@@ -154,44 +154,44 @@ __device__ __forceinline__ Scl load_scale(int e, int n, int k, int N, int K, con
 template <int SCH>
 __device__ __forceinline__ void dequant32_regs(const uint8_t* raw, const Scl& s, uint32_t (&o)[16]) {
     if constexpr (SCH == 1) {
-    const uint4 r0 = reinterpret_cast<const uint4*>(raw)[0];
-    const uint4 r1 = reinterpret_cast<const uint4*>(raw)[1];
-    const uint32_t w[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+        const uint4 r0 = reinterpret_cast<const uint4*>(raw)[0];
+        const uint4 r1 = reinterpret_cast<const uint4*>(raw)[1];
+        const uint32_t w[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        float2 a = e4m3x2_to_float2(w[i] & 0xffff);
-        float2 b = e4m3x2_to_float2(w[i] >> 16);
-        o[2 * i] = pack_bf162(a.x * s.s0, a.y * s.s0);
-        o[2 * i + 1] = pack_bf162(b.x * s.s0, b.y * s.s0);
-    }
+        for (int i = 0; i < 8; ++i) {
+            float2 a = e4m3x2_to_float2(w[i] & 0xffff);
+            float2 b = e4m3x2_to_float2(w[i] >> 16);
+            o[2 * i] = pack_bf162(a.x * s.s0, a.y * s.s0);
+            o[2 * i + 1] = pack_bf162(b.x * s.s0, b.y * s.s0);
+        }
     } else if constexpr (SCH == 2) {
-    const uint4 r = reinterpret_cast<const uint4*>(raw)[0];
-    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+        const uint4 r = reinterpret_cast<const uint4*>(raw)[0];
+        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float f = (i < 2) ? s.s0 : s.s1;  // bytes 0..7: group 0, bytes 8..15: group 1
+        for (int i = 0; i < 4; ++i) {
+            const float f = (i < 2) ? s.s0 : s.s1;  // bytes 0..7: group 0, bytes 8..15: group 1
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            float2 v = e2m1x2_to_float2_scaled((w[i] >> (8 * j)) & 0xff, f);
-            o[4 * i + j] = pack_bf162(v.x, v.y);
+            for (int j = 0; j < 4; ++j) {
+                float2 v = e2m1x2_to_float2_scaled((w[i] >> (8 * j)) & 0xff, f);
+                o[4 * i + j] = pack_bf162(v.x, v.y);
+            }
         }
-    }
     } else if constexpr (SCH == 3) {
-    const uint4 r = reinterpret_cast<const uint4*>(raw)[0];
-    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-    const bf162 sc = __float2bfloat162_rn(s.s0);  // the scale is a bf16 already: exact
-    const bf162 bias = __float2bfloat162_rn(128.0f + (float)s.z);
+        const uint4 r = reinterpret_cast<const uint4*>(raw)[0];
+        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+        const bf162 sc = __float2bfloat162_rn(s.s0);  // the scale is a bf16 already: exact
+        const bf162 bias = __float2bfloat162_rn(128.0f + (float)s.z);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < 4; ++i) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            // bf16 0x4300 | n = 128 + n exactly (7 mantissa bits); minus (128 + zp8) is exact
-            uint32_t v = ((w[i] >> (8 * j)) & 0xfu) | (((w[i] >> (8 * j + 4)) & 0xfu) << 16) | 0x43004300u;
-            bf162 q = __hsub2(*reinterpret_cast<bf162*>(&v), bias);
-            bf162 d = __hmul2(q, sc);
-            o[4 * i + j] = *reinterpret_cast<uint32_t*>(&d);
+            for (int j = 0; j < 4; ++j) {
+                // bf16 0x4300 | n = 128 + n exactly (7 mantissa bits); minus (128 + zp8) is exact
+                uint32_t v = ((w[i] >> (8 * j)) & 0xfu) | (((w[i] >> (8 * j + 4)) & 0xfu) << 16) | 0x43004300u;
+                bf162 q = __hsub2(*reinterpret_cast<bf162*>(&v), bias);
+                bf162 d = __hmul2(q, sc);
+                o[4 * i + j] = *reinterpret_cast<uint32_t*>(&d);
+            }
         }
-    }
     }
 }
 
