@@ -22,3 +22,27 @@ def test_moe_table_ratio_to_roofline():
     lines = bg.format_moe_table(rows).splitlines()
     assert lines[2] == "| fp8-block | bf16 | 1 | 80.0 | 27.0 | 9.0 | 3.00 |"
     assert lines[3] == "| fp8-block | fp8 | 64 | 400.0 | - | 9.0 | - |"
+
+
+def test_suites_wrap_rows(monkeypatch):
+    from types import SimpleNamespace
+
+    seen = {}
+
+    def fake_gemm_rows(shapes, ms, ours, iters):
+        seen["ours"], seen["iters"] = ours, iters
+        return [{"model": "m", "layer": "up", "M": 16, "N": 256, "K": 512, "path": "int4:bf16", "us": 1.234,
+                 "tflops": 3.456},
+                {"model": "m", "layer": "up", "M": 16, "N": 256, "K": 512, "path": "cublas_bf16", "us": 2.0,
+                 "tflops": 2.1}]
+
+    monkeypatch.setattr(bg, "gemm_rows", fake_gemm_rows)
+    monkeypatch.setattr(bg, "moe_rows", lambda scheme, tokens: [{"scheme": scheme, "act": "bf16", "tokens": 1,
+                                                                  "eager_us": 1.0, "roofline_us": 2.0}])
+    ctx = SimpleNamespace(schemes=["int4"], iters=50, gpu="GPU-X")
+    rows = bg.gemm_suite(ctx)
+    assert seen == {"ours": (("int4", "bf16"),), "iters": 20}
+    assert rows[0]["scheme"] == "int4" and rows[0]["act"] == "bf16" and rows[0]["tflops"] == 3.5
+    assert rows[1]["scheme"] == "cublas_bf16" and rows[1]["act"] == "-" and rows[1]["gpu"] == "GPU-X"
+    moe = bg.moe_suite(ctx)
+    assert [r["scheme"] for r in moe] == ["int4"] and moe[0]["suite"] == "moe"
