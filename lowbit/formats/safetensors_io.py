@@ -138,6 +138,8 @@ def read_tensor_rows(path: Path, data_start: int, entry: dict, row0: int = 0, ro
         row0, rows, row_shape = 0, 1, ()
     else:
         rows = shape[0] - row0 if rows is None else rows
+        if row0 < 0 or rows < 0 or row0 + rows > shape[0]:  # would silently read the next tensor
+            raise ValueError(f"rows [{row0}, {row0 + rows}) outside tensor rows [0, {shape[0]})")
         row_shape = shape[1:]
     row_bytes = dtype.itemsize * math.prod(row_shape)
     out = np.empty((rows * row_bytes,), np.uint8)
