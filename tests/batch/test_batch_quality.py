@@ -73,3 +73,24 @@ def test_changed_kept_tensor_is_named(pair, tmp_path):
         f.write(b"\x40\x40")  # the first BF16 value becomes 3.0
     s = error_summary(out, src2, "int4", use_gpu=False)
     assert s.kept_mismatch == name
+
+
+def test_kept_compare_in_chunks(pair, tmp_path, monkeypatch):
+    """Multi-chunk comparison: identical tensors pass (the last, partial chunk must not read past the
+    tensor), a changed byte in the last row is found."""
+    import lowbit.batch.quality as q
+    from lowbit.formats.checkpoint import open_checkpoint
+
+    monkeypatch.setattr(q, "_CHUNK_BYTES", 1000)  # embed rows are a few hundred bytes: many chunks
+    src, out = pair
+    o, s = open_checkpoint(out), open_checkpoint(src)
+    name = "model.embed_tokens.weight"
+    assert o.shape(name)[0] * 2 > 1000 // (o.nbytes(name) // o.shape(name)[0])
+    assert q._kept_mismatch(o, s, set(q._quantized_prefixes(o, "int4"))) is None
+    src2 = tmp_path / "src2"
+    shutil.copytree(src, src2)
+    file, entry, start = open_checkpoint(src2)._tensors[name]
+    with open(src2 / file, "r+b") as f:
+        f.seek(start + entry["data_offsets"][1] - 2)
+        f.write(b"\x40\x40")
+    assert q._same_bytes(o, open_checkpoint(src2), name) is False
