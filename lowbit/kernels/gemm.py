@@ -263,6 +263,11 @@ def launch(w: GpuWeight, x, act: str, *, rows: int, y, a_rows=None, gate=None, g
     return y
 
 
+def gemm_takes(w: GpuWeight) -> bool:
+    """Whether gemm() has a kernel for this weight (bf16 goes to cuBLAS; the others need K % 32 == 0)."""
+    return w.scheme == "bf16" or w.k % 32 == 0
+
+
 def gemm(w: GpuWeight, x, act: str = "bf16", out=None):
     """y bf16 [M, N] = x bf16 [M, K] @ W^T. act: "bf16" (weight-only) or "fp8" (fp8-block W8A8)."""
     import cupy

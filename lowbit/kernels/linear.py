@@ -1,8 +1,8 @@
 """`linear(w, x)`: y = x @ W^T for any batch, picking the kernel: GEMV for M <= 16, GEMM above.
 
 x is bf16 [..., K] (leading dims are flattened into M); the result is bf16 [..., N]. When
-`lowbit.kernels.gemm` is not importable yet, M > 16 falls back to dequantize + cupy matmul (float32),
-which is correct but slow, and logs once.
+`lowbit.kernels.gemm` is not importable, or its kernels cannot take the weight's K (K % 32 != 0 for a
+quantized weight), M > 16 falls back to dequantize + cupy matmul (float32), correct but slow; logged once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _fallback(w: GpuWeight, x2):
 
     global _warned
     if not _warned:
-        log.warning("lowbit.kernels.gemm is missing: M > 16 uses dequantize + cupy matmul (slow)")
+        log.warning("%s: no GEMM kernel for this weight; M > 16 uses dequantize + cupy matmul (slow)", w.name)
         _warned = True
     y = x2.astype(cupy.float32) @ w.dequantize().T
     return y.astype(x2.dtype)
@@ -40,9 +40,9 @@ def linear(w: GpuWeight, x, act: str = "bf16", out=None):
         y = gemv(w, x2, act=act, out=out)
     else:
         try:
-            from lowbit.kernels.gemm import gemm
+            from lowbit.kernels.gemm import gemm, gemm_takes
         except ImportError:
             y = _fallback(w, x2)
         else:
-            y = gemm(w, x2, act=act)
+            y = gemm(w, x2, act=act) if gemm_takes(w) else _fallback(w, x2)
     return y.reshape(lead + (w.n,))

@@ -210,3 +210,25 @@ def test_linear_dispatches_gemv_and_gemm():
     ref = x.astype(np.float64) @ scheme_module("fp8-block").dequantize(t).astype(np.float64).T
     got = cupy.asnumpy(y3).reshape(40, 96).astype(np.float64)
     assert np.abs(got - ref).max() <= 2.0**-6 * np.abs(ref).max(), f"seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme, k", [("fp8-block", 200), ("nvfp4", 80)])
+def test_linear_large_m_with_k_the_gemm_cannot_take_falls_back(scheme, k):
+    """K % 32 != 0: gemm has no kernel, so linear() must dequantize + matmul instead of raising."""
+    import cupy
+
+    from lowbit.formats import scheme_module
+    from lowbit.kernels.gemm import gemm_takes
+    from lowbit.kernels.linear import linear
+    from lowbit.kernels.weights import to_gpu
+
+    rng, seed = fresh_rng()
+    t = disk_tensors(scheme, random_weight(rng, 72, k))
+    w = to_gpu(scheme, t)
+    assert not gemm_takes(w)
+    x = random_x(rng, 33, k)
+    got = cupy.asnumpy(linear(w, cupy.asarray(x))).astype(np.float64)
+    ref = x.astype(np.float64) @ scheme_module(scheme).dequantize(t).astype(np.float64).T
+    # float32 matmul of exact operands, then one bf16 rounding of the output (2^-8 relative)
+    assert np.abs(got - ref).max() <= 2.0**-7 * np.abs(ref).max(), f"seed {seed}"
