@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +107,43 @@ def source_bytes(source) -> int | None:
     if not root.is_dir():
         return None
     return sum(p.stat().st_size for p in root.glob("*.safetensors"))
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _source_differs(job_source: str, recorded) -> str | None:
+    if not isinstance(recorded, str):
+        return None
+    if Path(job_source).is_dir():
+        want = str(Path(job_source).absolute())
+        return None if recorded == want else f"it was made from {recorded}, the job reads {want}"
+    repo, _, rev = job_source.partition("@")
+    got_repo, _, got_rev = recorded.partition("@")
+    if got_repo != repo or (_COMMIT.match(rev) and got_rev != rev):
+        return f"it was made from {recorded}, the job reads {job_source}"
+    return None
+
+
+def stale_reason(job, previous: dict | None) -> str | None:
+    """Why a complete output no longer matches its job (scheme, int4 options, source, or any option
+    recorded in the last batch report), or None when it does."""
+    try:
+        manifest = json.loads((Path(job.output) / MANIFEST_NAME).read_text())
+    except (OSError, ValueError, RecursionError):
+        return "its lowbit.json is unreadable"
+    if manifest.get("scheme") != job.scheme:
+        return f"its scheme is {manifest.get('scheme')!r}, the job asks for {job.scheme!r}"
+    opts = manifest.get("options") or {}
+    if job.scheme == "int4":
+        for key in ("group_size", "asymmetric"):
+            if key in opts and opts[key] != job.options.get(key):
+                return f"its {key} is {opts[key]!r}, the job asks for {job.options.get(key)!r}"
+    why = _source_differs(job.source, manifest.get("source"))
+    if why:
+        return why
+    before = (previous or {}).get("options")
+    if isinstance(before, dict) and before != job.options:
+        changed = sorted(k for k in set(before) | set(job.options) if before.get(k) != job.options.get(k))
+        return f"the job's options changed since it was made ({', '.join(changed)})"
+    return None

@@ -25,7 +25,7 @@ def make_record(job, result) -> dict:
         result = {"status": "failed", "error": f"the job function returned {result!r:.200}, not a "
                   "result dict with status ok|failed|skipped (a lowbit bug: please report it)"}
     rec = {"source": job.source, "scheme": job.scheme, "status": result["status"],
-           "output": job.output, "error": result.get("error")}
+           "output": job.output, "error": result.get("error"), "options": dict(job.options)}
     for key in RECORD_KEYS[5:]:
         rec[key] = result.get(key)
     for key in ("note", "kept", "resumed_shards", "warnings", "push"):

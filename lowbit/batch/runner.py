@@ -18,7 +18,7 @@ from pathlib import Path
 from lowbit.batch.executors import make_executor
 from lowbit.batch.job import run_job
 from lowbit.batch.manifest import BatchManifest, Job
-from lowbit.batch.outputs import output_bytes, output_state, source_bytes
+from lowbit.batch.outputs import output_bytes, output_state, source_bytes, stale_reason
 from lowbit.batch.report import BatchReport, make_record, read_previous, write_report
 from lowbit.errors import LowbitError
 
@@ -62,15 +62,20 @@ def _skipped(job: Job, previous: dict) -> dict:
     return res
 
 
-def plan_jobs(manifest: BatchManifest) -> tuple[list[int], dict[int, dict], set[int]]:
+def plan_jobs(manifest: BatchManifest) -> tuple[list[int], dict[int, dict], dict[int, str]]:
     """(indices of jobs to run, {index: result} for those skipped or refused without running,
-    indices whose existing output failed verification and is replaced: it is ours, it has lowbit.json).
-    Each output is hashed once."""
+    {index: why} for existing outputs to replace: they failed verification or no longer match their
+    job; they are ours, they have a lowbit.json). Each output is hashed once."""
     previous = read_previous(manifest.output_root)
-    todo, done, replace = [], {}, set()
+    todo, done, replace = [], {}, {}
     for i, job in enumerate(manifest.jobs):
         state = output_state(job.output)
-        if state.complete:
+        stale = stale_reason(job, previous.get((job.output, job.scheme))) if state.complete else None
+        if stale:
+            log.warning("%s: %s; converting it again", job.output, stale)
+            replace[i] = f"converted again: {stale}"
+            todo.append(i)
+        elif state.complete:
             done[i] = _skipped(job, previous)
         elif state.kind == "foreign":
             done[i] = {"status": "failed", "seconds": 0.0,
@@ -78,26 +83,22 @@ def plan_jobs(manifest: BatchManifest) -> tuple[list[int], dict[int, dict], set[
         else:
             if state.kind == "invalid":
                 log.warning("%s: %s; converting it again", job.output, state.reason)
-                replace.add(i)
+                replace[i] = f"converted again: the previous output did not verify ({state.reason})"
             todo.append(i)
     return todo, done, replace
 
 
-def _job_dict(job: Job, replace: bool) -> dict:
+def _job_dict(job: Job, replace: str | None) -> dict:
     d = job.to_dict()
     if replace:
-        d["_overwrite"] = True
+        d["_overwrite"] = replace
     return d
 
 
 def batch_job(job_dict: dict, progress=None) -> dict:
     """The default job function (module level, so spawn and Ray can import it)."""
     d = dict(job_dict)
-    overwrite = d.pop("_overwrite", False)
-    res = run_job(d, progress, overwrite=overwrite)
-    if overwrite:
-        res["note"] = "previous output did not verify: converted again"
-    return res
+    return run_job(d, progress, overwrite=bool(d.pop("_overwrite", None)))
 
 
 def _push_all(manifest, records: list[dict], push_org: str, dry_run_dir, api, on_event) -> None:
@@ -125,11 +126,13 @@ def run_batch(manifest: BatchManifest, *, executor: str = "local", workers: int 
         on_event("plan", None, None, {"jobs": list(manifest.jobs), "todo": todo, "done": results})
         def relay(kind, k, slot, data):
             if kind == "done":
+                if todo[k] in replace and isinstance(data, dict):
+                    data.setdefault("note", replace[todo[k]])
                 results[todo[k]] = data
             on_event(kind, todo[k], slot, data)
 
         try:
-            ex.run([_job_dict(manifest.jobs[i], i in replace) for i in todo], job_fn, relay)
+            ex.run([_job_dict(manifest.jobs[i], replace.get(i)) for i in todo], job_fn, relay)
         except KeyboardInterrupt:
             _write_interrupted(manifest, todo, results, executor, t0)
             raise

@@ -19,13 +19,14 @@ from pathlib import Path
 from lowbit.quantize.manifest import SELF_DIGEST, manifest_digest
 
 
-def write_fake_output(out: str, payload: bytes) -> None:
+def write_fake_output(out: str, payload: bytes, scheme: str = "int4", source: str = "/src",
+                      options: dict | None = None) -> None:
     out_p = Path(out)
     tmp = out_p.with_name(out_p.name + ".fake-partial")
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "model.safetensors").write_bytes(payload)
     files = {"model.safetensors": {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}}
-    body = {"files": files}
+    body = {"files": files, "scheme": scheme, "source": source, "options": options or {}}
     body[SELF_DIGEST] = manifest_digest(body)
     (tmp / "lowbit.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out_p)
@@ -39,7 +40,7 @@ def fake_job(job: dict, progress=None) -> dict:
         payload = f"{job['source']}|{job['scheme']}".encode() * 8
         if job.get("_overwrite"):  # the runner asks to replace an output that failed verification
             shutil.rmtree(job["output"])
-        write_fake_output(job["output"], payload)
+        write_fake_output(job["output"], payload, job["scheme"], str(Path(job["source"]).absolute()))
         if progress:
             progress(2, 2)
         out_bytes = sum(p.stat().st_size for p in Path(job["output"]).glob("*.safetensors"))

@@ -123,3 +123,16 @@ def test_hub_sources_from_cache_offline(tmp_path, sources, monkeypatch):
     card = (tmp_path / "dry" / "org" / "tiny-llama-nvfp4" / "README.md").read_text()
     assert "base_model: lowbit-test/tiny-llama" in card
     assert f"lowbit-test/tiny-llama@{commit}" in card  # the exact commit the converter recorded
+
+
+def test_int4_group_size_change_redoes_output_even_without_report(tmp_path, sources):
+    doc = {"output_root": str(tmp_path / "out"), "workers": 1, "group_size": 32,
+           "job": [{"source": str(sources["llama"]), "schemes": ["int4"]}]}
+    first = run_batch(parse_manifest(doc, base=tmp_path))
+    assert first.jobs[0]["status"] == "ok"
+    (tmp_path / "out" / REPORT_NAME).unlink()  # lowbit.json alone must tell the options apart
+    doc["group_size"] = 64
+    second = run_batch(parse_manifest(doc, base=tmp_path))
+    assert second.jobs[0]["status"] == "ok", second.jobs[0]["error"]
+    assert "its group_size is 32, the job asks for 64" in second.jobs[0]["note"]
+    assert json.loads((Path(second.jobs[0]["output"]) / "lowbit.json").read_text())["options"]["group_size"] == 64

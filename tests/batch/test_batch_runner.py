@@ -132,3 +132,21 @@ def test_report_write_failure_keeps_results_and_fails_exit(tmp_path, monkeypatch
     assert report.jobs[0]["status"] == "ok"  # the work is done and returned
     assert "could not write the report (No space left on device)" in report.extra["report_error"]
     assert report.exit_code == 1
+
+
+def test_changed_options_or_source_redo_a_finished_output(tmp_path):
+    m = _manifest(tmp_path, ["ok", "ok"])
+    assert [j["status"] for j in run_batch(m, job_fn=fake_job).jobs] == ["ok", "ok"]
+    # job 0: an option changed in the manifest (recorded in the last report) -> converted again
+    changed = _manifest(tmp_path, ["ok", "ok"], group_size=64)
+    rerun = run_batch(changed, job_fn=fake_job)
+    assert [j["status"] for j in rerun.jobs] == ["ok", "ok"]
+    assert "options changed since it was made (group_size)" in rerun.jobs[0]["note"]
+    assert [j["status"] for j in run_batch(changed, job_fn=fake_job).jobs] == ["skipped", "skipped"]
+    # a different source directory under the same name -> converted again
+    other = tmp_path / "elsewhere" / "fake-ok-0"
+    other.mkdir(parents=True)
+    doc = {"output_root": str(tmp_path / "out"), "workers": 2, "group_size": 64,
+           "job": [{"source": str(other), "schemes": ["int4"]}]}
+    moved = run_batch(parse_manifest(doc, base=tmp_path), job_fn=fake_job)
+    assert moved.jobs[0]["status"] == "ok" and "the job reads" in moved.jobs[0]["note"]
