@@ -99,7 +99,9 @@ def test_kill9_conversion_then_resume_is_byte_identical(big_source, tmp_path):
         assert not out.exists() or output_state(out).complete
         if out.exists():  # the kill came after the rename: complete; start over to go on killing
             assert tree_bytes(out) == tree_bytes(ref)
-            shutil.rmtree(out)
+            gone = tmp_path / f"gone-{i}"
+            os.rename(out, gone)  # atomically: the watcher must not see a half-deleted OUT
+            shutil.rmtree(gone)
         elif i >= 2:
             killed_mid += code == -signal.SIGKILL
     if not out.exists():
