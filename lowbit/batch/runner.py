@@ -32,8 +32,13 @@ def _ignore_event(*_args) -> None:
 
 @contextmanager
 def _root_lock(root: Path):
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_NAME, "w") as f:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        f = open(root / LOCK_NAME, "w")
+    except OSError as e:
+        raise LowbitError(f"{root}: cannot create the output_root or its lock file ({e.strerror}); "
+                          "choose a writable output_root") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

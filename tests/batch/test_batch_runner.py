@@ -150,3 +150,12 @@ def test_changed_options_or_source_redo_a_finished_output(tmp_path):
            "job": [{"source": str(other), "schemes": ["int4"]}]}
     moved = run_batch(parse_manifest(doc, base=tmp_path), job_fn=fake_job)
     assert moved.jobs[0]["status"] == "ok" and "the job reads" in moved.jobs[0]["note"]
+
+
+def test_unwritable_output_root_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    m = _manifest(tmp_path, ["ok"])
+    bad = type(m)(path=m.path, output_root=str(blocker / "out"), workers=1, jobs=m.jobs)
+    with pytest.raises(LowbitError, match="cannot create the output_root"):
+        run_batch(bad, job_fn=fake_job)
