@@ -11,13 +11,16 @@
 struct PolicyBF16 {
   static constexpr int EC = 8, BITS = 16;
   static constexpr bool PARTIAL = false;
+  struct Side {};
   __device__ PolicyBF16(const lb::Args&, int) {}
+  __device__ Side side(int, int) const { return {}; }
+  __device__ Side side_fast(int, int) const { return {}; }
   __device__ static void xperm(uint32_t (&)[EC / 2]) {}
-  __device__ void decode(const uint4& raw, int, int, uint32_t (&A)[EC / 2]) const {
+  __device__ void decode(const uint4& raw, const Side&, uint32_t (&A)[EC / 2]) const {
     A[0] = raw.x; A[1] = raw.y; A[2] = raw.z; A[3] = raw.w;
   }
   template <int MT>
-  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], int, int, int) const {}
+  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], const Side&, const Side&) const {}
   __device__ float out_scale(int) const { return 1.f; }
 };
 

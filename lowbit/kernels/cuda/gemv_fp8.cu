@@ -24,8 +24,18 @@ struct PolicyFP8 {
   __device__ PolicyFP8(const lb::Args& a, int tile)
       : s(static_cast<const float*>(a.s)), xs(a.xs), kb_count((a.k + 127) / 128), m(a.m),
         rowblock(tile * 16 / 128) {}
+  struct Side {
+    float sw;  // S[rowblock, kb] of the iteration (rows of a tile share one 128-row block)
+    int kb;
+  };
+  // An iteration (64 elements) lies inside one 128-block: every lane of a row tile gets the same kb.
+  __device__ Side side(int, int k0) const {
+    const int kb = min(k0 / 128, kb_count - 1);
+    return {__ldg(s + (long)rowblock * kb_count + kb), kb};
+  }
+  __device__ Side side_fast(int row, int k0) const { return side(row, k0); }
   __device__ static void xperm(uint32_t (&)[EC / 2]) {}
-  __device__ void decode(const uint4& raw, int, int, uint32_t (&A)[EC / 2]) const {
+  __device__ void decode(const uint4& raw, const Side&, uint32_t (&A)[EC / 2]) const {
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -34,9 +44,9 @@ struct PolicyFP8 {
     }
   }
   template <int MT>
-  __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], int kfirst, int, int) const {
-    const int kb = kfirst / 128;
-    const float sw = __ldg(s + (long)rowblock * kb_count + kb);
+  __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], const Side& sd, const Side&) const {
+    const int kb = sd.kb;
+    const float sw = sd.sw;
     const int t = threadIdx.x & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {

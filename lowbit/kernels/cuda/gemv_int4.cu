@@ -26,13 +26,25 @@ struct PolicyInt4 {
   __device__ PolicyInt4(const lb::Args& a, int)
       : s(static_cast<const uint16_t*>(a.s)), z(a.z), n(a.n), groups(a.k / a.group), group(a.group) {}
   __device__ static void xperm(uint32_t (&X)[EC / 2]) { lb::xperm_pairs4<EC / 2>(X); }
-  __device__ void decode(const uint4& raw, int row, int k0, uint32_t (&A)[EC / 2]) const {
-    // The group index is clamped, not branched on: past K x is zero, so any in-range scale gives 0 there
-    // (q - zp is finite); no read leaves the scale / zero-point tensors.
+  struct Side {
+    uint32_t sc, zp;  // the chunk's group scale (bf16 bits) and zero point (stored, +8)
+  };
+  // The group index is clamped, not branched on: past K x is zero, so any in-range scale gives 0 there
+  // (q - zp is finite); no read leaves the scale / zero-point tensors.
+  __device__ Side side(int row, int k0) const {
     const int r = min(row, n - 1), gi = min(k0 / group, groups - 1);
-    const uint32_t sc = __ldg(s + (long)r * groups + gi);
     uint32_t zp = 8u;
     if (z != nullptr) zp = ((uint32_t)__ldg(z + (long)(r >> 3) * groups + gi) >> (4 * (r & 7))) & 0xfu;
+    return {(uint32_t)__ldg(s + (long)r * groups + gi), zp};
+  }
+  __device__ Side side_fast(int row, int k0) const {
+    const int gi = k0 / group;
+    uint32_t zp = 8u;
+    if (z != nullptr) zp = ((uint32_t)__ldg(z + (long)(row >> 3) * groups + gi) >> (4 * (row & 7))) & 0xfu;
+    return {(uint32_t)__ldg(s + (long)row * groups + gi), zp};
+  }
+  __device__ void decode(const uint4& raw, const Side& sd, uint32_t (&A)[EC / 2]) const {
+    const uint32_t sc = sd.sc, zp = sd.zp;
     const uint32_t sc2 = sc | (sc << 16), c2 = (0x4300u | zp) * 0x10001u;
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
@@ -44,7 +56,7 @@ struct PolicyInt4 {
       }
   }
   template <int MT>
-  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], int, int, int) const {}
+  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], const Side&, const Side&) const {}
   __device__ float out_scale(int) const { return 1.f; }
 };
 
@@ -58,10 +70,24 @@ struct PolicyInt4G128 {
   __device__ PolicyInt4G128(const lb::Args& a, int)
       : s(static_cast<const uint16_t*>(a.s)), z(a.z), n(a.n), groups(a.k / 128) {}
   __device__ static void xperm(uint32_t (&X)[EC / 2]) { lb::xperm_pairs4<EC / 2>(X); }
-  __device__ void decode(const uint4& raw, int row, int k0, uint32_t (&A)[EC / 2]) const {
-    const int r = min(row, n - 1), gi = k0 / 128;
+  struct Side {
+    float sc;  // the row's group scale of the iteration (one 128-group: k0 / 128 is the same for the 4 lanes)
+    uint32_t zp;
+  };
+  __device__ Side side(int row, int k0) const {
+    const int r = min(row, n - 1), gi = min(k0 / 128, groups - 1);
     uint32_t zp = 8u;
     if (z != nullptr) zp = ((uint32_t)__ldg(z + (long)(r >> 3) * groups + gi) >> (4 * (r & 7))) & 0xfu;
+    return {__uint_as_float((uint32_t)__ldg(s + (long)r * groups + gi) << 16), zp};
+  }
+  __device__ Side side_fast(int row, int k0) const {
+    const int gi = k0 / 128;
+    uint32_t zp = 8u;
+    if (z != nullptr) zp = ((uint32_t)__ldg(z + (long)(row >> 3) * groups + gi) >> (4 * (row & 7))) & 0xfu;
+    return {__uint_as_float((uint32_t)__ldg(s + (long)row * groups + gi) << 16), zp};
+  }
+  __device__ void decode(const uint4& raw, const Side& sd, uint32_t (&A)[EC / 2]) const {
+    const uint32_t zp = sd.zp;
     const uint32_t c2 = (0x4300u | zp) * 0x10001u;
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
@@ -70,10 +96,8 @@ struct PolicyInt4G128 {
       for (int i = 0; i < 4; ++i) A[4 * q + i] = lb::hsub2_bf16(((w[q] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, c2);
   }
   template <int MT>
-  __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], int kfirst, int ra, int rb) const {
-    const int gi = kfirst / 128;
-    const float sa = __uint_as_float((uint32_t)__ldg(s + (long)min(ra, n - 1) * groups + gi) << 16);
-    const float sb = __uint_as_float((uint32_t)__ldg(s + (long)min(rb, n - 1) * groups + gi) << 16);
+  __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], const Side& da, const Side& db) const {
+    const float sa = da.sc, sb = db.sc;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       acc[mt][0] += part[mt][0] * sa; acc[mt][1] += part[mt][1] * sa;

@@ -30,13 +30,25 @@ struct PolicyNVFP4 {
     const float f = lb::e4m3_to_float(code) * 0x1p119f;
     return lb::pack_bf16x2(f, f);
   }
-  __device__ void decode(const uint4& raw, int row, int k0, uint32_t (&A)[EC / 2]) const {
-    // Group indices are clamped, not branched on: past K the codes are zero (the chunk load zero-fills)
-    // and x is zero, so any in-range scale gives 0 there; no read leaves the scale tensor.
+  // The chunk's two E4M3 group scales (low byte = the first group). Group indices are clamped, not
+  // branched on: past K the codes are zero (the chunk load zero-fills) and x is zero, so any in-range
+  // scale gives 0 there; no read leaves the scale tensor. Even `groups`: one aligned 2-byte load.
+  struct Side {
+    uint32_t two;
+  };
+  __device__ Side side(int row, int k0) const {
     const long base = (long)min(row, n - 1) * groups;
     const int g0 = min(k0 / 16, groups - 1), g1 = min(k0 / 16 + 1, groups - 1);
-    const uint32_t sc0 = scale2(__ldg(s + base + g0));
-    const uint32_t sc1 = scale2(__ldg(s + base + g1));
+    if ((groups & 1) == 0 && g1 == g0 + 1) return {(uint32_t)__ldg(reinterpret_cast<const uint16_t*>(s + base + g0))};
+    return {(uint32_t)__ldg(s + base + g0) | ((uint32_t)__ldg(s + base + g1) << 8)};
+  }
+  // In range (row < N, the chunk inside K, hence K % 32 == 0 and `groups` even): one 2-byte load.
+  __device__ Side side_fast(int row, int k0) const {
+    return {(uint32_t)__ldg(reinterpret_cast<const uint16_t*>(s + (long)row * groups + k0 / 16))};
+  }
+  __device__ void decode(const uint4& raw, const Side& sd, uint32_t (&A)[EC / 2]) const {
+    const uint32_t sc0 = scale2((uint8_t)(sd.two & 0xffu));
+    const uint32_t sc1 = scale2((uint8_t)(sd.two >> 8));
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
     constexpr uint32_t MAG = 0x01C001C0u, SGN = 0x80008000u;
 #pragma unroll
@@ -49,7 +61,7 @@ struct PolicyNVFP4 {
     }
   }
   template <int MT>
-  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], int, int, int) const {}
+  __device__ void partial(float (&)[MT][4], const float (&)[MT][4], const Side&, const Side&) const {}
   __device__ float out_scale(int token) const { return A4 ? osc * __ldg(xs + token) : osc; }
 };
 
