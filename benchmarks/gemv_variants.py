@@ -1,5 +1,5 @@
-"""Compile-variant sweep of the GEMV kernels at M=1: every (GEMV_MIN_BLOCKS, GEMV_UNROLL, GEMV_XPREFETCH,
-GEMV_BULK) x scheme x shape, each with its first-call autotuned launch, beside cuBLAS BF16 and the
+"""Compile-variant sweep of the GEMV kernels at M=1: every (GEMV_MIN_BLOCKS, GEMV_UNROLL, GEMV_XPREFETCH)
+x scheme x shape, each with its first-call autotuned launch, beside cuBLAS BF16 and the
 device-to-device copy ceiling measured in the same run. Picks COMPILE_TUNING for lowbit/kernels/gemv.py.
 Usage: python benchmarks/gemv_variants.py OUT_DIR [scheme,...]  (every variant is compiled first, 16 threads)"""
 
@@ -20,16 +20,15 @@ from lowbit.verify.bench_gemv import _cublas_bf16, random_gpu_weight
 from lowbit.verify.bench import BenchContext
 
 SHAPES = [(8192, 8192), (29568, 8192), (4096, 4096)]
-#: (GEMV_MIN_BLOCKS, GEMV_UNROLL, GEMV_XPREFETCH, GEMV_BULK): register-staged loads, then bulk-copy rings
-VARIANTS = [(mb, un, 0, 0) for mb, un in itertools.product((1, 2, 3), (1, 2, 3))] + \
-    [(1, un, xp, st) for un, st, xp in itertools.product((2, 4), (3, 4, 6), (0, 1))]
+KNOBS = ("GEMV_MIN_BLOCKS", "GEMV_UNROLL", "GEMV_XPREFETCH")
+VARIANTS = [(mb, un, xp) for mb, un, xp in itertools.product((1, 2, 3), (1, 2, 3, 4), (0, 1))]
 
 
 def precompile(schemes, arch):
     jobs = []
     for scheme in schemes:
         for v in VARIANTS:
-            G.COMPILE_TUNING[scheme] = v
+            G.COMPILE_TUNING[scheme] = dict(zip(KNOBS, v))
             jobs.append((G._FILES[scheme], C._define_flags(G.compile_defines(scheme))))
     with concurrent.futures.ThreadPoolExecutor(16) as ex:
         list(ex.map(lambda j: C._cubin(j[0], j[1], arch), jobs))
@@ -55,7 +54,7 @@ def main() -> None:
             x = cupy.random.standard_normal((1, k), dtype=cupy.float32).astype(G._bf16())
             line = []
             for v in VARIANTS:
-                G.COMPILE_TUNING[scheme] = v
+                G.COMPILE_TUNING[scheme] = dict(zip(KNOBS, v))
                 G._planned.cache_clear()
                 G._TUNED.clear()
                 us = time_rotating(lambda i: G.gemv(ws[i], x), len(ws), ctx.iters)

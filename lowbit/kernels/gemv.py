@@ -19,46 +19,23 @@ from lowbit.kernels.weights import GpuWeight
 import os
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
-#: per weight scheme (GEMV_MIN_BLOCKS, GEMV_UNROLL, GEMV_XPREFETCH, GEMV_BULK): the best measured on H200
-#: (benchmarks/RESULTS.md); LOWBIT_GEMV_MIN_BLOCKS / _UNROLL / _XPREFETCH / _BULK override them for
-#: experiments. GEMV_BULK (bulk-copy shared-memory stages) needs sm_90+; older GPUs get 0.
-COMPILE_TUNING = {"bf16": (3, 2, 0, 0), "fp8-block": (2, 2, 0, 0), "nvfp4": (1, 2, 0, 0), "int4": (2, 2, 0, 0)}
-UNROLL = 2  # the most any scheme uses (the planner's minimum work per warp)
+#: compile-time knobs of cuda/common.cuh (see its header) and their defaults
+TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0}
+#: per weight scheme: the knobs measured best on H200 (benchmarks/gemv_variants.py, RESULTS.md); the env
+#: variables LOWBIT_<KNOB> (LOWBIT_GEMV_UNROLL=3 ...) override them for experiments.
+COMPILE_TUNING = {"bf16": {"GEMV_MIN_BLOCKS": 3, "GEMV_UNROLL": 2}, "fp8-block": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2},
+                  "nvfp4": {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2}, "int4": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2}}
+
+
+UNROLL = 2  # the planner's minimum work per warp (iterations), whatever the compile-time unroll
 
 
 def compile_defines(scheme: str) -> dict:
     """The -D constants the GEMV kernels of `scheme` are built with (COMPILE_TUNING, env overrides)."""
-    mb, un, xp, bulk = COMPILE_TUNING[scheme]
-    env = os.environ.get
-    bulk = int(env("LOWBIT_GEMV_BULK", bulk)) if _cc() >= 90 else 0
-    return {"GEMV_WARPS": WARPS, "GEMV_MIN_BLOCKS": int(env("LOWBIT_GEMV_MIN_BLOCKS", mb)),
-            "GEMV_UNROLL": int(env("LOWBIT_GEMV_UNROLL", un)), "GEMV_XPREFETCH": int(env("LOWBIT_GEMV_XPREFETCH", xp)),
-            "GEMV_BULK": bulk}
-
-
-def _cc() -> int:
-    """Compute capability of the current device as an int (90 for sm_90); 0 without cupy."""
-    try:
-        import cupy
-
-        return int(cupy.cuda.Device().compute_capability)
-    except Exception:  # noqa: BLE001 - no GPU: compile checks only
-        return 0
-
-
-def bulk_smem_bytes(defines: dict, warps: int) -> int:
-    """Dynamic shared memory of a GEMV_BULK launch: warps x stages x 16 rows x (unroll*64 + 16) bytes."""
-    stages = int(defines.get("GEMV_BULK", 0))
-    return warps * stages * 16 * (int(defines["GEMV_UNROLL"]) * 64 + 16) if stages else 0
-TUNE = os.environ.get("LOWBIT_GEMV_TUNE", "1") != "0"
-ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "nvfp4": ("nvfp4",)}
-_FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
-_TAGS = {("bf16", "bf16"): "bf16", ("fp8-block", "bf16"): "fp8", ("fp8-block", "fp8"): "fp8_a8",
-         ("nvfp4", "bf16"): "nvfp4", ("nvfp4", "nvfp4"): "nvfp4_a4", ("int4", "bf16"): "int4"}
-#: K per warp iteration (4 lanes x one 16-byte chunk) per weight scheme
-_KI = {"bf16": 32, "fp8-block": 64, "nvfp4": 128, "int4": 128}
-#: a NULL device pointer as a kernel argument (8 bytes of zeros)
-NULL = np.uint64(0)
+    d = {"GEMV_WARPS": WARPS}
+    for knob, default in TUNABLES.items():
+        d[knob] = int(os.environ.get("LOWBIT_" + knob, COMPILE_TUNING[scheme].get(knob, default)))
+    return d
 
 
 def _bf16():
@@ -219,12 +196,8 @@ def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int):
     """(kernel, warps, splits) for one shape, cached: the kernel's register count sets the occupancy."""
     from lowbit.kernels.compile import get_function
 
-    defines = compile_defines(scheme)
-    fn = get_function(file, name, defines)
-    smem_per_warp = bulk_smem_bytes(defines, 1)
-    if smem_per_warp:
-        fn.max_dynamic_shared_size_bytes = smem_per_warp * WARPS
-    return (fn, smem_per_warp, *plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs)))
+    fn = get_function(file, name, compile_defines(scheme))
+    return (fn, *plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs)))
 
 
 #: launch configs (row tiles, warps along K, splits) tried by the autotuner besides the planner's
@@ -280,7 +253,7 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
     dev = x.device.id
     mt = 1 if m <= 8 else 2
     tiles = -(-w.n // 16)
-    fn, smem_per_warp, pr, pk, ps = _planned(_FILES[w.scheme], f"gemv_{_kernel_tag(w, act)}_m{8 * mt}", w.n, w.k, w.scheme, dev)
+    fn, pr, pk, ps = _planned(_FILES[w.scheme], f"gemv_{_kernel_tag(w, act)}_m{8 * mt}", w.n, w.k, w.scheme, dev)
     xs = NULL
     if act == "fp8":
         x, xs = quantize_act_fp8(x)
@@ -297,8 +270,7 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
             raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
         ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
         fn((-(-tiles // wr), s), (wr * wk * 32,),
-           args + (ws, cnt, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group), np.int32(wk)),
-           shared_mem=smem_per_warp * wr * wk)
+           args + (ws, cnt, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group), np.int32(wk)))
 
     planned = (pr, pk, ps)
     if cta is not None or splits is not None:

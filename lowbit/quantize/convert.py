@@ -129,7 +129,29 @@ def _finish(ck: Checkpoint, plan: Plan, partial: Path, source_id: str, shard_sha
     return write_manifest(partial, plan, source_id, known=shard_sha)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _hash_and_sync(path: Path) -> str:
+    """sha256 of a finished shard, then its bytes forced to disk (in the hashing thread, overlapping
+    the next shard's work), so the final rename never publishes data that a crash could still lose."""
+    digest = sha256_file(path)
+    _fsync(path)
+    return digest
+
+
 def _publish(partial: Path, out: Path) -> None:
+    """Make the finished directory durable (small files and the directory entry; shards were synced
+    as they were hashed), then rename it into place; a replaced OUT is removed only after that."""
+    for p in partial.iterdir():
+        if p.is_file() and not p.name.endswith(".safetensors"):
+            _fsync(p)
+    _fsync(partial)
     old = None
     if out.exists():
         old = out.with_name(out.name + ".lowbit-old")
@@ -137,6 +159,7 @@ def _publish(partial: Path, out: Path) -> None:
             shutil.rmtree(old)
         out.rename(old)
     partial.rename(out)
+    _fsync(out.parent)
     if old is not None:
         shutil.rmtree(old)
 
@@ -260,7 +283,7 @@ def _run(ck: Checkpoint, plan: Plan, partial: Path, journal: Journal, quantize_f
                 raise
             if pending:
                 journal.record(*pending.result())
-            pending = hasher.submit(lambda f=shard.file, p=path: (f, sha256_file(p)))
+            pending = hasher.submit(lambda f=shard.file, p=path: (f, _hash_and_sync(p)))
         if pending:
             journal.record(*pending.result())
     return reused

@@ -1,6 +1,7 @@
 """The lowbit.json manifest of a converted checkpoint, and the resume journal of a partial one.
 
-lowbit.json: lowbit version, scheme and options, source (absolute path or repo@commit), what stayed
+lowbit.json: lowbit version, scheme and options, the plan's settings (--ignore patterns, --generic,
+--max-shard-size), source (absolute path or repo@commit), what stayed
 BF16 and why, the sha256 of every other file in the directory, and `manifest_sha256` (its own
 canonical text without that field), so any modified byte is detectable. No timestamps: the same
 input and options give the same bytes.
@@ -44,6 +45,7 @@ def write_manifest(out_dir: Path, plan, source_id: str, known: dict[str, str] | 
         "lowbit_version": __version__,
         "scheme": plan.scheme,
         "options": plan.opts,
+        "settings": plan.settings,
         "source": source_id,
         "quantized_tensors": sum(it.quantize for it in plan.items),
         "kept_bf16": [[name, why] for name, why in plan.kept],

@@ -59,6 +59,8 @@ class Plan:
     groups: dict[str, list[str]]  # fused group key -> member source names (quantized only)
     ignore: list[str]  # module names written to quantization_config
     warnings: list[str] = field(default_factory=list)
+    #: how the plan was asked for, beyond the scheme options (recorded in lowbit.json)
+    settings: dict = field(default_factory=dict)
 
     @property
     def kept(self) -> list[tuple[str, str]]:
@@ -206,4 +208,6 @@ def make_plan(ck: Checkpoint, scheme: str, *, group_size: int = 128, asymmetric:
                           f"(options {opts}); check the architecture, --ignore and --group-size")
     shards = _shard(items, max(1, max_shard_bytes))
     assert math.fsum(len(s.items) for s in shards) == len(items)
-    return Plan(scheme, opts, items, shards, groups, _ignore_list(items, scheme), _warnings(items, ck, scheme))
+    settings = {"ignore_patterns": list(ignore), "generic": bool(generic), "max_shard_bytes": int(max_shard_bytes)}
+    return Plan(scheme, opts, items, shards, groups, _ignore_list(items, scheme), _warnings(items, ck, scheme),
+                settings)

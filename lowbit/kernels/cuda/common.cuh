@@ -8,7 +8,12 @@
 // chunk: bf16 8, fp8 16, fp4/int4 32). Lane (g = lane/4, t = lane%4) loads rows g and g+8 of the tile,
 // chunk (it*4 + t) of each row, with 16-byte non-temporal loads (ld.global.nc.L1::no_allocate),
 // GEMV_UNROLL iterations in flight together with the rows' scales (P::side): no load in the loop waits
-// on another. The launcher picks warps per CTA and splits to fill the GPU evenly.
+// on another. Two loops: the fast one covers whole stages of chunks that lie inside K on 16-byte-aligned
+// rows (no bounds checks; rows past N clamped to row N-1, their outputs never written; pointers advance
+// by a fixed stride), the general one the rest (a K tail; rows that are not 16-byte multiples: masked
+// loads, zeros past N and K). The launcher picks warps per CTA and splits to fill the GPU evenly.
+// Measured on H200 and dropped (benchmarks/RESULTS.md): bulk-copy (cp.async.bulk) shared-memory rings
+// per warp, and a single register ring refilled per iteration: both slower than the two buffers.
 //
 // Math. The chunk is decoded to bf16 pairs and fed to the tensor cores with
 // mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32: A = 16 W rows x 16 k-slots, B = 16 k-slots x 8 tokens,
@@ -43,13 +48,6 @@
 #endif
 #ifndef GEMV_UNROLL
 #define GEMV_UNROLL 2
-#endif
-// GEMV_BULK: 0 = W chunks through registers (ld.global.nc, one stage ahead); S >= 2 = each warp streams
-// its 16 rows through a private ring of S shared-memory stages filled by bulk copies (cp.async.bulk,
-// sm_90+) completing on per-stage mbarriers, S-1 stages ahead. Dynamic shared memory:
-// warps * S * 16 * (GEMV_UNROLL * 64 + 16) bytes (the launcher passes it).
-#ifndef GEMV_BULK
-#define GEMV_BULK 0
 #endif
 // GEMV_XPREFETCH: 1 = x pairs are loaded with the weights one stage ahead (registers), 0 = at use (L1)
 #ifndef GEMV_XPREFETCH
@@ -111,28 +109,6 @@ __device__ __forceinline__ void load_x(const Args& a, int token, int k0, uint32_
 }
 
 
-#if GEMV_BULK
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void mbar_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)));
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase) {
-  uint32_t done;
-  do {
-    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                 : "=r"(done) : "r"(smem_u32(bar)), "r"(phase) : "memory");
-  } while (!done);
-}
-__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-               ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
-}
-__device__ __forceinline__ uint4 lds16(const uint8_t* p) { return *reinterpret_cast<const uint4*>(p); }
-#endif
-
 // NP bf16 pairs at xr + off (16-byte loads; the caller guarantees they lie inside K); zeros if xr is null.
 template <int NP>
 __device__ __forceinline__ void load_x_fast(const uint16_t* xr, long off, uint32_t (&X)[NP]) {
@@ -176,6 +152,14 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 __device__ __forceinline__ uint32_t hmul2_bf16(uint32_t a, uint32_t b) {
   __nv_bfloat162 r = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
   return *reinterpret_cast<uint32_t*>(&r);
+}
+
+// (a & m) | c in one LOP3 (the compiler splits two immediate masks into an AND and an OR).
+template <uint32_t M>
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(M), "r"(c));
+  return d;
 }
 
 __device__ __forceinline__ uint32_t hsub2_bf16(uint32_t a, uint32_t b) {
@@ -284,56 +268,68 @@ __device__ __forceinline__ void load_stage(const Args& a, const P& p, long row_b
 // checks. Rows past N are clamped to row N-1 (valid memory; their outputs are never written).
 // wa/wb point at the lane's first chunk of its two rows, xr[mt] at its token's x (nullptr past M).
 template <class P, int MT, int U>
+__device__ __forceinline__ void load_one_fast(const P& p, const uint8_t* wa, const uint8_t* wb, int rca, int rcb,
+                                              const uint16_t* const (&xr)[MT], int t, int it, Stage<P, MT, U>& st,
+                                              int u) {
+  const int k0 = (it * 4 + t) * P::EC;
+  st.wa[u] = ld_stream16(wa + (long)it * 64);
+  st.wb[u] = ld_stream16(wb + (long)it * 64);
+  st.sa[u] = p.side_fast(rca, k0);
+  st.sb[u] = p.side_fast(rcb, k0);
+#if GEMV_XPREFETCH
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) load_x_fast<P::EC / 2>(xr[mt], (long)it * 4 * P::EC, st.X[u][mt]);
+#endif
+}
+
+template <class P, int MT, int U>
 __device__ __forceinline__ void load_stage_fast(const P& p, const uint8_t* wa, const uint8_t* wb, int rca, int rcb,
                                                 const uint16_t* const (&xr)[MT], int t, int it0, Stage<P, MT, U>& st) {
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int it = it0 + u, k0 = (it * 4 + t) * P::EC;
-    st.wa[u] = ld_stream16(wa + (long)it * 64);
-    st.wb[u] = ld_stream16(wb + (long)it * 64);
-    st.sa[u] = p.side_fast(rca, k0);
-    st.sb[u] = p.side_fast(rcb, k0);
+  for (int u = 0; u < U; ++u) load_one_fast<P, MT, U>(p, wa, wb, rca, rcb, xr, t, it0 + u, st, u);
+}
+
+// One iteration's math (entry u of a stage, iteration it): decode, mma, per-iteration partial scaling.
+template <class P, int MT, int U, bool FAST>
+__device__ __forceinline__ void compute_one(const Args& a, const P& p, const Stage<P, MT, U>& st,
+                                            const uint16_t* const (&xr)[MT], int g, int t, int it, int u,
+                                            float (&acc)[MT][4]) {
+  constexpr int EC = P::EC, NP = EC / 2;
+  uint32_t X[MT][NP], RA[NP], RB[NP];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
 #if GEMV_XPREFETCH
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) load_x_fast<P::EC / 2>(xr[mt], (long)it * 4 * P::EC, st.X[u][mt]);
+    for (int i = 0; i < NP; ++i) X[mt][i] = st.X[u][mt][i];
+#else
+    if (FAST) load_x_fast<NP>(xr[mt], (long)it * 4 * EC, X[mt]);
+    else load_x<NP>(a, g + 8 * mt, (it * 4 + t) * EC, X[mt]);
 #endif
+    P::xperm(X[mt]);
+  }
+  p.decode(st.wa[u], st.sa[u], RA);
+  p.decode(st.wb[u], st.sb[u], RB);
+  if constexpr (P::PARTIAL) {
+    float part[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) part[mt][i] = 0.f;
+    mma_chunk<NP, MT>(part, RA, RB, X);
+    p.partial(acc, part, st.sa[u], st.sb[u]);
+  } else {
+    mma_chunk<NP, MT>(acc, RA, RB, X);
   }
 }
 
-// One stage's math: decode, mma, per-iteration partial scaling. it0: the stage's first iteration.
 template <class P, int MT, int U, bool FAST>
 __device__ __forceinline__ void compute_stage(const Args& a, const P& p, const Stage<P, MT, U>& st,
                                               const uint16_t* const (&xr)[MT], int g, int t, int it0, int it_end,
                                               float (&acc)[MT][4]) {
-  constexpr int EC = P::EC, NP = EC / 2;
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     if (!FAST && it0 + u >= it_end) break;
-    uint32_t X[MT][NP], RA[NP], RB[NP];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#if GEMV_XPREFETCH
-#pragma unroll
-      for (int i = 0; i < NP; ++i) X[mt][i] = st.X[u][mt][i];
-#else
-      if (FAST) load_x_fast<NP>(xr[mt], (long)(it0 + u) * 4 * EC, X[mt]);
-      else load_x<NP>(a, g + 8 * mt, ((it0 + u) * 4 + t) * EC, X[mt]);
-#endif
-      P::xperm(X[mt]);
-    }
-    p.decode(st.wa[u], st.sa[u], RA);
-    p.decode(st.wb[u], st.sb[u], RB);
-    if constexpr (P::PARTIAL) {
-      float part[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) part[mt][i] = 0.f;
-      mma_chunk<NP, MT>(part, RA, RB, X);
-      p.partial(acc, part, st.sa[u], st.sb[u]);
-    } else {
-      mma_chunk<NP, MT>(acc, RA, RB, X);
-    }
+    compute_one<P, MT, U, FAST>(a, p, st, xr, g, t, it0 + u, u, acc);
   }
 }
 
@@ -368,66 +364,9 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
 
   if (it_fast > it_beg) {
     const int rca = min(ra, a.n - 1), rcb = min(rb, a.n - 1);
-#if GEMV_BULK
-    // The warp's ring: S stages x 16 rows x (U*64 + 16) bytes (16-byte pad: conflict-free 16-byte reads).
-    constexpr int S = GEMV_BULK, SEG = U * 64, PITCH = SEG + 16;
-    extern __shared__ __align__(128) uint8_t bulk_smem[];
-    __shared__ uint64_t bulk_bar[GEMV_WARPS][S];
-    uint8_t* ring = bulk_smem + (long)warp * S * 16 * PITCH;
-    uint64_t* bar = bulk_bar[warp];
-    const uint8_t* myrow = a.w + (long)min(tile * 16 + (lane & 15), a.n - 1) * row_bytes;
-    if (lane == 0) {
-      for (int j = 0; j < S; ++j) mbar_init(bar + j);
-      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncwarp();
-    const int stages = (it_fast - it_beg) / U;
-    auto issue = [&](int st) {  // stage st (iterations it_beg + st*U ...) into slot st % S
-      const int j = st % S;
-      if (lane == 0) mbar_expect_tx(bar + j, 16 * SEG);
-      __syncwarp();
-      if (lane < 16) bulk_g2s(ring + (j * 16 + lane) * PITCH, myrow + (long)(it_beg + st * U) * 64, SEG, bar + j);
-    };
-    for (int st = 0; st < S - 1 && st < stages; ++st) issue(st);
-    typename P::Side sa[U], sb[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      sa[u] = p.side_fast(rca, ((it_beg + u) * 4 + t) * EC);
-      sb[u] = p.side_fast(rcb, ((it_beg + u) * 4 + t) * EC);
-    }
-    for (int st = 0; st < stages; ++st) {
-      if (st + S - 1 < stages) issue(st + S - 1);
-      const int it0 = it_beg + st * U, j = st % S;
-      Stage<P, MT, U> cur;
-#pragma unroll
-      for (int u = 0; u < U; ++u) { cur.sa[u] = sa[u]; cur.sb[u] = sb[u]; }
-      if (st + 1 < stages) {  // the next stage's side data, one stage ahead
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          sa[u] = p.side_fast(rca, ((it0 + U + u) * 4 + t) * EC);
-          sb[u] = p.side_fast(rcb, ((it0 + U + u) * 4 + t) * EC);
-        }
-      }
-#if GEMV_XPREFETCH
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) load_x_fast<P::EC / 2>(xr[mt], (long)(it0 + u) * 4 * EC, cur.X[u][mt]);
-#endif
-      mbar_wait(bar + j, (uint32_t)((st / S) & 1));
-      const uint8_t* slot = ring + j * 16 * PITCH;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        cur.wa[u] = lds16(slot + g * PITCH + (u * 4 + t) * 16);
-        cur.wb[u] = lds16(slot + (g + 8) * PITCH + (u * 4 + t) * 16);
-      }
-      __syncwarp();  // every lane has read slot j before it is refilled
-      compute_stage<P, MT, U, true>(a, p, cur, xr, g, t, it0, it_fast, acc);
-    }
-#else
-    // double-buffered: stage i+1's loads are issued before stage i is computed
     const uint8_t* wa = a.w + (long)rca * row_bytes + t * 16;
     const uint8_t* wb = a.w + (long)rcb * row_bytes + t * 16;
+    // double-buffered: stage i+1's loads are issued before stage i is computed
     Stage<P, MT, U> cur;
     load_stage_fast<P, MT, U>(p, wa, wb, rca, rcb, xr, t, it_beg, cur);
     for (int it0 = it_beg; it0 < it_fast; it0 += U) {
@@ -436,7 +375,6 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
       compute_stage<P, MT, U, true>(a, p, cur, xr, g, t, it0, it_fast, acc);
       cur = nxt;
     }
-#endif
   }
   if (it_end > it_fast) {
     Stage<P, MT, U> cur;

@@ -51,7 +51,7 @@ struct PolicyInt4 {
     for (int q = 0; q < 4; ++q)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const uint32_t v = ((w[q] >> (4 * i)) & 0x000F000Fu) | 0x43004300u;
+        const uint32_t v = lb::and_or<0x000F000Fu>(w[q] >> (4 * i), 0x43004300u);
         A[4 * q + i] = lb::hmul2_bf16(lb::hsub2_bf16(v, c2), sc2);
       }
   }
@@ -93,7 +93,7 @@ struct PolicyInt4G128 {
 #pragma unroll
     for (int q = 0; q < 4; ++q)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) A[4 * q + i] = lb::hsub2_bf16(((w[q] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, c2);
+      for (int i = 0; i < 4; ++i) A[4 * q + i] = lb::hsub2_bf16(lb::and_or<0x000F000Fu>(w[q] >> (4 * i), 0x43004300u), c2);
   }
   template <int MT>
   __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], const Side& da, const Side& db) const {
