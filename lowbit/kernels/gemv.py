@@ -38,6 +38,17 @@ def compile_defines(scheme: str) -> dict:
     return d
 
 
+TUNE = os.environ.get("LOWBIT_GEMV_TUNE", "1") != "0"
+ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "nvfp4": ("nvfp4",)}
+_FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
+_TAGS = {("bf16", "bf16"): "bf16", ("fp8-block", "bf16"): "fp8", ("fp8-block", "fp8"): "fp8_a8",
+         ("nvfp4", "bf16"): "nvfp4", ("nvfp4", "nvfp4"): "nvfp4_a4", ("int4", "bf16"): "int4"}
+#: K per warp iteration (4 lanes x one 16-byte chunk) per weight scheme
+_KI = {"bf16": 32, "fp8-block": 64, "nvfp4": 128, "int4": 128}
+#: a NULL device pointer as a kernel argument (8 bytes of zeros)
+NULL = np.uint64(0)
+
+
 def _bf16():
     import ml_dtypes
 
