@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,6 +146,22 @@ def test_sharding_and_index(tiny, tmp_path):
     out = open_checkpoint(tmp_path / "o")  # validates the index against every shard
     assert sorted(idx["weight_map"]) == out.names()
     assert idx["metadata"]["total_size"] == out.total_bytes()
+    settings = json.loads((tmp_path / "o" / "lowbit.json").read_text())["settings"]
+    assert settings == {"ignore_patterns": [], "generic": False, "max_shard_bytes": 400_000}
+
+
+def test_manifest_records_ignore_and_every_file_is_fsynced(tiny, tmp_path, monkeypatch):
+    import os
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    out = tmp_path / "o"
+    convert(tiny("llama"), out, "fp8-block", ignore=[r"layers\.0\.mlp"])
+    settings = json.loads((out / "lowbit.json").read_text())["settings"]
+    assert settings["ignore_patterns"] == [r"layers\.0\.mlp"] and settings["generic"] is False
+    assert {p.name for p in out.iterdir()} <= {Path(s).name for s in synced}  # every file, before the rename
+    assert str(tmp_path) in synced  # the parent directory, after the rename
 
 
 def test_chunked_rows_equal_whole(tiny, tmp_path, monkeypatch):
