@@ -103,9 +103,20 @@ _ELEM_BYTES = {"bf16": 2.0, "fp8-block": 1.0, "nvfp4": 0.5, "int4": 0.5}
 
 
 @functools.lru_cache(maxsize=None)
+def _decode_fn(name: str, scheme_id: int, group: int, device_id: int):
+    return get_function("moe_decode.cu", name, {"SCHEME": scheme_id, "INT4_GROUP": group}), {"smem": -1}
+
+
 def _decode_kernel(name: str, scheme_id: int, group: int, smem: int):
-    f = get_function("moe_decode.cu", name, {"SCHEME": scheme_id, "INT4_GROUP": group})
-    f.max_dynamic_shared_size_bytes = smem
+    """The kernel, its dynamic shared-memory limit raised to `smem` if needed. The limit belongs to the
+    compiled function, which every (hidden, k, intermediate) shape shares: it is only ever raised, so a
+    smaller shape never lowers it under a larger one's launch."""
+    import cupy
+
+    f, state = _decode_fn(name, scheme_id, group, cupy.cuda.Device().id)
+    if state["smem"] < smem:
+        f.max_dynamic_shared_size_bytes = smem
+        state["smem"] = smem
     return f
 
 

@@ -116,6 +116,19 @@ def test_moe_experts_every_scheme(scheme, opts, path, t):
 
 
 @pytest.mark.gpu
+def test_moe_decode_shapes_in_any_order():
+    # the decode kernels' shared-memory limit belongs to the compiled function that every shape shares:
+    # a smaller shape after a larger one must not lower it under the larger one's next launch
+    rng = np.random.default_rng(5)
+    big, small = _experts("fp8-block", {}, 8, 512, 192, seed=6), _experts("fp8-block", {}, 8, 64, 32, seed=7)
+    for mw, dense in (big, small, big, small):
+        x = gc.random_bf16(rng, (2, mw.hidden))
+        ids = _ragged_ids(2, 8, 4, rng, "random")
+        err = _run_experts(mw, dense, x, ids, rng.random((2, 4)).astype(np.float32), path="decode")
+        assert err < gc.MOE_BOUND, err
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("t", [5, 64, 1000])
 def test_moe_w8a8_prefill(t):
     mw, dense = _experts("fp8-block", {}, 8, 256, 384, seed=2)
