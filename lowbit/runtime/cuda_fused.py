@@ -46,20 +46,43 @@ __device__ unsigned short to_bf16_rne(float f) {
     return (unsigned short)(u >> 16);
 }
 
+// Row norms keep the row in registers (RPT values per thread, all loads issued before the first use):
+// one memory latency per pass instead of one per loop trip. Rows longer than RPT * blockDim take the loop.
+#define RPT 8
+
 // y (fp32) or yb (bf16 bits, RNE as cupy's astype) = x * rsqrt(mean(x^2) + eps) * w, one block per row
 extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w,
                                         float* __restrict__ y, unsigned short* __restrict__ yb, int n, float eps) {
     __shared__ float red[32];
     const float* xr = x + (long long)blockIdx.x * n;
+    float vals[RPT], ws[RPT];
     float s = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) { float v = xr[i]; s += v * v; }
-    float r = rsqrtf(block_sum(s, red) / (float)n + eps);
-    if (yb) {
-        unsigned short* ybr = yb + (long long)blockIdx.x * n;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) ybr[i] = to_bf16_rne(xr[i] * r * w[i]);
+    const bool reg = n <= RPT * (int)blockDim.x;
+    if (reg) {
+#pragma unroll
+        for (int c = 0; c < RPT; ++c) {
+            const int i = threadIdx.x + c * blockDim.x;
+            vals[c] = i < n ? xr[i] : 0.f;
+            ws[c] = i < n ? w[i] : 0.f;
+        }
+#pragma unroll
+        for (int c = 0; c < RPT; ++c) s += vals[c] * vals[c];
     } else {
-        float* yr = y + (long long)blockIdx.x * n;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * r * w[i];
+        for (int i = threadIdx.x; i < n; i += blockDim.x) { float v = xr[i]; s += v * v; }
+    }
+    float r = rsqrtf(block_sum(s, red) / (float)n + eps);
+    unsigned short* ybr = yb ? yb + (long long)blockIdx.x * n : nullptr;
+    float* yr = y ? y + (long long)blockIdx.x * n : nullptr;
+    if (reg) {
+#pragma unroll
+        for (int c = 0; c < RPT; ++c) {
+            const int i = threadIdx.x + c * blockDim.x;
+            if (i < n) { if (ybr) ybr[i] = to_bf16_rne(vals[c] * r * ws[c]); else yr[i] = vals[c] * r * ws[c]; }
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            if (ybr) ybr[i] = to_bf16_rne(xr[i] * r * w[i]); else yr[i] = xr[i] * r * w[i];
+        }
     }
 }
 
@@ -70,17 +93,45 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ h, const float* __re
     __shared__ float red[32];
     float* hr = h + (long long)blockIdx.x * n;
     long long off = (long long)blockIdx.x * n;
+    float vals[RPT], ws[RPT];
     float s = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float d = df ? df[off + i] : __uint_as_float(((unsigned int)db[off + i]) << 16);
-        float v = hr[i] + d;
-        hr[i] = v;
-        s += v * v;
+    const bool reg = n <= RPT * (int)blockDim.x;
+    if (reg) {
+        float ds[RPT];
+#pragma unroll
+        for (int c = 0; c < RPT; ++c) {
+            const int i = threadIdx.x + c * blockDim.x;
+            vals[c] = i < n ? hr[i] : 0.f;
+            ds[c] = i < n ? (df ? df[off + i] : __uint_as_float(((unsigned int)db[off + i]) << 16)) : 0.f;
+            ws[c] = i < n ? w[i] : 0.f;
+        }
+#pragma unroll
+        for (int c = 0; c < RPT; ++c) {
+            const int i = threadIdx.x + c * blockDim.x;
+            vals[c] += ds[c];
+            if (i < n) hr[i] = vals[c];
+            s += vals[c] * vals[c];
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float d = df ? df[off + i] : __uint_as_float(((unsigned int)db[off + i]) << 16);
+            float v = hr[i] + d;
+            hr[i] = v;
+            s += v * v;
+        }
     }
     float r = rsqrtf(block_sum(s, red) / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = hr[i] * r * w[i];
-        if (yb) yb[off + i] = to_bf16_rne(v); else y[off + i] = v;
+    if (reg) {
+#pragma unroll
+        for (int c = 0; c < RPT; ++c) {
+            const int i = threadIdx.x + c * blockDim.x;
+            if (i < n) { float v = vals[c] * r * ws[c]; if (yb) yb[off + i] = to_bf16_rne(v); else y[off + i] = v; }
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float v = hr[i] * r * w[i];
+            if (yb) yb[off + i] = to_bf16_rne(v); else y[off + i] = v;
+        }
     }
 }
 
@@ -171,11 +222,24 @@ extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* 
     const float* kb = k + (long long)kvh * max_ctx * d;
     const float* vb = v + (long long)kvh * max_ctx * d;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int t = t0 + warp; t < T; t += warps) {
-        float acc = 0.f;
-        for (int j = lane; j < d; j += 32) acc += qs[j] * kb[(long long)t * d + j];
-        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (lane == 0) s[t - t0] = acc * scale;
+    // scores: each warp takes KPW keys at a time (independent loads in flight), lanes split d
+    constexpr int KPW = 4;
+    for (int tb = t0 + warp * KPW; tb < T; tb += warps * KPW) {
+        float acc[KPW];
+#pragma unroll
+        for (int u = 0; u < KPW; ++u) acc[u] = 0.f;
+        for (int j = lane; j < d; j += 32) {
+            const float qj = qs[j];
+#pragma unroll
+            for (int u = 0; u < KPW; ++u)
+                if (tb + u < T) acc[u] += qj * kb[(long long)(tb + u) * d + j];
+        }
+#pragma unroll
+        for (int u = 0; u < KPW; ++u) {
+            float a = acc[u];
+            for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+            if (lane == 0 && tb + u < T) s[tb + u - t0] = a * scale;
+        }
     }
     __syncthreads();
     float mx = __int_as_float(0xff800000);
@@ -185,19 +249,39 @@ extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* 
     for (int t = threadIdx.x; t < T - t0; t += blockDim.x) { float e = expf(s[t] - mx); s[t] = e; sum += e; }
     sum = block_sum(sum, red);
     __syncthreads();
+    // out = sum_t p_t v_t: the block's threads split (d columns) x (key slices), several independent
+    // loads in flight per thread; the slices' partials are summed in shared memory in a fixed order
+    const int slices = max(1, (int)blockDim.x / d), n_t = T - t0, per = (n_t + slices - 1) / slices;
+    float* part = sh + d + (n_t + 3) / 4 * 4;  // [slices][d], after the scores (launcher: 4 floats slack)
+    for (int idx = threadIdx.x; idx < slices * d; idx += blockDim.x) {
+        const int j = idx % d, a0 = t0 + (idx / d) * per, a1 = min(T, a0 + per);
+        float acc = 0.f;
+#pragma unroll 8
+        for (int t = a0; t < a1; ++t) acc += s[t - t0] * vb[(long long)t * d + j];
+        part[idx] = acc;
+    }
+    __syncthreads();
     for (int j = threadIdx.x; j < d; j += blockDim.x) {
         float acc = 0.f;
-        for (int t = t0; t < T; ++t) acc += s[t - t0] * vb[(long long)t * d + j];
+        for (int q2 = 0; q2 < slices; ++q2) acc += part[q2 * d + j];
         out[(long long)h * d + j] = acc / sum;
     }
 }
 """
 
 MAX_SPAN = 8192
+#: threads per attention block (one block per query head): 8 warps x 4 keys in flight for the scores
+ATTEND_THREADS = 256
+
+
+def norm_threads(n: int) -> int:
+    """Threads per row of the RMSNorm kernels: enough for RPT (8) values of the row in each thread's
+    registers (rows past 8 * 1024 take the kernels' loop)."""
+    return min(1024, max(128, -(-n // (8 * 32)) * 32))
 
 
 class Fused:
-    max_span = MAX_SPAN     # attend keeps the scores of `span` keys in shared memory (4 * (D + span) bytes)
+    max_span = MAX_SPAN     # attend keeps the scores of `span` keys in shared memory (4 * (D + span + ...) bytes)
 
     def __init__(self):
         import cupy
@@ -227,7 +311,7 @@ class Fused:
         else:
             y = cp.empty_like(x)
             args = (x, w, y, null, np.int32(n), np.float32(eps))
-        self._rms((x.size // n,), (128,), args)
+        self._rms((x.size // n,), (norm_threads(n),), args)
         return y
 
     def add_rms_norm(self, h, delta, w, eps: float):
@@ -243,7 +327,7 @@ class Fused:
         else:
             df, db = cp.ascontiguousarray(delta, dtype=cp.float32), null
         y = cp.empty(h.shape, dtype=BF16)
-        self._add_rms((h.size // n,), (128,), (h, df, db, w, null, y, np.int32(n), np.float32(eps)))
+        self._add_rms((h.size // n,), (norm_threads(n),), (h, df, db, w, null, y, np.int32(n), np.float32(eps)))
         return h, y
 
     def rope(self, x, cos, sin, pos, start: int, w=None, eps: float = 0.0):
@@ -289,8 +373,9 @@ class Fused:
         heads, d = q.shape
         kv_heads, max_ctx, _ = k_cache.shape
         out = cp.empty_like(q)
-        smem = 4 * (d + span)
-        self._attend((heads,), (128,), (cp.ascontiguousarray(q), k_cache, v_cache, out, pos, np.int32(max_ctx),
+        threads = ATTEND_THREADS
+        smem = 4 * (d + span + 4 + max(1, threads // d) * d)
+        self._attend((heads,), (threads,), (cp.ascontiguousarray(q), k_cache, v_cache, out, pos, np.int32(max_ctx),
                                         np.int32(heads // kv_heads), np.int32(d), np.float32(scale),
                                         np.int32(window or 0)), shared_mem=smem)
         return out
