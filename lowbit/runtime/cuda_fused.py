@@ -209,7 +209,7 @@ extern "C" __global__ void swiglu_bf16(const unsigned short* __restrict__ y, uns
 extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* __restrict__ k,
                                       const float* __restrict__ v, float* __restrict__ out,
                                       const int* __restrict__ pos, int max_ctx, int group, int d,
-                                      float scale, int window) {
+                                      float scale, int window, unsigned short* __restrict__ outb) {
     extern __shared__ float sh[];           // [d] query, then [T] scores
     __shared__ float red[32];
     int h = blockIdx.x, kvh = h / group;
@@ -264,7 +264,7 @@ extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* 
     for (int j = threadIdx.x; j < d; j += blockDim.x) {
         float acc = 0.f;
         for (int q2 = 0; q2 < slices; ++q2) acc += part[q2 * d + j];
-        out[(long long)h * d + j] = acc / sum;
+        if (outb) outb[(long long)h * d + j] = to_bf16_rne(acc / sum); else out[(long long)h * d + j] = acc / sum;
     }
 }
 """
@@ -367,15 +367,24 @@ class Fused:
     def silu_mul(self, g, u):
         return self._silu(g, u)
 
-    def attend(self, q, k_cache, v_cache, pos, span: int, scale: float, window: int | None):
-        """q [heads, D] f32 of one token at device position pos -> [heads, D]."""
+    def attend(self, q, k_cache, v_cache, pos, span: int, scale: float, window: int | None, bf16: bool = False):
+        """q [heads, D] f32 of one token at device position pos -> [heads, D] f32, or bf16 (rounded as
+        astype would) when it only feeds the o_proj GEMV."""
         cp = self.cp
         heads, d = q.shape
         kv_heads, max_ctx, _ = k_cache.shape
-        out = cp.empty_like(q)
+        null = np.uint64(0)
+        if bf16:
+            from lowbit.formats.numerics import BF16
+
+            out = cp.empty(q.shape, dtype=BF16)
+            outs = (null, out)
+        else:
+            out = cp.empty_like(q)
+            outs = (out, null)
         threads = ATTEND_THREADS
         smem = 4 * (d + span + 4 + max(1, threads // d) * d)
-        self._attend((heads,), (threads,), (cp.ascontiguousarray(q), k_cache, v_cache, out, pos, np.int32(max_ctx),
+        self._attend((heads,), (threads,), (cp.ascontiguousarray(q), k_cache, v_cache, outs[0], pos, np.int32(max_ctx),
                                         np.int32(heads // kv_heads), np.int32(d), np.float32(scale),
-                                        np.int32(window or 0)), shared_mem=smem)
+                                        np.int32(window or 0), outs[1]), shared_mem=smem)
         return out

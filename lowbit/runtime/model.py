@@ -92,7 +92,8 @@ class Transformer:
             keys, values = self.kv.append(i, pos, k, v)          # [nkv, T, D], T = pos + m
             q = q[0] if fast else q
         if fast:                                                 # one kernel for the attention itself
-            o = ops.fused.attend(q, self.kv.k[i], self.kv.v[i], pos.index, pos.span, self.scale, cfg.sliding_window)
+            o = ops.fused.attend(q, self.kv.k[i], self.kv.v[i], pos.index, pos.span, self.scale, cfg.sliding_window,
+                                 bf16=True)
             return ops.linear(f"{p}.o_proj", o.reshape(1, cfg.heads * hd), raw=True)
         group = cfg.heads // nkv
         qg = q.reshape(m, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * m, hd)
