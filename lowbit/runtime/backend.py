@@ -94,6 +94,10 @@ class CpuOps:
     def lm_head(self, h):
         return h @ self.embed_w.T if self.tied else self.linear("lm_head", h)
 
+    def router(self, prefix: str, x, top_k: int, renormalize: bool):
+        """The MoE router module `prefix` on x: (expert ids [M, k], weights [M, k])."""
+        return self.route(self.linear(prefix, x), top_k, renormalize)
+
     @staticmethod
     def route(logits, top_k: int, renormalize: bool):
         """(expert ids [M, k], weights [M, k]): softmax over experts, the k largest, renormalized or not."""

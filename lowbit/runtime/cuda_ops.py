@@ -177,6 +177,18 @@ class CudaOps:
     def lm_head(self, h):
         return self.linear("lm_head", h)
 
+    def router(self, prefix: str, x, top_k: int, renormalize: bool):
+        """Few tokens and a plain BF16 router (the rule for every supported model): one fused launch
+        (fp32 logits of bf16 x and W, softmax, top-k; lowbit.kernels.moe_router.route); otherwise the
+        router GEMV, then route()."""
+        from lowbit.kernels import moe_router
+
+        w = self.lin[prefix]
+        if (w.scheme == "bf16" and w.experts is None and f"{prefix}.bias" not in self.vec and w.n <= moe_router.MAX_EXPERTS
+                and x.shape[0] <= moe_router.LOGITS_KERNEL_MAX_T and x.shape[-1] % 8 == 0):
+            return moe_router.route(self._bf16_in(x), w.tensors["weight"], top_k, "qwen3", renormalize)
+        return self.route(self.linear(prefix, x), top_k, renormalize)
+
     def route(self, logits, top_k: int, renormalize: bool):
         from lowbit.kernels.moe_router import topk
 

@@ -126,8 +126,7 @@ class Transformer:
         mixtral = cfg.arch == "mixtral"
         p = f"model.layers.{i}.block_sparse_moe" if mixtral else f"model.layers.{i}.mlp"
         names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
-        logits = ops.linear(f"{p}.gate", x)
-        top, w = ops.route(logits, cfg.top_k, cfg.norm_topk)     # softmax, top-k, renormalize
+        top, w = ops.router(f"{p}.gate", x, cfg.top_k, cfg.norm_topk)   # softmax, top-k, renormalize
         out = ops.moe_experts(p, x, top, w, names, self.mlp)
         if cfg.shared_intermediate:
             shared = self.mlp(f"{p}.shared_expert", x).astype(xp.float32)
