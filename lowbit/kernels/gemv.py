@@ -10,13 +10,12 @@ picks the CTA shape and the split-K factor (deterministic reductions) so the wei
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
 from lowbit.errors import KernelError
 from lowbit.kernels.weights import GpuWeight
-
-import os
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
 #: compile-time knobs of cuda/common.cuh (see its header) and their defaults
@@ -25,8 +24,6 @@ TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0}
 #: variables LOWBIT_<KNOB> (LOWBIT_GEMV_UNROLL=3 ...) override them for experiments.
 COMPILE_TUNING = {"bf16": {"GEMV_MIN_BLOCKS": 3, "GEMV_UNROLL": 2}, "fp8-block": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2},
                   "nvfp4": {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2}, "int4": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2}}
-
-
 UNROLL = 2  # the planner's minimum work per warp (iterations), whatever the compile-time unroll
 
 
