@@ -130,9 +130,19 @@ def _finish(ck: Checkpoint, plan: Plan, partial: Path, source_id: str, shard_sha
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    """Force a file (or a directory entry) to disk. Directories cannot be opened or synced on some
+    platforms (Windows): there it is skipped, files are always synced."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
     finally:
         os.close(fd)
 
