@@ -15,9 +15,8 @@ import cupy
 
 from lowbit.kernels import compile as C
 from lowbit.kernels import gemv as G
-from lowbit.verify.bench import copies_for, device_info, measure_copy_bandwidth, time_rotating
+from lowbit.verify.bench import BenchContext, copies_for, device_info, measure_copy_bandwidth, time_rotating
 from lowbit.verify.bench_gemv import _cublas_bf16, random_gpu_weight
-from lowbit.verify.bench import BenchContext
 
 SHAPES = [(8192, 8192), (29568, 8192), (4096, 4096)]
 KNOBS = ("GEMV_MIN_BLOCKS", "GEMV_UNROLL", "GEMV_XPREFETCH")

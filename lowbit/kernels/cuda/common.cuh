@@ -108,7 +108,6 @@ __device__ __forceinline__ void load_x(const Args& a, int token, int k0, uint32_
   }
 }
 
-
 // NP bf16 pairs at xr + off (16-byte loads; the caller guarantees they lie inside K); zeros if xr is null.
 template <int NP>
 __device__ __forceinline__ void load_x_fast(const uint16_t* xr, long off, uint32_t (&X)[NP]) {
@@ -268,25 +267,20 @@ __device__ __forceinline__ void load_stage(const Args& a, const P& p, long row_b
 // checks. Rows past N are clamped to row N-1 (valid memory; their outputs are never written).
 // wa/wb point at the lane's first chunk of its two rows, xr[mt] at its token's x (nullptr past M).
 template <class P, int MT, int U>
-__device__ __forceinline__ void load_one_fast(const P& p, const uint8_t* wa, const uint8_t* wb, int rca, int rcb,
-                                              const uint16_t* const (&xr)[MT], int t, int it, Stage<P, MT, U>& st,
-                                              int u) {
-  const int k0 = (it * 4 + t) * P::EC;
-  st.wa[u] = ld_stream16(wa + (long)it * 64);
-  st.wb[u] = ld_stream16(wb + (long)it * 64);
-  st.sa[u] = p.side_fast(rca, k0);
-  st.sb[u] = p.side_fast(rcb, k0);
-#if GEMV_XPREFETCH
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) load_x_fast<P::EC / 2>(xr[mt], (long)it * 4 * P::EC, st.X[u][mt]);
-#endif
-}
-
-template <class P, int MT, int U>
 __device__ __forceinline__ void load_stage_fast(const P& p, const uint8_t* wa, const uint8_t* wb, int rca, int rcb,
                                                 const uint16_t* const (&xr)[MT], int t, int it0, Stage<P, MT, U>& st) {
 #pragma unroll
-  for (int u = 0; u < U; ++u) load_one_fast<P, MT, U>(p, wa, wb, rca, rcb, xr, t, it0 + u, st, u);
+  for (int u = 0; u < U; ++u) {
+    const int it = it0 + u, k0 = (it * 4 + t) * P::EC;
+    st.wa[u] = ld_stream16(wa + (long)it * 64);
+    st.wb[u] = ld_stream16(wb + (long)it * 64);
+    st.sa[u] = p.side_fast(rca, k0);
+    st.sb[u] = p.side_fast(rcb, k0);
+#if GEMV_XPREFETCH
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) load_x_fast<P::EC / 2>(xr[mt], (long)it * 4 * P::EC, st.X[u][mt]);
+#endif
+  }
 }
 
 // One iteration's math (entry u of a stage, iteration it): decode, mma, per-iteration partial scaling.

@@ -31,12 +31,8 @@ struct PolicyInt4 {
   };
   // The group index is clamped, not branched on: past K x is zero, so any in-range scale gives 0 there
   // (q - zp is finite); no read leaves the scale / zero-point tensors.
-  __device__ Side side(int row, int k0) const {
-    const int r = min(row, n - 1), gi = min(k0 / group, groups - 1);
-    uint32_t zp = 8u;
-    if (z != nullptr) zp = ((uint32_t)__ldg(z + (long)(r >> 3) * groups + gi) >> (4 * (r & 7))) & 0xfu;
-    return {(uint32_t)__ldg(s + (long)r * groups + gi), zp};
-  }
+  __device__ Side side(int row, int k0) const { return side_fast(min(row, n - 1), min(k0, (groups - 1) * group)); }
+  // row < N and k0 inside K
   __device__ Side side_fast(int row, int k0) const {
     const int gi = k0 / group;
     uint32_t zp = 8u;
@@ -74,12 +70,8 @@ struct PolicyInt4G128 {
     float sc;  // the row's group scale of the iteration (one 128-group: k0 / 128 is the same for the 4 lanes)
     uint32_t zp;
   };
-  __device__ Side side(int row, int k0) const {
-    const int r = min(row, n - 1), gi = min(k0 / 128, groups - 1);
-    uint32_t zp = 8u;
-    if (z != nullptr) zp = ((uint32_t)__ldg(z + (long)(r >> 3) * groups + gi) >> (4 * (r & 7))) & 0xfu;
-    return {__uint_as_float((uint32_t)__ldg(s + (long)r * groups + gi) << 16), zp};
-  }
+  __device__ Side side(int row, int k0) const { return side_fast(min(row, n - 1), min(k0, (groups - 1) * 128)); }
+  // row < N and k0 inside K
   __device__ Side side_fast(int row, int k0) const {
     const int gi = k0 / 128;
     uint32_t zp = 8u;
