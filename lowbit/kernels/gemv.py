@@ -199,12 +199,17 @@ def quantize_act_nvfp4(x, codes: bool = False):
     return (xq, xs, cd, sc) if codes else (xq, xs)
 
 
+def _planned_fn(file: str, name: str, scheme: str):
+    """A GEMV kernel of `file` built with the scheme's compile-time knobs."""
+    from lowbit.kernels.compile import get_function
+
+    return get_function(file, name, compile_defines(scheme))
+
+
 @functools.lru_cache(maxsize=4096)
 def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int):
     """(kernel, warps, splits) for one shape, cached: the kernel's register count sets the occupancy."""
-    from lowbit.kernels.compile import get_function
-
-    fn = get_function(file, name, compile_defines(scheme))
+    fn = _planned_fn(file, name, scheme)
     return (fn, *plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs)))
 
 

@@ -129,6 +129,63 @@ def test_moe_decode_shapes_in_any_order():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("scheme,opts", SCHEMES)
+@pytest.mark.parametrize("kernels", ["gemv", "warp"])
+def test_moe_decode_kernels(monkeypatch, scheme, opts, kernels):
+    # both decode kernel families (DECODE_KERNELS) for 1..4 tokens and ragged routings, poisoned outputs
+    from lowbit.kernels import moe
+
+    monkeypatch.setattr(moe, "DECODE_KERNELS", kernels)
+    i = 384 if opts.get("group_size") == 128 else 160
+    mw, dense = _experts(scheme, opts, 16, 256, i, seed=8)
+    rng = np.random.default_rng(9)
+    for t in (1, 2, 4):
+        for kind in ("random", "all_on_one", "half_empty"):
+            x = gc.random_bf16(rng, (t, 256))
+            ids = _ragged_ids(t, 16, 4, rng, kind)
+            err = _run_experts(mw, dense, x, ids, rng.random((t, 4)).astype(np.float32), path="decode")
+            assert err < gc.MOE_BOUND, f"{kernels} {scheme} {opts} T={t} {kind}: rel err {err:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,opts", SCHEMES)
+@pytest.mark.parametrize("cfg", [((1, 1, 1), (1, 1, 1)), ((2, 4, 3), (4, 2, 2)), ((8, 1, 1), (1, 8, 3)),
+                                 ((1, 8, 2), (2, 4, 1)), ((4, 1, 5), (8, 1, 4))])
+def test_moe_decode_gemv_launch_plans(scheme, opts, cfg):
+    # the grouped GEMVs under every CTA shape and split: warps along K (shared-memory sums), split K with
+    # the last-arriving reduction, several K splits per expert slot, the fast and the tail loops
+    import cupy
+
+    from lowbit.kernels import moe
+
+    e, k, h, i = 8, 3, 1024, 384
+    mw, dense = _experts(scheme, opts, e, h, i, seed=10)
+    rng = np.random.default_rng(11)
+    for t in (1, 3):
+        x = gc.random_bf16(rng, (t, h))
+        ids = _ragged_ids(t, e, k, rng, "random")
+        wts = rng.random((t, k)).astype(np.float32)
+        out = cupy.full((t, h), np.nan, dtype=numerics.BF16)
+        moe._decode_gemv(cupy.asarray(x), cupy.asarray(ids, dtype=cupy.int32), cupy.asarray(wts), mw, out=out, cfg=cfg)
+        want = ref.moe_experts_ref(x, ids, wts, *dense)
+        err = gc.rel_err(out.get().astype(np.float32), want)
+        assert err < gc.MOE_BOUND, f"{scheme} {opts} {cfg} T={t}: rel err {err:.3g}"
+
+
+def test_plan_decode_fills_the_gpu():
+    # pure function: the planned launches split K when the experts alone would leave SMs idle
+    from lowbit.kernels.moe import plan_decode
+
+    (gr, gk, gs), (dr, dk, ds) = plan_decode(1, 8, 768, 2048, "fp8-block", 132)
+    gate_ctas = -(-(768 // 8) // gr) * gs * 8
+    down_ctas = -(-(2048 // 16) // dr) * ds * 8
+    assert gate_ctas >= 132 and down_ctas >= 132
+    assert 1 <= gr * gk <= 8 and 1 <= dr * dk <= 8
+    (gr, gk, gs), _ = plan_decode(1, 2, 14336, 4096, "nvfp4", 132)
+    assert gs * -(-(14336 // 8) // gr) * 2 >= 132
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("t", [5, 64, 1000])
 def test_moe_w8a8_prefill(t):
     mw, dense = _experts("fp8-block", {}, 8, 256, 384, seed=2)

@@ -67,7 +67,35 @@ struct Args {
   float* ws;             // split-K workspace
   int* cnt;              // split-K counters [tiles]
   int n, k, m, splits, group, wk;  // wk: warps of a CTA that share one row tile, splitting its K slab
+  // Grouped (MoE decode) launches only, see "Grouped mode" above; dense launches leave the defaults.
+  const uint8_t* w2 = nullptr;  // the second tensor of a gate/up pair (up): weight, scales, zero points,
+  const void* s2 = nullptr;     // global scale, with the same layout and strides as the first (gate)
+  const int* z2 = nullptr;
+  const float* g2 = nullptr;
+  const int* ids = nullptr;     // expert of each (token, slot) [T * topk]
+  const float* wts = nullptr;   // routing weight of each (token, slot) [T * topk] (down)
+  long long ew = 0, es = 0, ez = 0;  // bytes per expert of the stacked weight, scales, zero points
+  int topk = 1, sub = 1;        // slots per token; K splits per slot (down)
 };
+
+enum Mode { DENSE = 0, MOE_GATE_UP = 1, MOE_DOWN = 2 };
+
+template <class T>
+__device__ __forceinline__ const T* byte_offset(const T* p, long long bytes) {
+  return p == nullptr ? nullptr : reinterpret_cast<const T*>(reinterpret_cast<const uint8_t*>(p) + bytes);
+}
+
+// Args of expert e: every stacked tensor advanced by e experts (the global scale by e floats).
+__device__ __forceinline__ Args expert_args(Args a, const uint8_t* w, const void* s, const int* z, const float* g,
+                                            int e) {
+  a.w = w + e * a.ew;
+  a.s = byte_offset(s, e * a.es);
+  a.z = byte_offset(z, e * a.ez);
+  a.gscale = g == nullptr ? nullptr : g + e;
+  return a;
+}
+
+__device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
 
 __device__ __forceinline__ uint4 zero4() { return make_uint4(0u, 0u, 0u, 0u); }
 
@@ -178,10 +206,21 @@ __device__ __forceinline__ float e4m3_to_float(uint8_t b) {
   return __half2float(*reinterpret_cast<__half*>(&h));
 }
 
+// Where one warp's work lands: the row tile (its first row row0 and, for the split-K workspace, an index
+// unique over the whole grid), the K split it sweeps, and the partial it contributes (split of splits).
+struct Place {
+  int tile, row0, gtile;  // gtile: tile index over every grid z (workspace and counters)
+  int ksplit, ksplits;    // the K range: part ksplit of ksplits
+  int split;              // which of a.splits partials (dense and gate/up: = ksplit)
+  float pscale;           // the partial's factor (down: the routing weight times the expert's out_scale)
+  bool active;
+};
+
 // Combine split-K partials (see the header), scale, write y. One warp, no block-wide barrier.
-template <class P, int MT>
-__device__ __forceinline__ void epilogue(const Args& a, const P& p, float (&acc)[MT][4], int tile, int split,
-                                         int wr, int wk, int wr_n, bool active) {
+// PA scales rows g (and, dense, g + 8), PB rows g + 8 (gate/up: the up projection).
+template <class P, int MT, int MODE>
+__device__ __forceinline__ void epilogue(const Args& a, const P& pa, const P& pb, float (&acc)[MT][4],
+                                         const Place& pl, int wr, int wk, int wr_n) {
   __shared__ float red[GEMV_WARPS * 8 * 32];
   const int lane = threadIdx.x & 31;
   float v[MT * 4];
@@ -198,14 +237,18 @@ __device__ __forceinline__ void epilogue(const Args& a, const P& p, float (&acc)
       for (int j = 0; j < a.wk; ++j) v[r] += red[((j * wr_n + wr) * MT * 4 + r) * 32 + lane];
     }
   }
-  if (!active) return;
-  if (a.splits > 1) {
-    float* base = a.ws + (long)tile * a.splits * (MT * 4 * 32);
+  if (!pl.active) return;
+  if (MODE == MOE_DOWN) {
 #pragma unroll
-    for (int r = 0; r < MT * 4; ++r) __stcg(base + ((long)split * MT * 4 + r) * 32 + lane, v[r]);
+    for (int r = 0; r < MT * 4; ++r) v[r] *= pl.pscale;
+  }
+  if (a.splits > 1) {
+    float* base = a.ws + (long)pl.gtile * a.splits * (MT * 4 * 32);
+#pragma unroll
+    for (int r = 0; r < MT * 4; ++r) __stcg(base + ((long)pl.split * MT * 4 + r) * 32 + lane, v[r]);
     __threadfence();
     int last = 0;
-    if (lane == 0) last = atomicAdd(a.cnt + tile, 1) == a.splits - 1;
+    if (lane == 0) last = atomicAdd(a.cnt + pl.gtile, 1) == a.splits - 1;
     last = __shfl_sync(0xffffffffu, last, 0);
     if (!last) return;
     __threadfence();
@@ -214,21 +257,27 @@ __device__ __forceinline__ void epilogue(const Args& a, const P& p, float (&acc)
     for (int s = 0; s < a.splits; ++s)
 #pragma unroll
       for (int r = 0; r < MT * 4; ++r) v[r] += __ldcg(base + ((long)s * MT * 4 + r) * 32 + lane);
-    if (lane == 0) a.cnt[tile] = 0;
+    if (lane == 0) a.cnt[pl.gtile] = 0;
   }
   const int g = lane >> 2, t = lane & 3;
+  if constexpr (MODE == MOE_GATE_UP) {  // one token: C[g][0] = gate row . x, C[g + 8][0] = up row . x (lanes t = 0)
+    const int row = pl.row0 + g;
+    if (t == 0 && row < a.n)
+      a.y[row] = __bfloat16_as_ushort(__float2bfloat16_rn(silu(v[0] * pa.out_scale(0)) * (v[2] * pb.out_scale(0))));
+  } else {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int row = tile * 16 + g + 8 * h, token = 8 * mt + 2 * t + j;
+        const int row = pl.row0 + g + 8 * h, token = 8 * mt + 2 * t + j;
         if (row < a.n && token < a.m) {
-          const float out = v[mt * 4 + 2 * h + j] * p.out_scale(token);
+          const float out = MODE == MOE_DOWN ? v[mt * 4 + 2 * h + j] : v[mt * 4 + 2 * h + j] * pa.out_scale(token);
           a.y[(long)token * a.n + row] = __bfloat16_as_ushort(__float2bfloat16_rn(out));
         }
       }
+  }
 }
 
 // Everything iterations [it0, it0+U) of rows ra and rb need from memory, issued together so that no
@@ -244,18 +293,20 @@ struct Stage {
 };
 
 // The general loader: any row (zeros past N), any K (masked chunk and x loads, zeros past it_end).
+// Row ra is read from weight wA with policy pa, row rb from wB with pb (dense: the same tensor).
 template <class P, int MT, int U>
-__device__ __forceinline__ void load_stage(const Args& a, const P& p, long row_bytes, int ra, int rb, int g, int t,
+__device__ __forceinline__ void load_stage(const Args& a, const P& pa, const P& pb, const uint8_t* wA,
+                                           const uint8_t* wB, long row_bytes, int ra, int rb, int g, int t,
                                            int it0, int it_end, Stage<P, MT, U>& st) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const long off = ((long)(it0 + u) * 4 + t) * 16;
     const int k0 = ((it0 + u) * 4 + t) * P::EC;
     const bool ok = it0 + u < it_end;
-    st.wa[u] = ok ? load_row_chunk(a.w, a.n, row_bytes, ra, off) : zero4();
-    st.wb[u] = ok ? load_row_chunk(a.w, a.n, row_bytes, rb, off) : zero4();
-    st.sa[u] = ok ? p.side(ra, k0) : typename P::Side{};
-    st.sb[u] = ok ? p.side(rb, k0) : typename P::Side{};
+    st.wa[u] = ok ? load_row_chunk(wA, a.n, row_bytes, ra, off) : zero4();
+    st.wb[u] = ok ? load_row_chunk(wB, a.n, row_bytes, rb, off) : zero4();
+    st.sa[u] = ok ? pa.side(ra, k0) : typename P::Side{};
+    st.sb[u] = ok ? pb.side(rb, k0) : typename P::Side{};
 #if GEMV_XPREFETCH
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) load_x<P::EC / 2>(a, ok ? g + 8 * mt : a.m, k0, st.X[u][mt]);
@@ -267,15 +318,16 @@ __device__ __forceinline__ void load_stage(const Args& a, const P& p, long row_b
 // checks. Rows past N are clamped to row N-1 (valid memory; their outputs are never written).
 // wa/wb point at the lane's first chunk of its two rows, xr[mt] at its token's x (nullptr past M).
 template <class P, int MT, int U>
-__device__ __forceinline__ void load_stage_fast(const P& p, const uint8_t* wa, const uint8_t* wb, int rca, int rcb,
-                                                const uint16_t* const (&xr)[MT], int t, int it0, Stage<P, MT, U>& st) {
+__device__ __forceinline__ void load_stage_fast(const P& pa, const P& pb, const uint8_t* wa, const uint8_t* wb,
+                                                int rca, int rcb, const uint16_t* const (&xr)[MT], int t, int it0,
+                                                Stage<P, MT, U>& st) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int it = it0 + u, k0 = (it * 4 + t) * P::EC;
     st.wa[u] = ld_stream16(wa + (long)it * 64);
     st.wb[u] = ld_stream16(wb + (long)it * 64);
-    st.sa[u] = p.side_fast(rca, k0);
-    st.sb[u] = p.side_fast(rcb, k0);
+    st.sa[u] = pa.side_fast(rca, k0);
+    st.sb[u] = pb.side_fast(rcb, k0);
 #if GEMV_XPREFETCH
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) load_x_fast<P::EC / 2>(xr[mt], (long)it * 4 * P::EC, st.X[u][mt]);
@@ -285,7 +337,7 @@ __device__ __forceinline__ void load_stage_fast(const P& p, const uint8_t* wa, c
 
 // One iteration's math (entry u of a stage, iteration it): decode, mma, per-iteration partial scaling.
 template <class P, int MT, int U, bool FAST>
-__device__ __forceinline__ void compute_one(const Args& a, const P& p, const Stage<P, MT, U>& st,
+__device__ __forceinline__ void compute_one(const Args& a, const P& pa, const P& pb, const Stage<P, MT, U>& st,
                                             const uint16_t* const (&xr)[MT], int g, int t, int it, int u,
                                             float (&acc)[MT][4]) {
   constexpr int EC = P::EC, NP = EC / 2;
@@ -301,8 +353,8 @@ __device__ __forceinline__ void compute_one(const Args& a, const P& p, const Sta
 #endif
     P::xperm(X[mt]);
   }
-  p.decode(st.wa[u], st.sa[u], RA);
-  p.decode(st.wb[u], st.sb[u], RB);
+  pa.decode(st.wa[u], st.sa[u], RA);
+  pb.decode(st.wb[u], st.sb[u], RB);
   if constexpr (P::PARTIAL) {
     float part[MT][4];
 #pragma unroll
@@ -310,43 +362,42 @@ __device__ __forceinline__ void compute_one(const Args& a, const P& p, const Sta
 #pragma unroll
       for (int i = 0; i < 4; ++i) part[mt][i] = 0.f;
     mma_chunk<NP, MT>(part, RA, RB, X);
-    p.partial(acc, part, st.sa[u], st.sb[u]);
+    pa.partial(acc, part, st.sa[u], st.sb[u]);
   } else {
     mma_chunk<NP, MT>(acc, RA, RB, X);
   }
 }
 
 template <class P, int MT, int U, bool FAST>
-__device__ __forceinline__ void compute_stage(const Args& a, const P& p, const Stage<P, MT, U>& st,
+__device__ __forceinline__ void compute_stage(const Args& a, const P& pa, const P& pb, const Stage<P, MT, U>& st,
                                               const uint16_t* const (&xr)[MT], int g, int t, int it0, int it_end,
                                               float (&acc)[MT][4]) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     if (!FAST && it0 + u >= it_end) break;
-    compute_one<P, MT, U, FAST>(a, p, st, xr, g, t, it0 + u, u, acc);
+    compute_one<P, MT, U, FAST>(a, pa, pb, st, xr, g, t, it0 + u, u, acc);
   }
 }
 
-// The GEMV main loop, shared by every scheme. P supplies EC, BITS, PARTIAL, Side, side, side_fast,
-// decode, xperm, partial, out_scale. Iterations [it_beg, it_fast) run the fast loader (whole stages of
-// in-range chunks), the rest (a K tail, rows that are not 16-byte multiples) the general one.
-template <class P, int MT>
-__device__ __forceinline__ void gemv_body(const Args& a) {
+// The GEMV main loop, shared by every scheme and mode. P supplies EC, BITS, PARTIAL, Side, side,
+// side_fast, decode, xperm, partial, out_scale. Iterations [it_beg, it_fast) run the fast loader (whole
+// stages of in-range chunks), the rest (a K tail, rows that are not 16-byte multiples) the general one.
+// Row ra of the tile comes from wA (policy pa), row rb from wB (pb).
+template <class P, int MT, int MODE>
+__device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& pb, const uint8_t* wA,
+                                          const uint8_t* wB, const Place& pl, int ra, int rb, int wr, int wk,
+                                          int wr_n) {
   constexpr int EC = P::EC, KI = 4 * EC, U = GEMV_UNROLL;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int wr_n = (blockDim.x >> 5) / a.wk, wr = warp % wr_n, wk = warp / wr_n;
-  const int tile = blockIdx.x * wr_n + wr, split = blockIdx.y;
-  const bool active = tile * 16 < a.n;
-  const int ra = tile * 16 + g, rb = ra + 8;
   const long row_bytes = (long)a.k * P::BITS / 8;
   const int iters = (a.k + KI - 1) / KI;
-  const int s_beg = (int)((long)iters * split / a.splits), s_len = (int)((long)iters * (split + 1) / a.splits) - s_beg;
+  const int s_beg = (int)((long)iters * pl.ksplit / pl.ksplits);
+  const int s_len = (int)((long)iters * (pl.ksplit + 1) / pl.ksplits) - s_beg;
   const int it_beg = s_beg + s_len * wk / a.wk;
-  const int it_end = active ? s_beg + s_len * (wk + 1) / a.wk : it_beg;
+  const int it_end = pl.active ? s_beg + s_len * (wk + 1) / a.wk : it_beg;
   const int full = (row_bytes & 15) == 0 ? a.k / KI : 0;  // iterations whose 4 chunks lie inside K
   const int it_fast = it_beg + max(0, min(it_end, full) - it_beg) / U * U;
-  const P p(a, tile);
   float acc[MT][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -358,29 +409,78 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
 
   if (it_fast > it_beg) {
     const int rca = min(ra, a.n - 1), rcb = min(rb, a.n - 1);
-    const uint8_t* wa = a.w + (long)rca * row_bytes + t * 16;
-    const uint8_t* wb = a.w + (long)rcb * row_bytes + t * 16;
+    const uint8_t* wa = wA + (long)rca * row_bytes + t * 16;
+    const uint8_t* wb = wB + (long)rcb * row_bytes + t * 16;
     // double-buffered: stage i+1's loads are issued before stage i is computed
     Stage<P, MT, U> cur;
-    load_stage_fast<P, MT, U>(p, wa, wb, rca, rcb, xr, t, it_beg, cur);
+    load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it_beg, cur);
     for (int it0 = it_beg; it0 < it_fast; it0 += U) {
       Stage<P, MT, U> nxt;
-      if (it0 + U < it_fast) load_stage_fast<P, MT, U>(p, wa, wb, rca, rcb, xr, t, it0 + U, nxt);
-      compute_stage<P, MT, U, true>(a, p, cur, xr, g, t, it0, it_fast, acc);
+      if (it0 + U < it_fast) load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it0 + U, nxt);
+      compute_stage<P, MT, U, true>(a, pa, pb, cur, xr, g, t, it0, it_fast, acc);
       cur = nxt;
     }
   }
   if (it_end > it_fast) {
     Stage<P, MT, U> cur;
-    load_stage<P, MT, U>(a, p, row_bytes, ra, rb, g, t, it_fast, it_end, cur);
+    load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it_fast, it_end, cur);
     for (int it0 = it_fast; it0 < it_end; it0 += U) {
       Stage<P, MT, U> nxt;
-      load_stage<P, MT, U>(a, p, row_bytes, ra, rb, g, t, it0 + U, it_end, nxt);
-      compute_stage<P, MT, U, false>(a, p, cur, xr, g, t, it0, it_end, acc);
+      load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it0 + U, it_end, nxt);
+      compute_stage<P, MT, U, false>(a, pa, pb, cur, xr, g, t, it0, it_end, acc);
       cur = nxt;
     }
   }
-  epilogue<P, MT>(a, p, acc, tile, split, wr, wk, wr_n, active);
+  epilogue<P, MT, MODE>(a, pa, pb, acc, pl, wr, wk, wr_n);
+}
+
+// Dense: y = x @ W^T. Tile = 16 rows of W (lane rows g and g + 8), grid (tiles / wr_n, splits).
+template <class P, int MT>
+__device__ __forceinline__ void gemv_body(const Args& a) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wr_n = (blockDim.x >> 5) / a.wk, wr = warp % wr_n, wk = warp / wr_n;
+  const int tile = blockIdx.x * wr_n + wr, row0 = tile * 16;
+  const Place pl{tile, row0, tile, (int)blockIdx.y, a.splits, (int)blockIdx.y, 1.f, row0 < a.n};
+  const P p(a, row0);
+  const int ra = row0 + (lane >> 2);
+  gemv_core<P, MT, DENSE>(a, p, p, a.w, a.w, pl, ra, ra + 8, wr, wk, wr_n);
+}
+
+// Grouped (MoE decode, one token per (token, slot) pair, M = 1):
+//  MOE_GATE_UP: y[p, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), e = ids[p], t = p / topk; grid
+//    (ceil(I / 8) / wr_n, splits, T * topk). A tile is 8 output rows: A rows 0-7 are gate rows, 8-15 the
+//    same up rows, so C holds both dot products of a row and the epilogue applies the SwiGLU.
+//  MOE_DOWN: y[t, n] = sum_j wts[p] * (down_e[n] . x[p]), p = t * topk + j, e = ids[p]; grid
+//    (ceil(H / 16) / wr_n, topk * sub, T): split j * sub + s is part s of slot j's K, its partial
+//    scaled by the routing weight, summed in a fixed order by the split-K epilogue.
+template <class P, int MODE>
+__device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wr_n = (blockDim.x >> 5) / a0.wk, wr = warp % wr_n, wk = warp / wr_n;
+  const int tile = blockIdx.x * wr_n + wr, gtile = blockIdx.z * gridDim.x * wr_n + tile;
+  const int g = lane >> 2;
+  if (MODE == MOE_GATE_UP) {
+    const int pair = blockIdx.z, e = __ldg(a0.ids + pair), row0 = tile * 8;
+    Args a = a0;
+    a.x += (long)(pair / a0.topk) * a0.k;
+    a.y += (long)pair * a0.n;
+    const Args ag = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, e);
+    const Args au = expert_args(a, a0.w2, a0.s2, a0.z2, a0.g2, e);
+    const Place pl{tile, row0, gtile, (int)blockIdx.y, a0.splits, (int)blockIdx.y, 1.f, row0 < a0.n};
+    const P pg(ag, row0), pu(au, row0);
+    gemv_core<P, 1, MOE_GATE_UP>(ag, pg, pu, ag.w, au.w, pl, row0 + g, row0 + g, wr, wk, wr_n);
+  } else {
+    const int j = blockIdx.y / a0.sub, pair = blockIdx.z * a0.topk + j, e = __ldg(a0.ids + pair);
+    const int row0 = tile * 16;
+    Args a = a0;
+    a.x += (long)pair * a0.k;
+    a.y += (long)blockIdx.z * a0.n;
+    a = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, e);
+    const P p(a, row0);
+    const Place pl{tile, row0, gtile, (int)blockIdx.y - j * a0.sub, a0.sub, (int)blockIdx.y,
+                   __ldg(a0.wts + pair) * p.out_scale(0), row0 < a0.n};
+    gemv_core<P, 1, MOE_DOWN>(a, p, p, a.w, a.w, pl, row0 + g, row0 + g + 8, wr, wk, wr_n);
+  }
 }
 
 }  // namespace lb
@@ -394,3 +494,20 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
     const lb::Args a{w, s, z, gscale, x, xs, y, ws, cnt, n, k, m, splits, group, wk};                  \
     lb::gemv_body<POLICY, MT>(a);                                                                     \
   }
+
+// The grouped (MoE decode) pair of a policy: gemv_moe_gate_up_TAG and gemv_moe_down_TAG, one argument
+// list (down ignores the second tensor). n, k: the rows and K of ONE expert's matrix.
+#define LB_GEMV_MOE_KERNEL(NAME, POLICY, MODE)                                                        \
+  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS)                       \
+      NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint8_t* w2,     \
+           const void* s2, const int* z2, const float* g2, const uint16_t* x, uint16_t* y, float* ws,  \
+           int* cnt, const int* ids, const float* wts, long long ew, long long es, long long ez, int n, \
+           int k, int splits, int group, int wk, int topk, int sub) {                                 \
+    lb::Args a{w, s, z, gscale, x, nullptr, y, ws, cnt, n, k, 1, splits, group, wk};                   \
+    a.w2 = w2; a.s2 = s2; a.z2 = z2; a.g2 = g2; a.ids = ids; a.wts = wts;                               \
+    a.ew = ew; a.es = es; a.ez = ez; a.topk = topk; a.sub = sub;                                       \
+    lb::gemv_grouped_body<POLICY, lb::MODE>(a);                                                       \
+  }
+#define LB_GEMV_MOE_KERNELS(TAG, POLICY)                                  \
+  LB_GEMV_MOE_KERNEL(gemv_moe_gate_up_##TAG, POLICY, MOE_GATE_UP)         \
+  LB_GEMV_MOE_KERNEL(gemv_moe_down_##TAG, POLICY, MOE_DOWN)

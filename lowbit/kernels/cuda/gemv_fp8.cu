@@ -21,9 +21,8 @@ struct PolicyFP8 {
   const float* s;
   const float* xs;
   int kb_count, m, rowblock;
-  __device__ PolicyFP8(const lb::Args& a, int tile)
-      : s(static_cast<const float*>(a.s)), xs(a.xs), kb_count((a.k + 127) / 128), m(a.m),
-        rowblock(tile * 16 / 128) {}
+  __device__ PolicyFP8(const lb::Args& a, int row0)
+      : s(static_cast<const float*>(a.s)), xs(a.xs), kb_count((a.k + 127) / 128), m(a.m), rowblock(row0 / 128) {}
   struct Side {
     float sw;  // S[rowblock, kb] of the iteration (rows of a tile share one 128-row block)
     int kb;
@@ -44,20 +43,20 @@ struct PolicyFP8 {
     }
   }
   template <int MT>
-  __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], const Side& sd, const Side&) const {
-    const int kb = sd.kb;
-    const float sw = sd.sw;
+  // rows g take sa's block scale, rows g + 8 sb's (the same block in a dense tile; gate vs up in a grouped one)
+  __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], const Side& sa, const Side& sb) const {
+    const int kb = sa.kb;
     const int t = threadIdx.x & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      float s0 = sw, s1 = sw;
+      float x0 = 1.f, x1 = 1.f;
       if (A8) {
         const int t0 = 8 * mt + 2 * t, t1 = t0 + 1;
-        s0 = t0 < m ? sw * __ldg(xs + (long)t0 * kb_count + kb) : 0.f;
-        s1 = t1 < m ? sw * __ldg(xs + (long)t1 * kb_count + kb) : 0.f;
+        x0 = t0 < m ? __ldg(xs + (long)t0 * kb_count + kb) : 0.f;
+        x1 = t1 < m ? __ldg(xs + (long)t1 * kb_count + kb) : 0.f;
       }
-      acc[mt][0] += part[mt][0] * s0; acc[mt][1] += part[mt][1] * s1;
-      acc[mt][2] += part[mt][2] * s0; acc[mt][3] += part[mt][3] * s1;
+      acc[mt][0] += part[mt][0] * (sa.sw * x0); acc[mt][1] += part[mt][1] * (sa.sw * x1);
+      acc[mt][2] += part[mt][2] * (sb.sw * x0); acc[mt][3] += part[mt][3] * (sb.sw * x1);
     }
   }
   __device__ float out_scale(int) const { return 1.f; }
@@ -67,3 +66,4 @@ LB_GEMV_KERNEL(gemv_fp8_m8, PolicyFP8<false>, 1)
 LB_GEMV_KERNEL(gemv_fp8_m16, PolicyFP8<false>, 2)
 LB_GEMV_KERNEL(gemv_fp8_a8_m8, PolicyFP8<true>, 1)
 LB_GEMV_KERNEL(gemv_fp8_a8_m16, PolicyFP8<true>, 2)
+LB_GEMV_MOE_KERNELS(fp8, PolicyFP8<false>)
