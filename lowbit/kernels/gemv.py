@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from lowbit.errors import KernelError
+from lowbit.kernels.launch import launch as launch_kernel
 from lowbit.kernels.weights import GpuWeight
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
@@ -282,8 +283,8 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
         if not 1 <= s <= 65535 or not 1 <= wr * wk <= WARPS:
             raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
         ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
-        fn((-(-tiles // wr), s), (wr * wk * 32,),
-           args + (ws, cnt, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group), np.int32(wk)))
+        launch_kernel(fn, (-(-tiles // wr), s), (wr * wk * 32,),
+               args + (ws, cnt, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group), np.int32(wk)))
 
     planned = (pr, pk, ps)
     if cta is not None or splits is not None:

@@ -32,6 +32,7 @@ from lowbit.errors import KernelError
 from lowbit.kernels import gemm as _gemm
 from lowbit.kernels import moe_router
 from lowbit.kernels.compile import get_function
+from lowbit.kernels.launch import launch
 from lowbit.kernels.weights import GpuWeight, to_gpu
 
 DECODE_MAX_TOKENS = 4
@@ -207,10 +208,10 @@ def _decode_gemv(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None,
         wr, wk, s = c
         bx = -(-(-(-i_dim // 8)) // wr)
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32 if s > 1 else 0, bx * wr * t * k)
-        fg((bx, s, t * k), (wr * wk * 32,),
-           (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, h, ws, cnt, ids, wts,
-            *_expert_strides(ew.gate), np.int32(i_dim), np.int32(h_dim), np.int32(s), group, np.int32(wk),
-            np.int32(k), np.int32(1)))
+        launch(fg, (bx, s, t * k), (wr * wk * 32,),
+               (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, h, ws, cnt, ids, wts,
+                *_expert_strides(ew.gate), np.int32(i_dim), np.int32(h_dim), np.int32(s), group, np.int32(wk),
+                np.int32(k), np.int32(1)))
 
     def down(c):
         # tiles of 16 rows, one grid z per token, split j * s + q = part q of slot j's K
@@ -218,10 +219,10 @@ def _decode_gemv(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None,
         wr, wk, s = c
         bx = -(-(-(-h_dim // 16)) // wr)
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32, bx * wr * t)
-        fd((bx, k * s, t), (wr * wk * 32,),
-           (u64(dq), u64(dsc), u64(dz), u64(dg), _gemv.NULL, _gemv.NULL, _gemv.NULL, _gemv.NULL, h, out, ws, cnt,
-            ids, wts, *_expert_strides(ew.down), np.int32(h_dim), np.int32(i_dim), np.int32(k * s), group,
-            np.int32(wk), np.int32(k), np.int32(s)))
+        launch(fd, (bx, k * s, t), (wr * wk * 32,),
+               (u64(dq), u64(dsc), u64(dz), u64(dg), _gemv.NULL, _gemv.NULL, _gemv.NULL, _gemv.NULL, h, out, ws,
+                cnt, ids, wts, *_expert_strides(ew.down), np.int32(h_dim), np.int32(i_dim), np.int32(k * s), group,
+                np.int32(wk), np.int32(k), np.int32(s)))
 
     if cfg is None:
         planned = plan_decode(t, k, i_dim, h_dim, ew.scheme, _gemv._sm_count(dev), max(fg.num_regs, fd.num_regs))

@@ -17,9 +17,12 @@ backend; tests/runtime/test_cuda.py compares the logits):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-_SRC = r"""
+
+_SRC = (Path(__file__).resolve().parents[1] / "kernels" / "cuda" / "pdl.cuh").read_text() + r"""
 __device__ float block_sum(float v, float* red) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     __syncthreads();
@@ -53,6 +56,8 @@ __device__ unsigned short to_bf16_rne(float f) {
 // y (fp32) or yb (bf16 bits, RNE as cupy's astype) = x * rsqrt(mean(x^2) + eps) * w, one block per row
 extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w,
                                         float* __restrict__ y, unsigned short* __restrict__ yb, int n, float eps) {
+    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     __shared__ float red[32];
     const float* xr = x + (long long)blockIdx.x * n;
     float vals[RPT], ws[RPT];
@@ -90,6 +95,8 @@ extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float
 extern "C" __global__ void add_rms_norm(float* __restrict__ h, const float* __restrict__ df,
                                         const unsigned short* __restrict__ db, const float* __restrict__ w,
                                         float* __restrict__ y, unsigned short* __restrict__ yb, int n, float eps) {
+    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     __shared__ float red[32];
     float* hr = h + (long long)blockIdx.x * n;
     long long off = (long long)blockIdx.x * n;
@@ -141,6 +148,8 @@ extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restri
                                     const float* __restrict__ cs, const float* __restrict__ sn,
                                     const int* __restrict__ pos, int start, int heads, int d,
                                     const float* __restrict__ w, float eps) {
+    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     __shared__ float red[32];
     __shared__ float row[1024];
     int r = blockIdx.x, t = r / heads, j = threadIdx.x;
@@ -167,6 +176,8 @@ extern "C" __global__ void qkv_rope_store(const unsigned short* __restrict__ y, 
                                           const int* __restrict__ pos, float* __restrict__ qout,
                                           float* __restrict__ kc, float* __restrict__ vc,
                                           int max_ctx, int heads, int kv_heads, int d) {
+    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     __shared__ float red[32];
     __shared__ float row[1024];
     int b = blockIdx.x, j = threadIdx.x;
@@ -197,6 +208,8 @@ extern "C" __global__ void qkv_rope_store(const unsigned short* __restrict__ y, 
 // act (bf16 bits) [m, inter] = silu(g) * u from the stacked gate|up GEMV output y (bf16 bits) [m, 2 inter]
 extern "C" __global__ void swiglu_bf16(const unsigned short* __restrict__ y, unsigned short* __restrict__ act,
                                        long long m, int inter) {
+    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= m * inter) return;
     long long r = i / inter, c = i % inter;
@@ -210,6 +223,8 @@ extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* 
                                       const float* __restrict__ v, float* __restrict__ out,
                                       const int* __restrict__ pos, int max_ctx, int group, int d,
                                       float scale, int window, unsigned short* __restrict__ outb) {
+    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     extern __shared__ float sh[];           // [d] query, then [T] scores
     __shared__ float red[32];
     int h = blockIdx.x, kvh = h / group;
@@ -327,7 +342,8 @@ class Fused:
         else:
             df, db = cp.ascontiguousarray(delta, dtype=cp.float32), null
         y = cp.empty(h.shape, dtype=BF16)
-        self._add_rms((h.size // n,), (norm_threads(n),), (h, df, db, w, null, y, np.int32(n), np.float32(eps)))
+        self._add_rms((h.size // n,), (norm_threads(n),),
+               (h, df, db, w, null, y, np.int32(n), np.float32(eps)))
         return h, y
 
     def rope(self, x, cos, sin, pos, start: int, w=None, eps: float = 0.0):
@@ -337,9 +353,9 @@ class Fused:
         m, heads, d = x.shape
         y = cp.empty_like(x)
         null = np.uint64(0)
-        self._rope((m * heads,), (-(-d // 32) * 32,), (x, y, cos, sin, pos if pos is not None else null,
-                                                      np.int32(start), np.int32(heads), np.int32(d),
-                                                      w if w is not None else null, np.float32(eps)))
+        self._rope((m * heads,), (-(-d // 32) * 32,),
+               (x, y, cos, sin, pos if pos is not None else null, np.int32(start), np.int32(heads), np.int32(d),
+                w if w is not None else null, np.float32(eps)))
         return y
 
     def qkv_rope_store(self, y, bias, qn, kn, eps, cos, sin, pos, k_cache, v_cache, heads: int):
@@ -350,8 +366,8 @@ class Fused:
         null = np.uint64(0)
         opt = lambda a: a if a is not None else null  # noqa: E731
         self._qkv((heads + 2 * kv_heads,), (-(-d // 32) * 32,),
-                  (y, opt(bias), opt(qn), opt(kn), np.float32(eps), cos, sin, pos, q, k_cache, v_cache,
-                   np.int32(max_ctx), np.int32(heads), np.int32(kv_heads), np.int32(d)))
+               (y, opt(bias), opt(qn), opt(kn), np.float32(eps), cos, sin, pos, q, k_cache, v_cache,
+                np.int32(max_ctx), np.int32(heads), np.int32(kv_heads), np.int32(d)))
         return q
 
     def swiglu(self, y, inter: int):
@@ -360,8 +376,8 @@ class Fused:
 
         m = y.shape[0]
         act = self.cp.empty((m, inter), BF16)
-        self._swiglu((-(-(m * inter) // 256),), (256,), (self.cp.ascontiguousarray(y), act, np.int64(m),
-                                                         np.int32(inter)))
+        self._swiglu((-(-(m * inter) // 256),), (256,),
+               (self.cp.ascontiguousarray(y), act, np.int64(m), np.int32(inter)))
         return act
 
     def silu_mul(self, g, u):
@@ -384,7 +400,7 @@ class Fused:
             outs = (out, null)
         threads = ATTEND_THREADS
         smem = 4 * (d + span + 4 + max(1, threads // d) * d)
-        self._attend((heads,), (threads,), (cp.ascontiguousarray(q), k_cache, v_cache, outs[0], pos, np.int32(max_ctx),
-                                        np.int32(heads // kv_heads), np.int32(d), np.float32(scale),
-                                        np.int32(window or 0), outs[1]), shared_mem=smem)
+        self._attend((heads,), (threads,),
+               (cp.ascontiguousarray(q), k_cache, v_cache, outs[0], pos, np.int32(max_ctx), np.int32(heads // kv_heads),
+                np.int32(d), np.float32(scale), np.int32(window or 0), outs[1]), shared_mem=smem)
         return out

@@ -29,6 +29,22 @@
 // to ws[tile][split][MT*4][32]; the last warp to finish a tile (atomic counter cnt[tile], reset by that
 // warp) sums the splits in order and writes y. Deterministic; every y[token < M][row < N] is written once.
 //
+// Grouped mode (MoE decode, gemv_moe_gate_up_* / gemv_moe_down_*, launched by lowbit/kernels/moe.py):
+// the same loop over stacked experts [E, N, K], each (token, slot) pair one M = 1 GEMV whose tensors are
+// advanced to expert ids[pair] (Args::ew/es/ez bytes per expert). gate/up: a tile is 8 output rows, lane
+// rows g from gate and g + 8 from up (the same row index, policy objects per tensor), so the fp32 C tile
+// holds both dot products of a row and the epilogue writes silu(gate) * up. down: the k slots of a token
+// are split-K parts (grid y = slot * sub + part), each partial scaled by its routing weight (and the
+// expert's out_scale) before the ordered split-K sum: deterministic, no atomics on y.
+//
+// Launch order (pdl.cuh): launched with programmatic dependent launch, a dense GEMV issues its first
+// stage of weight and scale loads before waiting on the previous kernel (x is its output); a grouped one
+// waits first (the expert ids are an earlier kernel's output). What earlier kernels wrote (x, activation
+// scales, expert ids, routing weights) is read with ld.global.cg (L2), never through the non-coherent
+// read-only path or L1: under PDL it is written while this kernel is already resident, so it is not
+// read-only for the kernel's lifetime (what ld.global.nc requires) and an SM's L1 may hold stale lines
+// of the same addresses (measured: stale expert ids -> illegal addresses in graph decode).
+//
 // Preconditions (checked by the Python launcher, lowbit/kernels/gemv.py): pointers to contiguous device
 // arrays; 1 <= M <= 8*MT; cnt zeroed before first use (it is self-resetting) and not shared by two
 // launches running at the same time.
@@ -37,6 +53,8 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <stdint.h>
+
+#include "pdl.cuh"
 
 // GEMV_WARPS: the most warps per CTA a launcher may use (the launch bound).
 #ifndef GEMV_WARPS
@@ -127,12 +145,12 @@ __device__ __forceinline__ void load_x(const Args& a, int token, int k0, uint32_
   if ((a.k & 7) == 0 && k0 + 2 * NP <= a.k) {
 #pragma unroll
     for (int i = 0; i < NP / 4; ++i) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(row) + i);
+      const uint4 v = __ldcg(reinterpret_cast<const uint4*>(row) + i);
       X[4 * i] = v.x; X[4 * i + 1] = v.y; X[4 * i + 2] = v.z; X[4 * i + 3] = v.w;
     }
   } else {
     for (int i = 0; i < 2 * NP; ++i)
-      if (k0 + i < a.k) X[i >> 1] |= (uint32_t)__ldg(row + i) << (16 * (i & 1));
+      if (k0 + i < a.k) X[i >> 1] |= (uint32_t)__ldcg(row + i) << (16 * (i & 1));
   }
 }
 
@@ -146,7 +164,7 @@ __device__ __forceinline__ void load_x_fast(const uint16_t* xr, long off, uint32
   }
 #pragma unroll
   for (int i = 0; i < NP / 4; ++i) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr + off) + i);
+    const uint4 v = __ldcg(reinterpret_cast<const uint4*>(xr + off) + i);
     X[4 * i] = v.x; X[4 * i + 1] = v.y; X[4 * i + 2] = v.z; X[4 * i + 3] = v.w;
   }
 }
@@ -413,7 +431,11 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
     const uint8_t* wb = wB + (long)rcb * row_bytes + t * 16;
     // double-buffered: stage i+1's loads are issued before stage i is computed
     Stage<P, MT, U> cur;
+#if GEMV_XPREFETCH
+    lb_pdl_wait();  // x is loaded with the weights
+#endif
     load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it_beg, cur);
+    lb_pdl_wait();  // the first weights are in flight; x (an earlier kernel's output) is read from here on
     for (int it0 = it_beg; it0 < it_fast; it0 += U) {
       Stage<P, MT, U> nxt;
       if (it0 + U < it_fast) load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it0 + U, nxt);
@@ -421,6 +443,7 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
       cur = nxt;
     }
   }
+  lb_pdl_wait();  // (again: a no-op once waited) before the general loop's x loads and the epilogue's writes
   if (it_end > it_fast) {
     Stage<P, MT, U> cur;
     load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it_fast, it_end, cur);
@@ -441,6 +464,7 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
   const int wr_n = (blockDim.x >> 5) / a.wk, wr = warp % wr_n, wk = warp / wr_n;
   const int tile = blockIdx.x * wr_n + wr, row0 = tile * 16;
   const Place pl{tile, row0, tile, (int)blockIdx.y, a.splits, (int)blockIdx.y, 1.f, row0 < a.n};
+  lb_pdl_trigger();
   const P p(a, row0);
   const int ra = row0 + (lane >> 2);
   gemv_core<P, MT, DENSE>(a, p, p, a.w, a.w, pl, ra, ra + 8, wr, wk, wr_n);
@@ -459,8 +483,10 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
   const int wr_n = (blockDim.x >> 5) / a0.wk, wr = warp % wr_n, wk = warp / wr_n;
   const int tile = blockIdx.x * wr_n + wr, gtile = blockIdx.z * gridDim.x * wr_n + tile;
   const int g = lane >> 2;
+  lb_pdl_trigger();
+  lb_pdl_wait();  // the expert ids and x come from earlier kernels
   if (MODE == MOE_GATE_UP) {
-    const int pair = blockIdx.z, e = __ldg(a0.ids + pair), row0 = tile * 8;
+    const int pair = blockIdx.z, e = __ldcg(a0.ids + pair), row0 = tile * 8;
     Args a = a0;
     a.x += (long)(pair / a0.topk) * a0.k;
     a.y += (long)pair * a0.n;
@@ -470,7 +496,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     const P pg(ag, row0), pu(au, row0);
     gemv_core<P, 1, MOE_GATE_UP>(ag, pg, pu, ag.w, au.w, pl, row0 + g, row0 + g, wr, wk, wr_n);
   } else {
-    const int j = blockIdx.y / a0.sub, pair = blockIdx.z * a0.topk + j, e = __ldg(a0.ids + pair);
+    const int j = blockIdx.y / a0.sub, pair = blockIdx.z * a0.topk + j, e = __ldcg(a0.ids + pair);
     const int row0 = tile * 16;
     Args a = a0;
     a.x += (long)pair * a0.k;
@@ -478,7 +504,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     a = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, e);
     const P p(a, row0);
     const Place pl{tile, row0, gtile, (int)blockIdx.y - j * a0.sub, a0.sub, (int)blockIdx.y,
-                   __ldg(a0.wts + pair) * p.out_scale(0), row0 < a0.n};
+                   __ldcg(a0.wts + pair) * p.out_scale(0), row0 < a0.n};
     gemv_core<P, 1, MOE_DOWN>(a, p, p, a.w, a.w, pl, row0 + g, row0 + g + 8, wr, wk, wr_n);
   }
 }

@@ -17,6 +17,7 @@
 // moe_combine: out bf16 [T, H] = sum_j weights[t, j] * ys bf16 [pos[t*k + j], H] (fp32 sum);
 //   grid T, block 256.
 #include "moe_common.cuh"
+#include "pdl.cuh"
 
 
 __device__ __forceinline__ void router_logits_body(const bf16* __restrict__ x, const bf16* __restrict__ wr, int E,
@@ -112,6 +113,7 @@ extern "C" __global__ void router_fused(const bf16* __restrict__ x, const bf16* 
                                         unsigned int* __restrict__ counter, int* __restrict__ ids,
                                         float* __restrict__ wts) {
     __shared__ bool last;
+    lb_pdl_trigger();  // launched plainly; lets the grouped GEMV after it (PDL) get resident early
     router_logits_body(x, wr, E, H, logits);
     __threadfence();
     __syncthreads();
