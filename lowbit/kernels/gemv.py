@@ -24,7 +24,7 @@ TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0}
 #: per weight scheme: the knobs measured best on H200 (benchmarks/gemv_variants.py, RESULTS.md); the env
 #: variables LOWBIT_<KNOB> (LOWBIT_GEMV_UNROLL=3 ...) override them for experiments.
 COMPILE_TUNING = {"bf16": {"GEMV_MIN_BLOCKS": 3, "GEMV_UNROLL": 2}, "fp8-block": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2},
-                  "nvfp4": {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2}, "int4": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2}}
+                  "nvfp4": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2}, "int4": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2}}
 UNROLL = 2  # the planner's minimum work per warp (iterations), whatever the compile-time unroll
 
 

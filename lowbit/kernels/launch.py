@@ -6,7 +6,7 @@ driver's cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZA
 start while the previous kernel of the stream still runs: its CTAs load what depends on nothing earlier
 (weights) and then wait (cuda/pdl.cuh). Only kernels that follow the pdl.cuh contract may be launched
 here: every one of them calls lb_pdl_wait() before touching an earlier kernel's data, and reads that
-data through L2 (not the read-only path). Used by the GEMVs (lowbit.kernels.gemv, the MoE decode). Stream capture
+data with coherent loads (not the read-only path). Used by the GEMVs (lowbit.kernels.gemv, the MoE decode). Stream capture
 records the programmatic edges into the CUDA graph (CUDA 12.3+), which is where decode gains: the
 launch gap and the DRAM ramp of each kernel overlap the previous kernel's tail.
 Arguments: cupy arrays (their device pointer) and numpy scalars (int32, uint32, int64, uint64, float32).

@@ -39,11 +39,13 @@
 //
 // Launch order (pdl.cuh): launched with programmatic dependent launch, a dense GEMV issues its first
 // stage of weight and scale loads before waiting on the previous kernel (x is its output); a grouped one
-// waits first (the expert ids are an earlier kernel's output). What earlier kernels wrote (x, activation
-// scales, expert ids, routing weights) is read with ld.global.cg (L2), never through the non-coherent
-// read-only path or L1: under PDL it is written while this kernel is already resident, so it is not
-// read-only for the kernel's lifetime (what ld.global.nc requires) and an SM's L1 may hold stale lines
-// of the same addresses (measured: stale expert ids -> illegal addresses in graph decode).
+// waits first (the expert ids are an earlier kernel's output). What earlier kernels wrote is read with
+// coherent loads after the wait (x and activation scales: ld.global.ca, which griddepcontrol.wait makes
+// see the earlier grids' writes; expert ids, routing weights: ld.global.cg), never through the
+// non-coherent read-only path (__ldg, ld.global.nc): under PDL that data is written while this kernel is
+// already resident, so it is not read-only for the kernel's lifetime, which ld.global.nc requires
+// (measured: expert ids read with __ldg came back stale -> illegal addresses in graph decode). x through
+// L2 only (ld.global.cg) measured 15-40 % slower at M = 8 (every warp re-reads x): hence L1.
 //
 // Preconditions (checked by the Python launcher, lowbit/kernels/gemv.py): pointers to contiguous device
 // arrays; 1 <= M <= 8*MT; cnt zeroed before first use (it is self-resetting) and not shared by two
@@ -145,12 +147,12 @@ __device__ __forceinline__ void load_x(const Args& a, int token, int k0, uint32_
   if ((a.k & 7) == 0 && k0 + 2 * NP <= a.k) {
 #pragma unroll
     for (int i = 0; i < NP / 4; ++i) {
-      const uint4 v = __ldcg(reinterpret_cast<const uint4*>(row) + i);
+      const uint4 v = __ldca(reinterpret_cast<const uint4*>(row) + i);
       X[4 * i] = v.x; X[4 * i + 1] = v.y; X[4 * i + 2] = v.z; X[4 * i + 3] = v.w;
     }
   } else {
     for (int i = 0; i < 2 * NP; ++i)
-      if (k0 + i < a.k) X[i >> 1] |= (uint32_t)__ldcg(row + i) << (16 * (i & 1));
+      if (k0 + i < a.k) X[i >> 1] |= (uint32_t)__ldca(row + i) << (16 * (i & 1));
   }
 }
 
@@ -164,7 +166,7 @@ __device__ __forceinline__ void load_x_fast(const uint16_t* xr, long off, uint32
   }
 #pragma unroll
   for (int i = 0; i < NP / 4; ++i) {
-    const uint4 v = __ldcg(reinterpret_cast<const uint4*>(xr + off) + i);
+    const uint4 v = __ldca(reinterpret_cast<const uint4*>(xr + off) + i);
     X[4 * i] = v.x; X[4 * i + 1] = v.y; X[4 * i + 2] = v.z; X[4 * i + 3] = v.w;
   }
 }

@@ -52,8 +52,8 @@ struct PolicyFP8 {
       float x0 = 1.f, x1 = 1.f;
       if (A8) {
         const int t0 = 8 * mt + 2 * t, t1 = t0 + 1;
-        x0 = t0 < m ? __ldcg(xs + (long)t0 * kb_count + kb) : 0.f;
-        x1 = t1 < m ? __ldcg(xs + (long)t1 * kb_count + kb) : 0.f;
+        x0 = t0 < m ? __ldca(xs + (long)t0 * kb_count + kb) : 0.f;
+        x1 = t1 < m ? __ldca(xs + (long)t1 * kb_count + kb) : 0.f;
       }
       acc[mt][0] += part[mt][0] * (sa.sw * x0); acc[mt][1] += part[mt][1] * (sa.sw * x1);
       acc[mt][2] += part[mt][2] * (sb.sw * x0); acc[mt][3] += part[mt][3] * (sb.sw * x1);

@@ -62,7 +62,7 @@ struct PolicyNVFP4 {
   }
   template <int MT>
   __device__ void partial(float (&)[MT][4], const float (&)[MT][4], const Side&, const Side&) const {}
-  __device__ float out_scale(int token) const { return A4 ? osc * __ldcg(xs + token) : osc; }
+  __device__ float out_scale(int token) const { return A4 ? osc * __ldca(xs + token) : osc; }
 };
 
 LB_GEMV_KERNEL(gemv_nvfp4_m8, PolicyNVFP4<false>, 1)

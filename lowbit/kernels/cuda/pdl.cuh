@@ -5,8 +5,8 @@
 //     kernel may still read, and at least once on every path (so that its completion implies the
 //     completion of every kernel before it: the chain stays transitive).
 // Work that depends on nothing earlier (loading weights) may run before the wait: that is the gain.
-// After the wait, data an earlier kernel wrote must be read through L2 (ld.global.cg, __ldcg), never
-// with __ldg / ld.global.nc or L1-cached loads: it was not read-only for this kernel's whole lifetime.
+// After the wait, data an earlier kernel wrote must be read with coherent loads (__ldca, __ldcg, plain
+// loads), never with __ldg / ld.global.nc: it was not read-only for this kernel's whole lifetime.
 // Launched with PDL: the GEMVs (cuda/common.cuh). Launched plainly but triggering early, so that the
 // GEMV after them may start: the runtime's fused kernels (lowbit/runtime/cuda_fused.py, where this
 // header is pasted into the NVRTC source) and the MoE router. On a plain launch lb_pdl_wait() is a
