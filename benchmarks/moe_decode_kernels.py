@@ -70,7 +70,7 @@ def main() -> None:
             row["sweep_down_us"] = {str(c): v for c, v in dn.items()}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del mw
+        mw = None  # free the experts before the next case
         cupy.get_default_memory_pool().free_all_blocks()
     lines = [f"GPU: {gpu}; copy {bw / 1e9:.0f} GB/s", "",
              "| model | scheme | warp us (gate_up) | gemv us (gate_up) | roofline us | gemv / roofline |",

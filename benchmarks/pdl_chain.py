@@ -34,7 +34,7 @@ def main() -> None:
 
                 row[f"pdl{pdl}_us"] = _graph_time(step, 64) * 1e6
             print(json.dumps(row), flush=True)
-            del ws
+            ws = None
             cupy.get_default_memory_pool().free_all_blocks()
 
 

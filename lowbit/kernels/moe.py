@@ -153,6 +153,10 @@ def _moe_gemv_fn(kind: str, ew: MoeWeights):
     return _moe_gemv_kernel(_moe_gemv_name(kind, ew), ew.scheme, cupy.cuda.Device().id)
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _expert_strides(w: GpuWeight) -> tuple:
     q, s, z, _ = _gemm._weight_args(w)
     return tuple(np.int64(0 if a is None else a.nbytes // w.experts) for a in (q, s, z))
@@ -164,8 +168,8 @@ def plan_decode(t: int, k: int, i_dim: int, h_dim: int, scheme: str, sm_count: i
     GEMV with the (token, slot) pairs as extra row tiles (their CTAs fill the GPU the same way)."""
     from lowbit.kernels.gemv import plan_launch
 
-    gate_up = plan_launch(16 * -(-i_dim // 8) * t * k, h_dim, scheme, sm_count, regs)
-    down = plan_launch(16 * -(-h_dim // 16) * t * k, i_dim, scheme, sm_count, regs)
+    gate_up = plan_launch(16 * _cdiv(i_dim, 8) * t * k, h_dim, scheme, sm_count, regs)
+    down = plan_launch(16 * _cdiv(h_dim, 16) * t * k, i_dim, scheme, sm_count, regs)
     return gate_up, down
 
 
@@ -206,7 +210,7 @@ def _decode_gemv(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None,
         # tiles of 8 rows (gate rows i..i+7 with the same up rows), one grid z per (token, slot)
         check(c)
         wr, wk, s = c
-        bx = -(-(-(-i_dim // 8)) // wr)
+        bx = _cdiv(_cdiv(i_dim, 8), wr)
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32 if s > 1 else 0, bx * wr * t * k)
         launch(fg, (bx, s, t * k), (wr * wk * 32,),
                (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, h, ws, cnt, ids, wts,
@@ -217,19 +221,19 @@ def _decode_gemv(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None,
         # tiles of 16 rows, one grid z per token, split j * s + q = part q of slot j's K
         check(c)
         wr, wk, s = c
-        bx = -(-(-(-h_dim // 16)) // wr)
+        bx = _cdiv(_cdiv(h_dim, 16), wr)
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32, bx * wr * t)
         launch(fd, (bx, k * s, t), (wr * wk * 32,),
                (u64(dq), u64(dsc), u64(dz), u64(dg), _gemv.NULL, _gemv.NULL, _gemv.NULL, _gemv.NULL, h, out, ws,
                 cnt, ids, wts, *_expert_strides(ew.down), np.int32(h_dim), np.int32(i_dim), np.int32(k * s), group,
                 np.int32(wk), np.int32(k), np.int32(s)))
 
-    if cfg is None:
+    key = (_moe_gemv_name("down", ew), t, k, i_dim, h_dim, dev)
+    if cfg is None and key in _TUNED:
+        cfg = _TUNED[key]
+    elif cfg is None:
         planned = plan_decode(t, k, i_dim, h_dim, ew.scheme, _gemv._sm_count(dev), max(fg.num_regs, fd.num_regs))
-        key = (_moe_gemv_name("down", ew), t, k, i_dim, h_dim, dev)
-        if key in _TUNED:
-            cfg = _TUNED[key]
-        elif not _gemv.TUNE or cupy.cuda.get_current_stream().is_capturing():
+        if not _gemv.TUNE or cupy.cuda.get_current_stream().is_capturing():
             cfg = planned  # timing is impossible inside a CUDA-graph capture
         else:
             flush = cupy.empty(64 << 20, dtype=cupy.uint8)
