@@ -9,7 +9,7 @@ Two paths, neither with a host synchronisation or a Python loop over experts:
     as ONE persistent launch (moe_decode_fused, 2 CTAs per SM, grid barriers between phases); otherwise
     router_fused, then moe_experts (routing given), two grouped GEMV launches per step. DECODE_KERNELS
     picks them: "gemv" (default) = gemv_moe_gate_up_* + gemv_moe_down_* of cuda/gemv_*.cu, the tensor-core
-    GEMV of the dense layers with the expert looked up per (token, slot) (common.cuh, "Grouped mode"):
+    GEMV of the dense layers with the expert looked up per (token, slot) (cuda/gemv_grouped.cuh):
     gate and up rows share one mma tile and the SwiGLU is applied in its epilogue; the down projection
     treats the k chosen experts as K splits, each partial scaled by its routing weight, summed in a fixed
     order. "warp" = moe_decode_gate_up + moe_decode_down of cuda/moe_decode.cu (one warp per output row,

@@ -29,13 +29,9 @@
 // to ws[tile][split][MT*4][32]; the last warp to finish a tile (atomic counter cnt[tile], reset by that
 // warp) sums the splits in order and writes y. Deterministic; every y[token < M][row < N] is written once.
 //
-// Grouped mode (MoE decode, gemv_moe_gate_up_* / gemv_moe_down_*, launched by lowbit/kernels/moe.py):
-// the same loop over stacked experts [E, N, K], each (token, slot) pair one M = 1 GEMV whose tensors are
-// advanced to expert ids[pair] (Args::ew/es/ez bytes per expert). gate/up: a tile is 8 output rows, lane
-// rows g from gate and g + 8 from up (the same row index, policy objects per tensor), so the fp32 C tile
-// holds both dot products of a row and the epilogue writes silu(gate) * up. down: the k slots of a token
-// are split-K parts (grid y = slot * sub + part), each partial scaled by its routing weight (and the
-// expert's out_scale) before the ordered split-K sum: deterministic, no atomics on y.
+// Grouped mode (MoE decode): gemv_grouped.cuh runs this same loop over stacked experts (gemv_core with
+// Mode MOE_GATE_UP / MOE_DOWN: two policies and two weight bases for the two rows of a lane, a per-split
+// factor in the epilogue, SwiGLU in the gate/up epilogue).
 //
 // Launch order (pdl.cuh): launched with programmatic dependent launch, a dense GEMV issues its first
 // stage of weight and scale loads before waiting on the previous kernel (x is its output); a grouped one
@@ -472,45 +468,6 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
   gemv_core<P, MT, DENSE>(a, p, p, a.w, a.w, pl, ra, ra + 8, wr, wk, wr_n);
 }
 
-// Grouped (MoE decode, one token per (token, slot) pair, M = 1):
-//  MOE_GATE_UP: y[p, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), e = ids[p], t = p / topk; grid
-//    (ceil(I / 8) / wr_n, splits, T * topk). A tile is 8 output rows: A rows 0-7 are gate rows, 8-15 the
-//    same up rows, so C holds both dot products of a row and the epilogue applies the SwiGLU.
-//  MOE_DOWN: y[t, n] = sum_j wts[p] * (down_e[n] . x[p]), p = t * topk + j, e = ids[p]; grid
-//    (ceil(H / 16) / wr_n, topk * sub, T): split j * sub + s is part s of slot j's K, its partial
-//    scaled by the routing weight, summed in a fixed order by the split-K epilogue.
-template <class P, int MODE>
-__device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int wr_n = (blockDim.x >> 5) / a0.wk, wr = warp % wr_n, wk = warp / wr_n;
-  const int tile = blockIdx.x * wr_n + wr, gtile = blockIdx.z * gridDim.x * wr_n + tile;
-  const int g = lane >> 2;
-  lb_pdl_trigger();
-  lb_pdl_wait();  // the expert ids and x come from earlier kernels
-  if (MODE == MOE_GATE_UP) {
-    const int pair = blockIdx.z, e = __ldcg(a0.ids + pair), row0 = tile * 8;
-    Args a = a0;
-    a.x += (long)(pair / a0.topk) * a0.k;
-    a.y += (long)pair * a0.n;
-    const Args ag = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, e);
-    const Args au = expert_args(a, a0.w2, a0.s2, a0.z2, a0.g2, e);
-    const Place pl{tile, row0, gtile, (int)blockIdx.y, a0.splits, (int)blockIdx.y, 1.f, row0 < a0.n};
-    const P pg(ag, row0), pu(au, row0);
-    gemv_core<P, 1, MOE_GATE_UP>(ag, pg, pu, ag.w, au.w, pl, row0 + g, row0 + g, wr, wk, wr_n);
-  } else {
-    const int j = blockIdx.y / a0.sub, pair = blockIdx.z * a0.topk + j, e = __ldcg(a0.ids + pair);
-    const int row0 = tile * 16;
-    Args a = a0;
-    a.x += (long)pair * a0.k;
-    a.y += (long)blockIdx.z * a0.n;
-    a = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, e);
-    const P p(a, row0);
-    const Place pl{tile, row0, gtile, (int)blockIdx.y - j * a0.sub, a0.sub, (int)blockIdx.y,
-                   __ldcg(a0.wts + pair) * p.out_scale(0), row0 < a0.n};
-    gemv_core<P, 1, MOE_DOWN>(a, p, p, a.w, a.w, pl, row0 + g, row0 + g + 8, wr, wk, wr_n);
-  }
-}
-
 }  // namespace lb
 
 // One extern "C" kernel per (policy, token tiles), with the argument list every launcher passes.
@@ -522,20 +479,3 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     const lb::Args a{w, s, z, gscale, x, xs, y, ws, cnt, n, k, m, splits, group, wk};                  \
     lb::gemv_body<POLICY, MT>(a);                                                                     \
   }
-
-// The grouped (MoE decode) pair of a policy: gemv_moe_gate_up_TAG and gemv_moe_down_TAG, one argument
-// list (down ignores the second tensor). n, k: the rows and K of ONE expert's matrix.
-#define LB_GEMV_MOE_KERNEL(NAME, POLICY, MODE)                                                        \
-  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS)                       \
-      NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint8_t* w2,     \
-           const void* s2, const int* z2, const float* g2, const uint16_t* x, uint16_t* y, float* ws,  \
-           int* cnt, const int* ids, const float* wts, long long ew, long long es, long long ez, int n, \
-           int k, int splits, int group, int wk, int topk, int sub) {                                 \
-    lb::Args a{w, s, z, gscale, x, nullptr, y, ws, cnt, n, k, 1, splits, group, wk};                   \
-    a.w2 = w2; a.s2 = s2; a.z2 = z2; a.g2 = g2; a.ids = ids; a.wts = wts;                               \
-    a.ew = ew; a.es = es; a.ez = ez; a.topk = topk; a.sub = sub;                                       \
-    lb::gemv_grouped_body<POLICY, lb::MODE>(a);                                                       \
-  }
-#define LB_GEMV_MOE_KERNELS(TAG, POLICY)                                  \
-  LB_GEMV_MOE_KERNEL(gemv_moe_gate_up_##TAG, POLICY, MOE_GATE_UP)         \
-  LB_GEMV_MOE_KERNEL(gemv_moe_down_##TAG, POLICY, MOE_DOWN)

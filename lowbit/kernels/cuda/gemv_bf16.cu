@@ -7,6 +7,7 @@
 // K % 8 == 0, masked scalar loads otherwise); pointers 16-byte aligned.
 // Reference: lowbit.verify.reference.gemv_reference("bf16") = float64 x @ W^T.
 #include "common.cuh"
+#include "gemv_grouped.cuh"
 
 struct PolicyBF16 {
   static constexpr int EC = 8, BITS = 16;

@@ -13,6 +13,7 @@
 // Reference: formats.fp8_block.dequantize + float64 matmul (A8: with x dequantized by the same recipe,
 // lowbit.verify.reference.quantize_act_fp8).
 #include "common.cuh"
+#include "gemv_grouped.cuh"
 
 template <bool A8>
 struct PolicyFP8 {

@@ -15,6 +15,7 @@
 // Preconditions: K % G == 0; 1 <= M <= 8 / 16; any N. Rows are K/2 bytes, a multiple of 16.
 // Reference: formats.int4.dequantize + float64 matmul.
 #include "common.cuh"
+#include "gemv_grouped.cuh"
 #include "xperm4.cuh"
 
 struct PolicyInt4 {

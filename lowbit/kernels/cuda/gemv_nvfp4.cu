@@ -12,6 +12,7 @@
 // Preconditions: K % 16 == 0; 1 <= M <= 8 / 16; any N (16-byte loads when K % 32 == 0, masked otherwise).
 // Reference: formats.nvfp4.dequantize + float64 matmul (A4: reference.quantize_act_nvfp4 for x).
 #include "common.cuh"
+#include "gemv_grouped.cuh"
 #include "xperm4.cuh"
 
 template <bool A4>
