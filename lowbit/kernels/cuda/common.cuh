@@ -223,9 +223,9 @@ __device__ __forceinline__ float e4m3_to_float(uint8_t b) {
 }
 
 // Where one warp's work lands: the row tile (its first row row0 and, for the split-K workspace, an index
-// unique over the whole grid), the K split it sweeps, and the partial it contributes (split of splits).
+// gtile unique over the whole grid), the K split it sweeps, and the partial it contributes (split of splits).
 struct Place {
-  int tile, row0, gtile;  // gtile: tile index over every grid z (workspace and counters)
+  int row0, gtile;        // gtile: tile index over every grid z (workspace and counters)
   int ksplit, ksplits;    // the K range: part ksplit of ksplits
   int split;              // which of a.splits partials (dense and gate/up: = ksplit)
   float pscale;           // the partial's factor (down: the routing weight times the expert's out_scale)
@@ -282,17 +282,17 @@ __device__ __forceinline__ void epilogue(const Args& a, const P& pa, const P& pb
       a.y[row] = __bfloat16_as_ushort(__float2bfloat16_rn(silu(v[0] * pa.out_scale(0)) * (v[2] * pb.out_scale(0))));
   } else {
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
+      for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int row = pl.row0 + g + 8 * h, token = 8 * mt + 2 * t + j;
-        if (row < a.n && token < a.m) {
-          const float out = MODE == MOE_DOWN ? v[mt * 4 + 2 * h + j] : v[mt * 4 + 2 * h + j] * pa.out_scale(token);
-          a.y[(long)token * a.n + row] = __bfloat16_as_ushort(__float2bfloat16_rn(out));
+        for (int j = 0; j < 2; ++j) {
+          const int row = pl.row0 + g + 8 * h, token = 8 * mt + 2 * t + j;
+          if (row < a.n && token < a.m) {
+            const float out = MODE == MOE_DOWN ? v[mt * 4 + 2 * h + j] : v[mt * 4 + 2 * h + j] * pa.out_scale(token);
+            a.y[(long)token * a.n + row] = __bfloat16_as_ushort(__float2bfloat16_rn(out));
+          }
         }
-      }
   }
 }
 
@@ -461,7 +461,7 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wr_n = (blockDim.x >> 5) / a.wk, wr = warp % wr_n, wk = warp / wr_n;
   const int tile = blockIdx.x * wr_n + wr, row0 = tile * 16;
-  const Place pl{tile, row0, tile, (int)blockIdx.y, a.splits, (int)blockIdx.y, 1.f, row0 < a.n};
+  const Place pl{row0, tile, (int)blockIdx.y, a.splits, (int)blockIdx.y, 1.f, row0 < a.n};
   lb_pdl_trigger();
   const P p(a, row0);
   const int ra = row0 + (lane >> 2);

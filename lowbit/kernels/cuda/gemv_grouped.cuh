@@ -38,7 +38,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     a.y += (long)pair * a0.n;
     const Args ag = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, e);
     const Args au = expert_args(a, a0.w2, a0.s2, a0.z2, a0.g2, e);
-    const Place pl{tile, row0, gtile, (int)blockIdx.y, a0.splits, (int)blockIdx.y, 1.f, row0 < a0.n};
+    const Place pl{row0, gtile, (int)blockIdx.y, a0.splits, (int)blockIdx.y, 1.f, row0 < a0.n};
     const P pg(ag, row0), pu(au, row0);
     gemv_core<P, 1, MOE_GATE_UP>(ag, pg, pu, ag.w, au.w, pl, row0 + g, row0 + g, wr, wk, wr_n);
   } else {
@@ -49,7 +49,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     a.y += (long)blockIdx.z * a0.n;
     a = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, e);
     const P p(a, row0);
-    const Place pl{tile, row0, gtile, (int)blockIdx.y - j * a0.sub, a0.sub, (int)blockIdx.y,
+    const Place pl{row0, gtile, (int)blockIdx.y - j * a0.sub, a0.sub, (int)blockIdx.y,
                    __ldcg(a0.wts + pair) * p.out_scale(0), row0 < a0.n};
     gemv_core<P, 1, MOE_DOWN>(a, p, p, a.w, a.w, pl, row0 + g, row0 + g + 8, wr, wk, wr_n);
   }
