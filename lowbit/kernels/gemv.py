@@ -284,7 +284,8 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
             raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
         ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
         launch_kernel(fn, (-(-tiles // wr), s), (wr * wk * 32,),
-               args + (ws, cnt, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group), np.int32(wk)))
+                      args + (ws, cnt, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group),
+                              np.int32(wk)))
 
     planned = (pr, pk, ps)
     if cta is not None or splits is not None:

@@ -5,10 +5,10 @@ shared_mem=...)`; where PDL is on (compute capability >= 9.0, LOWBIT_PDL not "0"
 driver's cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, so the kernel may
 start while the previous kernel of the stream still runs: its CTAs load what depends on nothing earlier
 (weights) and then wait (cuda/pdl.cuh). Only kernels that follow the pdl.cuh contract may be launched
-here: every one of them calls lb_pdl_wait() before touching an earlier kernel's data, and reads that
-data with coherent loads (not the read-only path). Used by the GEMVs (lowbit.kernels.gemv, the MoE decode). Stream capture
-records the programmatic edges into the CUDA graph (CUDA 12.3+), which is where decode gains: the
-launch gap and the DRAM ramp of each kernel overlap the previous kernel's tail.
+here: every one of them calls lb_pdl_wait() before touching an earlier kernel's data and reads that data
+with coherent loads (not the read-only path); today the GEMVs (lowbit.kernels.gemv, the MoE decode).
+Stream capture records the programmatic edges into the CUDA graph (CUDA 12.3+), which is where decode
+gains: the launch gap and the DRAM ramp of each kernel overlap the previous kernel's tail.
 Arguments: cupy arrays (their device pointer) and numpy scalars (int32, uint32, int64, uint64, float32).
 """
 

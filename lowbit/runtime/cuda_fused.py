@@ -57,7 +57,6 @@ __device__ unsigned short to_bf16_rne(float f) {
 extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w,
                                         float* __restrict__ y, unsigned short* __restrict__ yb, int n, float eps) {
     lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
-    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     __shared__ float red[32];
     const float* xr = x + (long long)blockIdx.x * n;
     float vals[RPT], ws[RPT];
@@ -96,7 +95,6 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ h, const float* __re
                                         const unsigned short* __restrict__ db, const float* __restrict__ w,
                                         float* __restrict__ y, unsigned short* __restrict__ yb, int n, float eps) {
     lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
-    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     __shared__ float red[32];
     float* hr = h + (long long)blockIdx.x * n;
     long long off = (long long)blockIdx.x * n;
@@ -149,7 +147,6 @@ extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restri
                                     const int* __restrict__ pos, int start, int heads, int d,
                                     const float* __restrict__ w, float eps) {
     lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
-    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     __shared__ float red[32];
     __shared__ float row[1024];
     int r = blockIdx.x, t = r / heads, j = threadIdx.x;
@@ -177,7 +174,6 @@ extern "C" __global__ void qkv_rope_store(const unsigned short* __restrict__ y, 
                                           float* __restrict__ kc, float* __restrict__ vc,
                                           int max_ctx, int heads, int kv_heads, int d) {
     lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
-    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     __shared__ float red[32];
     __shared__ float row[1024];
     int b = blockIdx.x, j = threadIdx.x;
@@ -209,7 +205,6 @@ extern "C" __global__ void qkv_rope_store(const unsigned short* __restrict__ y, 
 extern "C" __global__ void swiglu_bf16(const unsigned short* __restrict__ y, unsigned short* __restrict__ act,
                                        long long m, int inter) {
     lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
-    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= m * inter) return;
     long long r = i / inter, c = i % inter;
@@ -224,7 +219,6 @@ extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* 
                                       const int* __restrict__ pos, int max_ctx, int group, int d,
                                       float scale, int window, unsigned short* __restrict__ outb) {
     lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
-    lb_pdl_wait();  // a no-op: launched plainly (their loads may take the read-only path)
     extern __shared__ float sh[];           // [d] query, then [T] scores
     __shared__ float red[32];
     int h = blockIdx.x, kvh = h / group;

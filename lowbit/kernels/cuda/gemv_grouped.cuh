@@ -16,13 +16,8 @@
 
 namespace lb {
 
-// Grouped (MoE decode, one token per (token, slot) pair, M = 1):
-//  MOE_GATE_UP: y[p, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), e = ids[p], t = p / topk; grid
-//    (ceil(I / 8) / wr_n, splits, T * topk). A tile is 8 output rows: A rows 0-7 are gate rows, 8-15 the
-//    same up rows, so C holds both dot products of a row and the epilogue applies the SwiGLU.
-//  MOE_DOWN: y[t, n] = sum_j wts[p] * (down_e[n] . x[p]), p = t * topk + j, e = ids[p]; grid
-//    (ceil(H / 16) / wr_n, topk * sub, T): split j * sub + s is part s of slot j's K, its partial
-//    scaled by the routing weight, summed in a fixed order by the split-K epilogue.
+// Grids: gate/up (ceil(I / 8) / wr_n, splits, T * topk), pair p = grid z, token p / topk; down
+// (ceil(H / 16) / wr_n, topk * sub, T), split j * sub + s = part s of slot j's K, pair t * topk + j.
 template <class P, int MODE>
 __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -9,8 +9,8 @@
 // loads), never with __ldg / ld.global.nc: it was not read-only for this kernel's whole lifetime.
 // Launched with PDL: the GEMVs (cuda/common.cuh). Launched plainly but triggering early, so that the
 // GEMV after them may start: the runtime's fused kernels (lowbit/runtime/cuda_fused.py, where this
-// header is pasted into the NVRTC source) and the MoE router. On a plain launch lb_pdl_wait() is a
-// no-op; before sm_90 both are.
+// header is pasted into the NVRTC source; their `const __restrict__` loads may take the read-only path,
+// so they must not be launched with PDL as they are) and the MoE router. Before sm_90 both are no-ops.
 #pragma once
 
 __device__ __forceinline__ void lb_pdl_wait() {
