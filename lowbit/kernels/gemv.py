@@ -164,8 +164,9 @@ class _Workspace:
 _WS = _Workspace()
 
 
-def quantize_act_fp8(x, codes: bool = False):
-    """x bf16 [M, K] -> (xq bf16 [M, K] = E4M3 values, xs f32 [M, ceil(K/128)][, codes uint8 [M, K]])."""
+def quantize_act_fp8(x, codes: bool = False, half: bool = False):
+    """x bf16 [M, K] -> (xq [M, K] = E4M3 values, bf16 or, with half, f16 (what the W8A8 GEMV reads), xs f32
+    [M, ceil(K/128)][, codes uint8 [M, K]])."""
     import cupy
 
     from lowbit.kernels.compile import get_function
@@ -173,11 +174,11 @@ def quantize_act_fp8(x, codes: bool = False):
     m = check_activation(x, int(x.shape[-1]) if x.ndim == 2 else -1)
     k = int(x.shape[1])
     kbc = -(-k // 128)
-    xq = cupy.empty_like(x)
+    xq = cupy.empty((m, k), dtype=cupy.float16 if half else x.dtype)
     xs = cupy.empty((m, kbc), dtype=cupy.float32)
     cd = cupy.empty((m, k), dtype=cupy.uint8) if codes else None
     fn = get_function("gemv_act.cu", "act_quant_fp8")
-    fn((-(-m * kbc // 8),), (256,), (x, xq, xs, cd if codes else NULL, np.int32(m), np.int32(k)))
+    fn((-(-m * kbc // 8),), (256,), (x, xq, xs, cd if codes else NULL, np.int32(m), np.int32(k), np.int32(half)))
     return (xq, xs, cd) if codes else (xq, xs)
 
 
@@ -270,7 +271,7 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
     fn, pr, pk, ps = _planned(_FILES[w.scheme], f"gemv_{_kernel_tag(w, act)}_m{8 * mt}", w.n, w.k, w.scheme, dev)
     xs = NULL
     if act == "fp8":
-        x, xs = quantize_act_fp8(x)
+        x, xs = quantize_act_fp8(x, half=True)  # f16 values of the E4M3 codes (the kernel's f16 mmas)
     elif act == "nvfp4":
         x, xs = quantize_act_nvfp4(x)
     t = w.tensors

@@ -84,6 +84,9 @@ def test_act_quant_fp8_matches_numpy_bit_for_bit():
     assert np.array_equal(cupy.asnumpy(codes), rc.view(np.uint8)), f"seed {seed}"
     assert np.array_equal(cupy.asnumpy(xs), rs), f"seed {seed}"
     assert np.array_equal(cupy.asnumpy(xq).astype(np.float32), rc.astype(np.float32)), f"seed {seed}"
+    hq, hs = quantize_act_fp8(cupy.asarray(x), half=True)  # what the W8A8 GEMV reads: f16, same values
+    assert hq.dtype == cupy.float16 and np.array_equal(cupy.asnumpy(hs), rs), f"seed {seed}"
+    assert np.array_equal(cupy.asnumpy(hq).astype(np.float32), rc.astype(np.float32)), f"seed {seed}"
 
 
 def test_act_quant_nvfp4_matches_numpy_bit_for_bit():

@@ -13,7 +13,9 @@
 // by a fixed stride), the general one the rest (a K tail; rows that are not 16-byte multiples: masked
 // loads, zeros past N and K). The launcher picks warps per CTA and splits to fill the GPU evenly.
 // Measured on H200 and dropped (benchmarks/RESULTS.md): bulk-copy (cp.async.bulk) shared-memory rings
-// per warp, and a single register ring refilled per iteration: both slower than the two buffers.
+// per warp, a single register ring refilled per iteration, and a thread-private cp.async (LDGSTS) ring of
+// 3-8 stages in dynamic shared memory (every scheme capped near 2 TB/s, bf16 included): all slower than
+// the two register buffers.
 //
 // Math. The chunk is decoded to bf16 pairs and fed to the tensor cores with
 // mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32: A = 16 W rows x 16 k-slots, B = 16 k-slots x 8 tokens,
@@ -176,15 +178,30 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// All mmas of one chunk: A = rows g (RA) and g+8 (RB), B = the token tile(s) X[mt].
-template <int NP, int MT>
+__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// All mmas of one chunk: A = rows g (RA) and g+8 (RB), B = the token tile(s) X[mt]; bf16 pairs, or f16
+// pairs when F16 (the W8A8 GEMV: E4M3 codes of weight and activation are exact in f16). One accumulator
+// chain: splitting the mmas over 2 or 4 independent chains measured the same (H200, 2026-11-27).
+template <int NP, int MT, bool F16 = false>
 __device__ __forceinline__ void mma_chunk(float (&c)[MT][4], const uint32_t (&RA)[NP], const uint32_t (&RB)[NP],
                                           const uint32_t (&X)[MT][NP]) {
 #pragma unroll
   for (int j = 0; j < NP / 2; ++j)
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) mma_bf16(c[mt], RA[2 * j], RB[2 * j], RA[2 * j + 1], RB[2 * j + 1],
-                                             X[mt][2 * j], X[mt][2 * j + 1]);
+    for (int mt = 0; mt < MT; ++mt) {
+      if constexpr (F16)
+        mma_f16(c[mt], RA[2 * j], RB[2 * j], RA[2 * j + 1], RB[2 * j + 1], X[mt][2 * j], X[mt][2 * j + 1]);
+      else
+        mma_bf16(c[mt], RA[2 * j], RB[2 * j], RA[2 * j + 1], RB[2 * j + 1], X[mt][2 * j], X[mt][2 * j + 1]);
+    }
 }
 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
@@ -208,6 +225,12 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t c) {
 __device__ __forceinline__ uint32_t hsub2_bf16(uint32_t a, uint32_t b) {
   __nv_bfloat162 r = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
   return *reinterpret_cast<uint32_t*>(&r);
+}
+
+// Two E4M3 bytes (low byte first) -> f16x2, exact: one hardware cvt.
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint16_t two) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two, __NV_E4M3);
+  return (uint32_t)h.x | ((uint32_t)h.y << 16);
 }
 
 // Two E4M3 bytes (low byte first) -> bf16x2, exact, through the hardware cvt (e4m3x2 -> f16x2).
@@ -377,10 +400,10 @@ __device__ __forceinline__ void compute_one(const Args& a, const P& pa, const P&
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) part[mt][i] = 0.f;
-    mma_chunk<NP, MT>(part, RA, RB, X);
+    mma_chunk<NP, MT, P::F16>(part, RA, RB, X);
     pa.partial(acc, part, st.sa[u], st.sb[u]);
   } else {
-    mma_chunk<NP, MT>(acc, RA, RB, X);
+    mma_chunk<NP, MT, P::F16>(acc, RA, RB, X);
   }
 }
 

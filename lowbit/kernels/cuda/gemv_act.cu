@@ -2,8 +2,9 @@
 //
 // act_quant_fp8: x bf16 [M, K] -> per token, per 128 channels (the DeepSeek recipe): s = amax/448 (1 when
 //   amax == 0), code = E4M3(x / s) round-to-nearest-even, saturating (hardware cvt .satfinite).
-//   Writes xq bf16 [M, K] = the code's value (exact in bf16), xs f32 [M, ceil(K/128)] = s, and, if codes
-//   is not null, codes uint8 [M, K]. Grid: ceil(M * ceil(K/128) / 8) CTAs of 8 warps, a warp per block.
+//   Writes xs f32 [M, ceil(K/128)] = s and, where the pointer is not null, xq [M, K] = the code's value
+//   (exact in bf16, and in f16 when half != 0: what the W8A8 GEMV reads) and codes uint8 [M, K].
+//   Grid: ceil(M * ceil(K/128) / 8) CTAs of 8 warps, a warp per block.
 // act_quant_nvfp4: x bf16 [M, K] -> per token NVFP4 with a dynamic global scale: gx = 2688/amax(x[m]) (1 when
 //   amax is 0), per 16 channels s8 = E4M3(gx * amax16 / 6) (the smallest subnormal 2^-9 when it is 0),
 //   code = E2M1(clamp(x / (s8 / gx), -6, 6)): the same float32 steps as formats.nvfp4.quantize.
@@ -18,7 +19,7 @@ __device__ __forceinline__ float bf16_at(const uint16_t* p) { return __uint_as_f
 __device__ __forceinline__ uint16_t bf16_bits(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
 
 extern "C" __global__ void __launch_bounds__(256)
-    act_quant_fp8(const uint16_t* x, uint16_t* xq, float* xs, uint8_t* codes, int m, int k) {
+    act_quant_fp8(const uint16_t* x, uint16_t* xq, float* xs, uint8_t* codes, int m, int k, int half) {
   const int kbc = (k + 127) / 128;
   const int wid = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (wid >= m * kbc) return;
@@ -38,7 +39,10 @@ extern "C" __global__ void __launch_bounds__(256)
     const int kk = kb * 128 + lane * 4 + j;
     if (kk >= k) continue;
     const __nv_fp8_storage_t q = __nv_cvt_float_to_fp8(v[j] / s, __NV_SATFINITE, __NV_E4M3);
-    xq[(long)token * k + kk] = bf16_bits(lb::e4m3_to_float(q));
+    if (xq != nullptr) {
+      const float f = lb::e4m3_to_float(q);
+      xq[(long)token * k + kk] = half ? __half_as_ushort(__float2half_rn(f)) : bf16_bits(f);
+    }
     if (codes != nullptr) codes[(long)token * k + kk] = q;
   }
   if (lane == 0) xs[(long)token * kbc + kb] = s;

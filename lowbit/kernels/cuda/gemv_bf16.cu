@@ -11,7 +11,7 @@
 
 struct PolicyBF16 {
   static constexpr int EC = 8, BITS = 16;
-  static constexpr bool PARTIAL = false;
+  static constexpr bool PARTIAL = false, F16 = false;
   struct Side {};
   __device__ PolicyBF16(const lb::Args&, int) {}
   __device__ Side side(int, int) const { return {}; }

@@ -2,9 +2,12 @@
 //
 // Operands: W = `weight` E4M3 bytes [N, K] row-major; S = `weight_scale_inv` f32 [ceil(N/128), ceil(K/128)],
 // MULTIPLIED at dequant (W = e4m3(code) * S[n/128, k/128]); x bf16 [M, K]; y bf16 [M, N].
-// W8A8 (gemv_fp8_a8_*): x holds the bf16 values of E4M3 activation codes and xs f32 [M, ceil(K/128)] their
-// per-token, per-128-channel scales, both written by act_quant_fp8 (gemv_act.cu); the product is
-// sum_blocks S[n,b] * xs[m,b] * sum_k code_w * code_x.
+// W8A8 (gemv_fp8_a8_*): x holds the f16 values of E4M3 activation codes and xs f32 [M, ceil(K/128)] their
+// per-token, per-128-channel scales, both written by act_quant_fp8 (gemv_act.cu, half = 1); the product is
+// sum_blocks S[n,b] * xs[m,b] * sum_k code_w * code_x on f16 mmas: every E4M3 value is exact in f16, so a
+// weight code pair is one hardware cvt (e4m3x2 -> f16x2) and the x codes need none. (mma.sync with E4M3
+// operands, m16n8k32, is what sm_90 compiles the same way plus 4 cvts per mma for the x codes: measured
+// in SASS, not used. Hopper's native fp8 tensor-core path is wgmma, which needs 64-row warpgroup tiles.)
 // Geometry (common.cuh): a warp per 16 rows, grid (ceil(N/(16*warps)), splits); 16-byte chunk = 16 codes; one
 // iteration (64 elements of K) lies inside one 128-block, so the tile's mma partial of an iteration is
 // multiplied by that block's scale(s) in fp32 and added: the codes go to the tensor cores unscaled and
@@ -18,7 +21,7 @@
 template <bool A8>
 struct PolicyFP8 {
   static constexpr int EC = 16, BITS = 8;
-  static constexpr bool PARTIAL = true;
+  static constexpr bool PARTIAL = true, F16 = A8;  // A8: f16 mmas (x = f16 values of E4M3 codes)
   const float* s;
   const float* xs;
   int kb_count, m, rowblock;
@@ -35,12 +38,18 @@ struct PolicyFP8 {
   }
   __device__ Side side_fast(int row, int k0) const { return side(row, k0); }
   __device__ static void xperm(uint32_t (&)[EC / 2]) {}
+  // Each code pair -> one 16-bit pair, exactly: A8 f16x2 (one hardware cvt), A16 bf16x2 (cvt, widen, pack).
   __device__ void decode(const uint4& raw, const Side&, uint32_t (&A)[EC / 2]) const {
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      A[2 * i] = lb::e4m3x2_to_bf16x2((uint16_t)(w[i] & 0xffffu));
-      A[2 * i + 1] = lb::e4m3x2_to_bf16x2((uint16_t)(w[i] >> 16));
+      if constexpr (A8) {
+        A[2 * i] = lb::e4m3x2_to_f16x2((uint16_t)(w[i] & 0xffffu));
+        A[2 * i + 1] = lb::e4m3x2_to_f16x2((uint16_t)(w[i] >> 16));
+      } else {
+        A[2 * i] = lb::e4m3x2_to_bf16x2((uint16_t)(w[i] & 0xffffu));
+        A[2 * i + 1] = lb::e4m3x2_to_bf16x2((uint16_t)(w[i] >> 16));
+      }
     }
   }
   template <int MT>

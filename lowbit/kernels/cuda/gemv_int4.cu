@@ -20,7 +20,7 @@
 
 struct PolicyInt4 {
   static constexpr int EC = 32, BITS = 4;
-  static constexpr bool PARTIAL = false;
+  static constexpr bool PARTIAL = false, F16 = false;
   const uint16_t* s;
   const int* z;
   int n, groups, group;
@@ -60,7 +60,7 @@ struct PolicyInt4 {
 // G = 128: exact integer codes into the mma, per-row scales applied to each iteration's partial.
 struct PolicyInt4G128 {
   static constexpr int EC = 32, BITS = 4;
-  static constexpr bool PARTIAL = true;
+  static constexpr bool PARTIAL = true, F16 = false;
   const uint16_t* s;
   const int* z;
   int n, groups;

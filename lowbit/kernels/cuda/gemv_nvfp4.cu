@@ -18,7 +18,7 @@
 template <bool A4>
 struct PolicyNVFP4 {
   static constexpr int EC = 32, BITS = 4;
-  static constexpr bool PARTIAL = false;
+  static constexpr bool PARTIAL = false, F16 = false;
   const uint8_t* s;
   const float* xs;
   int n, groups;
