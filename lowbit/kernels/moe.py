@@ -237,11 +237,9 @@ def _decode_gemv(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None,
             cfg = planned  # timing is impossible inside a CUDA-graph capture
         else:
             flush = cupy.empty(64 << 20, dtype=cupy.uint8)
-            best_gu = min(dict.fromkeys([planned[0], *GATE_UP_CANDIDATES]),
-                          key=lambda c: _gemv._time_config(gate_up, c, flush))
+            best_gu = _gemv.fastest_config(gate_up, [planned[0], *GATE_UP_CANDIDATES], flush)
             gate_up(best_gu)
-            best_dn = min(dict.fromkeys([planned[1], *DOWN_CANDIDATES]),
-                          key=lambda c: _gemv._time_config(down, c, flush))
+            best_dn = _gemv.fastest_config(down, [planned[1], *DOWN_CANDIDATES], flush)
             cfg = _TUNED[key] = (best_gu, best_dn)
             del flush
     gate_up(cfg[0])

@@ -11,12 +11,15 @@ backend; tests/runtime/test_cuda.py compares the logits):
   qkv_rope_store  decode: q|k|v GEMV output + bias -> q/k norm -> RoPE -> q out, k and v into the cache
   swiglu        silu(gate) * up straight from the stacked gate|up GEMV output, bf16 for the down GEMV
   attend        one token's attention over the KV cache (causal up to the device position, optional
-                sliding window), softmax in fp32, one block per query head; keys beyond the position
-                are never read (graph replays at any position below the span).
+                sliding window), softmax in fp32: split over key ranges (attend_split, flash-decoding:
+                a block per head and range, the last one combines) or, with LOWBIT_ATTEND_SPLIT=0, one
+                block per query head (attend_f32); keys beyond the position are never read (graph
+                replays at any position below the span).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -276,11 +279,111 @@ extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* 
         if (outb) outb[(long long)h * d + j] = to_bf16_rne(acc / sum); else out[(long long)h * d + j] = acc / sum;
     }
 }
+
+// Flash-decoding (split keys): keys [t0, T) of head h are cut into gridDim.y ranges of `per` keys, per =
+// max(min_per, ceil((T - t0) / gridDim.y)), one block each; a block writes its range's max m, exp-sum l and
+// unnormalised output o[d] to ws[h][split] = {m, l, o[0..d)} (l = 0: empty range, o not written). The last
+// block of head h to finish (counter cnt[h], self-resetting) combines them in split order:
+// out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s. Deterministic; same math as attend_f32
+// per range. Shared memory: [d] query + [per] scores.
+extern "C" __global__ void attend_split(const float* __restrict__ q, const float* __restrict__ k,
+                                        const float* __restrict__ v, float* __restrict__ out,
+                                        const int* __restrict__ pos, int max_ctx, int group, int d,
+                                        float scale, int window, unsigned short* __restrict__ outb,
+                                        float* ws, int* cnt, int min_per) {
+    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+    extern __shared__ float sh[];
+    __shared__ float red[32];
+    __shared__ int last;
+    const int h = blockIdx.x, sp = blockIdx.y, splits = gridDim.y, kvh = h / group;
+    const int T = pos[0] + 1;
+    const int t0 = (window > 0 && T > window) ? T - window : 0;
+    const int per = max(min_per, (T - t0 + splits - 1) / splits);
+    const int a0 = min(T, t0 + sp * per), a1 = min(T, a0 + per), n = a1 - a0;
+    float* w = ws + ((long long)h * splits + sp) * (d + 2);
+    if (n > 0) {
+        float* qs = sh;
+        float* s = sh + d;
+        for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = q[(long long)h * d + j];
+        __syncthreads();
+        const float* kb = k + (long long)kvh * max_ctx * d;
+        const float* vb = v + (long long)kvh * max_ctx * d;
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+        constexpr int KPW = 4;
+        for (int tb = a0 + warp * KPW; tb < a1; tb += warps * KPW) {
+            float acc[KPW];
+#pragma unroll
+            for (int u = 0; u < KPW; ++u) acc[u] = 0.f;
+            for (int j = lane; j < d; j += 32) {
+                const float qj = qs[j];
+#pragma unroll
+                for (int u = 0; u < KPW; ++u)
+                    if (tb + u < a1) acc[u] += qj * kb[(long long)(tb + u) * d + j];
+            }
+#pragma unroll
+            for (int u = 0; u < KPW; ++u) {
+                float a = acc[u];
+                for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+                if (lane == 0 && tb + u < a1) s[tb + u - a0] = a * scale;
+            }
+        }
+        __syncthreads();
+        float mx = __int_as_float(0xff800000);
+        for (int t = threadIdx.x; t < n; t += blockDim.x) mx = fmaxf(mx, s[t]);
+        mx = block_max(mx, red);
+        float sum = 0.f;
+        for (int t = threadIdx.x; t < n; t += blockDim.x) { float e = expf(s[t] - mx); s[t] = e; sum += e; }
+        sum = block_sum(sum, red);
+        __syncthreads();
+        for (int j = threadIdx.x; j < d; j += blockDim.x) {
+            float acc = 0.f;
+#pragma unroll 8
+            for (int t = 0; t < n; ++t) acc += s[t] * vb[(long long)(a0 + t) * d + j];
+            w[2 + j] = acc;
+        }
+        if (threadIdx.x == 0) { w[0] = mx; w[1] = sum; }
+    } else if (threadIdx.x == 0) {
+        w[0] = __int_as_float(0xff800000);
+        w[1] = 0.f;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(cnt + h, 1) == splits - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float* wh = ws + (long long)h * splits * (d + 2);
+    float M = __int_as_float(0xff800000), L = 0.f;
+    for (int q2 = 0; q2 < splits; ++q2) M = fmaxf(M, __ldcg(wh + (long long)q2 * (d + 2)));
+    for (int q2 = 0; q2 < splits; ++q2) {
+        const float l = __ldcg(wh + (long long)q2 * (d + 2) + 1);
+        if (l > 0.f) L += l * expf(__ldcg(wh + (long long)q2 * (d + 2)) - M);
+    }
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = 0.f;
+        for (int q2 = 0; q2 < splits; ++q2) {
+            const float* wq = wh + (long long)q2 * (d + 2);
+            if (__ldcg(wq + 1) > 0.f) acc += __ldcg(wq + 2 + j) * expf(__ldcg(wq) - M);
+        }
+        if (outb) outb[(long long)h * d + j] = to_bf16_rne(acc / L); else out[(long long)h * d + j] = acc / L;
+    }
+    if (threadIdx.x == 0) cnt[h] = 0;
+}
 """
 
 MAX_SPAN = 8192
 #: threads per attention block (one block per query head): 8 warps x 4 keys in flight for the scores
 ATTEND_THREADS = 256
+#: decode attention split over key ranges (attend_split, flash-decoding); LOWBIT_ATTEND_SPLIT=0: one block
+#: per head (attend_f32). At most SPLIT_MAX ranges per head, each at least SPLIT_MIN_KEYS keys (4 warps x 4
+#: keys in flight: one pass), SPLIT_THREADS threads.
+ATTEND_SPLIT = os.environ.get("LOWBIT_ATTEND_SPLIT", "1") != "0"
+SPLIT_MAX, SPLIT_MIN_KEYS, SPLIT_THREADS = 16, 16, 128
+
+
+def attend_splits(span: int) -> int:
+    """Key ranges per head for a graph bucket of `span` positions (static: the grid of a captured graph)."""
+    return max(1, min(SPLIT_MAX, -(-span // SPLIT_MIN_KEYS)))
 
 
 def norm_threads(n: int) -> int:
@@ -301,6 +404,8 @@ class Fused:
         self._add_rms = mod.get_function("add_rms_norm")
         self._rope = mod.get_function("rope_f32")
         self._attend = mod.get_function("attend_f32")
+        self._attend_split = mod.get_function("attend_split")
+        self._split_bufs: dict = {}
         self._qkv = mod.get_function("qkv_rope_store")
         self._swiglu = mod.get_function("swiglu_bf16")
         self._silu = cupy.ElementwiseKernel("float32 g, float32 u", "float32 y",
@@ -377,6 +482,15 @@ class Fused:
     def silu_mul(self, g, u):
         return self._silu(g, u)
 
+    def _split_ws(self, heads: int, splits: int, d: int):
+        """attend_split's partials [heads, splits, d + 2] f32 and per-head counters (zeroed once, self-resetting),
+        one pair per shape, shared by every layer (the attention launches of a step run one after another)."""
+        key = (heads, splits, d, self.cp.cuda.Device().id)
+        if key not in self._split_bufs:
+            self._split_bufs[key] = (self.cp.empty(heads * splits * (d + 2), dtype=self.cp.float32),
+                                     self.cp.zeros(heads, dtype=self.cp.int32))
+        return self._split_bufs[key]
+
     def attend(self, q, k_cache, v_cache, pos, span: int, scale: float, window: int | None, bf16: bool = False):
         """q [heads, D] f32 of one token at device position pos -> [heads, D] f32, or bf16 (rounded as
         astype would) when it only feeds the o_proj GEMV."""
@@ -392,6 +506,15 @@ class Fused:
         else:
             out = cp.empty_like(q)
             outs = (out, null)
+        if ATTEND_SPLIT:
+            splits = attend_splits(span)
+            ws, cnt = self._split_ws(heads, splits, d)
+            per = max(SPLIT_MIN_KEYS, -(-span // splits))
+            self._attend_split((heads, splits), (SPLIT_THREADS,),
+                               (cp.ascontiguousarray(q), k_cache, v_cache, outs[0], pos, np.int32(max_ctx),
+                                np.int32(heads // kv_heads), np.int32(d), np.float32(scale), np.int32(window or 0),
+                                outs[1], ws, cnt, np.int32(SPLIT_MIN_KEYS)), shared_mem=4 * (d + per))
+            return out
         threads = ATTEND_THREADS
         smem = 4 * (d + span + 4 + max(1, threads // d) * d)
         self._attend((heads,), (threads,),
