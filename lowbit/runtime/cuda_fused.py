@@ -284,8 +284,8 @@ extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* 
 // max(min_per, ceil((T - t0) / gridDim.y)), one block each; a block writes its range's max m, exp-sum l and
 // unnormalised output o[d] to ws[h][split] = {m, l, o[0..d)} (l = 0: empty range, o not written). The last
 // block of head h to finish (counter cnt[h], self-resetting) combines them in split order:
-// out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s. Deterministic; same math as attend_f32
-// per range. Shared memory: [d] query + [per] scores.
+// out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s, over the non-empty ranges (at most 32).
+// Deterministic; same math as attend_f32 per range. Shared memory: [d] query + [per] scores.
 extern "C" __global__ void attend_split(const float* __restrict__ q, const float* __restrict__ k,
                                         const float* __restrict__ v, float* __restrict__ out,
                                         const int* __restrict__ pos, int max_ctx, int group, int d,
@@ -352,20 +352,28 @@ extern "C" __global__ void attend_split(const float* __restrict__ q, const float
     __syncthreads();
     if (!last) return;
     __threadfence();
+    // combine: warp 0 turns the ranges' (m, l) into weights e^(m_s - M) / L (ranges past `active` are
+    // empty), then every thread sums its columns over the ranges: two rounds of independent loads
+    __shared__ float wsc[32];
     const float* wh = ws + (long long)h * splits * (d + 2);
-    float M = __int_as_float(0xff800000), L = 0.f;
-    for (int q2 = 0; q2 < splits; ++q2) M = fmaxf(M, __ldcg(wh + (long long)q2 * (d + 2)));
-    for (int q2 = 0; q2 < splits; ++q2) {
-        const float l = __ldcg(wh + (long long)q2 * (d + 2) + 1);
-        if (l > 0.f) L += l * expf(__ldcg(wh + (long long)q2 * (d + 2)) - M);
+    const int active = min(splits, (T - t0 + per - 1) / per);
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        const float m = lane < active ? __ldcg(wh + (long long)lane * (d + 2)) : __int_as_float(0xff800000);
+        const float l = lane < active ? __ldcg(wh + (long long)lane * (d + 2) + 1) : 0.f;
+        float M = m;
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        const float e = lane < active ? expf(m - M) : 0.f;
+        float L = l * e;
+        for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+        wsc[lane] = e / L;
     }
+    __syncthreads();
     for (int j = threadIdx.x; j < d; j += blockDim.x) {
         float acc = 0.f;
-        for (int q2 = 0; q2 < splits; ++q2) {
-            const float* wq = wh + (long long)q2 * (d + 2);
-            if (__ldcg(wq + 1) > 0.f) acc += __ldcg(wq + 2 + j) * expf(__ldcg(wq) - M);
-        }
-        if (outb) outb[(long long)h * d + j] = to_bf16_rne(acc / L); else out[(long long)h * d + j] = acc / L;
+#pragma unroll 4
+        for (int q2 = 0; q2 < active; ++q2) acc += __ldcg(wh + (long long)q2 * (d + 2) + 2 + j) * wsc[q2];
+        if (outb) outb[(long long)h * d + j] = to_bf16_rne(acc); else out[(long long)h * d + j] = acc;
     }
     if (threadIdx.x == 0) cnt[h] = 0;
 }
@@ -378,7 +386,7 @@ ATTEND_THREADS = 256
 #: per head (attend_f32). At most SPLIT_MAX ranges per head, each at least SPLIT_MIN_KEYS keys (4 warps x 4
 #: keys in flight: one pass), SPLIT_THREADS threads.
 ATTEND_SPLIT = os.environ.get("LOWBIT_ATTEND_SPLIT", "1") != "0"
-SPLIT_MAX, SPLIT_MIN_KEYS, SPLIT_THREADS = 16, 16, 128
+SPLIT_MAX, SPLIT_MIN_KEYS, SPLIT_THREADS = 16, 16, 128  # SPLIT_MAX <= 32 (one warp combines)
 
 
 def attend_splits(span: int) -> int:

@@ -51,15 +51,17 @@ def _run_experts(mw, dense, x, ids, wts, act="bf16", path=None):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("norm,norm_topk", [("mixtral", True), ("qwen3", True), ("qwen3", False)])
-@pytest.mark.parametrize("t,e,k", [(1, 128, 8), (3, 8, 2), (20, 60, 4), (100, 128, 8), (257, 60, 4)])
-def test_router_matches_reference(norm, norm_topk, t, e, k):
+@pytest.mark.parametrize("t,e,k,h", [(1, 128, 8, 256), (3, 8, 2, 256), (20, 60, 4, 256), (100, 128, 8, 256),
+                                     (257, 60, 4, 256), (1, 8, 2, 4096), (1, 128, 8, 2048), (2, 8, 2, 5120),
+                                     (1, 60, 4, 3584)])
+def test_router_matches_reference(norm, norm_topk, t, e, k, h):
     import cupy
 
     from lowbit.kernels import moe_router
 
-    rng = np.random.default_rng(t * e)
-    x = gc.random_bf16(rng, (t, 256))
-    r = gc.random_bf16(rng, (e, 256), 0.1)
+    rng = np.random.default_rng(t * e + h)
+    x = gc.random_bf16(rng, (t, h))
+    r = gc.random_bf16(rng, (e, h), 0.1 * (256 / h) ** 0.5)
     ids, wts = moe_router.route(cupy.asarray(x), cupy.asarray(r), k, norm, norm_topk)
     rids, rw, logits = ref.route_ref(x, r, k, norm, norm_topk)
     clear = ref.routing_margin(logits, k) > 1e-3  # near-ties may flip with fp32 logits
