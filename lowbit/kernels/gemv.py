@@ -20,19 +20,27 @@ from lowbit.kernels.weights import GpuWeight
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
 #: compile-time knobs of cuda/common.cuh (see its header) and their defaults
-TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0}
+TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0, "GEMV_MAXREG": 0}
 #: per weight scheme: the knobs measured best on H200 (benchmarks/gemv_variants.py, RESULTS.md); the env
 #: variables LOWBIT_<KNOB> (LOWBIT_GEMV_UNROLL=3 ...) override them for experiments.
 COMPILE_TUNING = {"bf16": {"GEMV_MIN_BLOCKS": 3, "GEMV_UNROLL": 2}, "fp8-block": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2},
                   "nvfp4": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2}, "int4": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2}}
 UNROLL = 2  # the planner's minimum work per warp (iterations), whatever the compile-time unroll
+#: further builds of a scheme's dense GEMVs that the first-call autotuner also times (knobs over the
+#: COMPILE_TUNING build). fp8 at 96 registers (20 warps an SM in 4-warp CTAs): 7-13 % faster than the
+#: 128-register build on the large shapes, slower on small ones (H200, 2026-11-27); the 4-bit kernels gained
+#: nothing from it (their decode keeps the integer pipe busy, the bytes in flight are not what limits them).
+VARIANTS = {"fp8-block": ({"GEMV_MAXREG": 96},)}
 
 
-def compile_defines(scheme: str) -> dict:
-    """The -D constants the GEMV kernels of `scheme` are built with (COMPILE_TUNING, env overrides)."""
+def compile_defines(scheme: str, variant: int = 0) -> dict:
+    """The -D constants the GEMV kernels of `scheme` are built with (COMPILE_TUNING, env overrides; variant
+    v > 0: VARIANTS[scheme][v - 1] on top)."""
     d = {"GEMV_WARPS": WARPS}
     for knob, default in TUNABLES.items():
         d[knob] = int(os.environ.get("LOWBIT_" + knob, COMPILE_TUNING[scheme].get(knob, default)))
+    if variant:
+        d.update(VARIANTS[scheme][variant - 1])
     return d
 
 
@@ -201,17 +209,17 @@ def quantize_act_nvfp4(x, codes: bool = False):
     return (xq, xs, cd, sc) if codes else (xq, xs)
 
 
-def _planned_fn(file: str, name: str, scheme: str):
-    """A GEMV kernel of `file` built with the scheme's compile-time knobs."""
+def _planned_fn(file: str, name: str, scheme: str, variant: int = 0):
+    """A GEMV kernel of `file` built with the scheme's compile-time knobs (variant: see VARIANTS)."""
     from lowbit.kernels.compile import get_function
 
-    return get_function(file, name, compile_defines(scheme))
+    return get_function(file, name, compile_defines(scheme, variant))
 
 
 @functools.lru_cache(maxsize=4096)
-def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int):
+def _planned(file: str, name: str, n: int, k: int, scheme: str, dev: int, variant: int = 0):
     """(kernel, warps, splits) for one shape, cached: the kernel's register count sets the occupancy."""
-    fn = _planned_fn(file, name, scheme)
+    fn = _planned_fn(file, name, scheme, variant)
     return (fn, *plan_launch(n, k, scheme, _sm_count(dev), int(fn.num_regs)))
 
 
@@ -222,11 +230,36 @@ TUNE_MIN_ELEMENTS = 1 << 20  # below this the planner's choice is kept (tuning w
 _TUNED: dict = {}
 
 
+_SPIN = r"""extern "C" __global__ void spin(long long cycles) {
+  const long long t0 = clock64();
+  while (clock64() - t0 < cycles) { }
+}"""
+
+
+@functools.lru_cache(maxsize=None)
+def _spin_kernel():
+    import cupy
+
+    return cupy.RawKernel(_SPIN, "spin")
+
+
+def _spin(us: float = 100.0) -> None:
+    """Keep the GPU busy for `us` so that the host's launch overhead is hidden from the event pair after it."""
+    import cupy
+
+    khz = cupy.cuda.Device().attributes["ClockRate"]
+    _spin_kernel()((1,), (1,), (np.int64(int(us * khz / 1e3)),))
+
+
 def _time_once(launch, cfg, flush) -> float:
-    """Milliseconds of one launch with the weight evicted from L2 first, as in a real decode step."""
+    """Milliseconds of one launch with the weight evicted from L2 first, as in a real decode step. The
+    launch is issued while the GPU spins, so the host's launch overhead (Python, driver; larger for some
+    configs than others) is not in the time: without the spin it was, and the tuner preferred cheap-to-
+    launch configs over fast ones."""
     import cupy
 
     flush.fill(0)
+    _spin()
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     start.record()
     launch(cfg)
@@ -256,8 +289,9 @@ def fastest_config(launch, cands, flush, reps: int = 7):
     return min(cands, key=lambda c: sorted(times[c])[reps // 2])
 
 
-def _autotune(key, launch, planned) -> tuple[int, int, int]:
-    """Time the planner's config and TUNE_CANDIDATES once per (kernel, N, K, device) and keep the fastest.
+def _autotune(key, launch, planned, extra=lambda: ()) -> tuple:
+    """Time the planner's config, TUNE_CANDIDATES and extra() (configs of other builds, with their variant
+    index) once per (kernel, N, K, device), keep the fastest.
 
     The kernel's speed depends on DRAM locality and issue rate in ways the occupancy model misses; a
     measurement on the real weight (L2 flushed between runs) settles it. Runs once, at the first call.
@@ -266,7 +300,11 @@ def _autotune(key, launch, planned) -> tuple[int, int, int]:
 
     if key not in _TUNED:
         flush = cupy.empty(64 << 20, dtype=cupy.uint8)
-        _TUNED[key] = fastest_config(launch, [planned, *TUNE_CANDIDATES], flush)
+        ext = list(extra())
+        cands = [planned, *TUNE_CANDIDATES]
+        if ext:  # (row tiles, warps along K, splits, build variant)
+            cands = [c + (0,) for c in cands] + ext
+        _TUNED[key] = fastest_config(launch, cands, flush)
         del flush
     return _TUNED[key]
 
@@ -277,16 +315,18 @@ def _kernel_tag(w: GpuWeight, act: str) -> str:
     return _TAGS[(w.scheme, act)]
 
 
-def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None, cta: tuple | None = None):
-    """y bf16 [M, N] = x @ W^T, M in 1..16, fp32 accumulation. `splits` and `cta` = (row tiles, warps along
-    K) override the launch plan."""
+def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None, cta: tuple | None = None,
+         variant: int = 0):
+    """y bf16 [M, N] = x @ W^T, M in 1..16, fp32 accumulation. `splits`, `cta` = (row tiles, warps along K)
+    and `variant` (a build of VARIANTS) override the launch plan."""
     _check_weight(w, act)
     m = check_activation(x, w.k)
     y = _check_out(out, m, w.n)
     dev = x.device.id
     mt = 1 if m <= 8 else 2
     tiles = -(-w.n // 16)
-    fn, pr, pk, ps = _planned(_FILES[w.scheme], f"gemv_{_kernel_tag(w, act)}_m{8 * mt}", w.n, w.k, w.scheme, dev)
+    name = f"gemv_{_kernel_tag(w, act)}_m{8 * mt}"
+    fn, pr, pk, ps = _planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev)
     xs = NULL
     if act == "fp8":
         x, xs = quantize_act_fp8(x, half=True)  # f16 values of the E4M3 codes (the kernel's f16 mmas)
@@ -297,20 +337,28 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
             t.get("weight_zero_point", NULL), t.get("weight_global_scale", NULL), x, xs, y)
     group = w.group_size if w.scheme == "int4" else 0
 
-    def launch(cfg):
-        wr, wk, s = cfg
+    def launch(cfg):  # (row tiles, warps along K, splits[, build variant])
+        wr, wk, s = cfg[:3]
         if not 1 <= s <= 65535 or not 1 <= wr * wk <= WARPS:
             raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
+        f = fn if len(cfg) == 3 or cfg[3] == 0 else _planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev, cfg[3])[0]
         ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
-        launch_kernel(fn, (-(-tiles // wr), s), (wr * wk * 32,),
+        launch_kernel(f, (-(-tiles // wr), s), (wr * wk * 32,),
                       args + (ws, cnt, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group),
                               np.int32(wk)))
 
     planned = (pr, pk, ps)
-    if cta is not None or splits is not None:
-        cfg = (*(cta or (pr, pk)), splits or ps)
+    if cta is not None or splits is not None or variant:
+        if not 0 <= variant <= len(VARIANTS.get(w.scheme, ())):
+            raise KernelError(f"{w.name}: variant {variant} is not a build of {w.scheme} (see gemv.VARIANTS)")
+        cfg = (*(cta or (pr, pk)), splits or ps, variant)
     elif TUNE and w.n * w.k >= TUNE_MIN_ELEMENTS:
-        cfg = _autotune((fn, w.n, w.k, dev), launch, planned)
+        def extra():  # the other builds' planned configs and TUNE_CANDIDATES
+            vs = range(1, len(VARIANTS.get(w.scheme, ())) + 1)
+            return [(*_planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev, v)[1:], v) for v in vs] + \
+                [(*c, v) for v in vs for c in TUNE_CANDIDATES]
+
+        cfg = _autotune((fn, w.n, w.k, dev), launch, planned, extra)
     else:
         cfg = planned
     launch(cfg)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gpu
 MS = (1, 3, 8, 9, 16)
 
 
-def _run(scheme, n, k, m, act="bf16", splits=None, **opts):
+def _run(scheme, n, k, m, act="bf16", splits=None, cta=None, variant=0, **opts):
     import cupy
 
     from lowbit.kernels.gemv import gemv
@@ -26,7 +26,7 @@ def _run(scheme, n, k, m, act="bf16", splits=None, **opts):
     w = to_gpu(scheme, t, **opts)
     x = random_x(rng, m, k)
     out = cupy.full((m, n), np.nan, dtype=BF16)
-    y = gemv(w, cupy.asarray(x), act=act, out=out, splits=splits)
+    y = gemv(w, cupy.asarray(x), act=act, out=out, splits=splits, cta=cta, variant=variant)
     assert y is out
     return check_against_reference(scheme, t, x, cupy.asnumpy(y), act, seed)
 
@@ -64,6 +64,17 @@ def test_int4(n, k, m, g, asym):
 @pytest.mark.parametrize("splits", [1, 2, 7, 40])
 def test_split_k_any_factor(scheme, act, splits):
     _run(scheme, 70, 4096, 5, act, splits=splits)
+
+
+@pytest.mark.parametrize("scheme,act", [("fp8-block", "bf16"), ("fp8-block", "fp8")])
+@pytest.mark.parametrize("m", [1, 8, 13])
+@pytest.mark.parametrize("n,k,cta,splits", [(4096, 4096, (4, 1), 2), (300, 1024, (1, 8), 1), (131, 29568, (2, 2), 5)])
+def test_every_build_variant(scheme, act, m, n, k, cta, splits):
+    """The other builds the autotuner may pick (gemv.VARIANTS: fp8 at 96 registers) are correct too."""
+    from lowbit.kernels import gemv as G
+
+    for v in range(1, len(G.VARIANTS[scheme]) + 1):
+        _run(scheme, n, k, m, act, splits=splits, cta=cta, variant=v)
 
 
 def test_error_is_small_not_just_bounded():

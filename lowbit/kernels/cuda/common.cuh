@@ -64,6 +64,17 @@
 #ifndef GEMV_MIN_BLOCKS
 #define GEMV_MIN_BLOCKS 1
 #endif
+// GEMV_MAXREG: 0 = registers capped by GEMV_MIN_BLOCKS CTAs of GEMV_WARPS warps per SM; N > 0 = at most N
+// registers a thread (__maxnreg__, which excludes __launch_bounds__), whatever the CTA size: 96 lets 4-warp
+// CTAs run 5 to an SM (20 warps)
+#ifndef GEMV_MAXREG
+#define GEMV_MAXREG 0
+#endif
+#if GEMV_MAXREG
+#define LB_GEMV_BOUNDS __maxnreg__(GEMV_MAXREG)
+#else
+#define LB_GEMV_BOUNDS __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS)
+#endif
 #ifndef GEMV_UNROLL
 #define GEMV_UNROLL 2
 #endif
@@ -495,7 +506,7 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
 
 // One extern "C" kernel per (policy, token tiles), with the argument list every launcher passes.
 #define LB_GEMV_KERNEL(NAME, POLICY, MT)                                                              \
-  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS)                       \
+  extern "C" __global__ void LB_GEMV_BOUNDS                                                            \
       NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint16_t* x,     \
            const float* xs, uint16_t* y, float* ws, int* cnt, int n, int k, int m, int splits,         \
            int group, int wk) {                                                                       \

@@ -55,7 +55,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
 // The grouped (MoE decode) pair of a policy: gemv_moe_gate_up_TAG and gemv_moe_down_TAG, one argument
 // list (down ignores the second tensor). n, k: the rows and K of ONE expert's matrix.
 #define LB_GEMV_MOE_KERNEL(NAME, POLICY, MODE)                                                        \
-  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS)                       \
+  extern "C" __global__ void LB_GEMV_BOUNDS                                                            \
       NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint8_t* w2,     \
            const void* s2, const int* z2, const float* g2, const uint16_t* x, uint16_t* y, float* ws,  \
            int* cnt, const int* ids, const float* wts, long long ew, long long es, long long ez, int n, \
