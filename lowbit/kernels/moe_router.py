@@ -14,6 +14,7 @@ import numpy as np
 
 from lowbit.errors import KernelError
 from lowbit.kernels.compile import get_function
+from lowbit.kernels.launch import launch
 
 NORMS = {"mixtral": 0, "qwen3": 1}
 LOGITS_KERNEL_MAX_T = 64  # above this, cuBLAS computes the router logits
@@ -104,8 +105,9 @@ def route(x, router_w, top_k: int, norm: str = "mixtral", norm_topk_prob: bool =
     wts = cupy.empty((t, top_k), cupy.float32)
     logits = cupy.empty((t, e), cupy.float32)
     f = get_function("moe_route.cu", "router_fused")
-    f((-(-e // 8), t), (256,), (x, router_w, np.int32(e), np.int32(h), np.int32(t), np.int32(top_k),
-                                np.int32(NORMS[norm]), np.int32(bool(norm_topk_prob)), logits, _counter(), ids, wts))
+    launch(f, (-(-e // 8), t), (256,), (x, router_w, np.int32(e), np.int32(h), np.int32(t), np.int32(top_k),
+                                        np.int32(NORMS[norm]), np.int32(bool(norm_topk_prob)), logits, _counter(),
+                                        ids, wts))
     return ids, wts
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.kernels.launch import launch
+
 
 _SRC = (Path(__file__).resolve().parents[1] / "kernels" / "cuda" / "pdl.cuh").read_text() + r"""
 __device__ float block_sum(float v, float* red) {
@@ -57,9 +59,10 @@ __device__ unsigned short to_bf16_rne(float f) {
 #define RPT 8
 
 // y (fp32) or yb (bf16 bits, RNE as cupy's astype) = x * rsqrt(mean(x^2) + eps) * w, one block per row
-extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                        float* __restrict__ y, unsigned short* __restrict__ yb, int n, float eps) {
-    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+extern "C" __global__ void rms_norm_f32(const float* x, const float* w,
+                                        float* y, unsigned short* yb, int n, float eps) {
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
     __shared__ float red[32];
     const float* xr = x + (long long)blockIdx.x * n;
     float vals[RPT], ws[RPT];
@@ -94,10 +97,11 @@ extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float
 }
 
 // h += delta (fp32 df or bf16 db), then y / yb = rmsnorm(h) * w; one block per row; h updated in place
-extern "C" __global__ void add_rms_norm(float* __restrict__ h, const float* __restrict__ df,
-                                        const unsigned short* __restrict__ db, const float* __restrict__ w,
-                                        float* __restrict__ y, unsigned short* __restrict__ yb, int n, float eps) {
-    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+extern "C" __global__ void add_rms_norm(float* h, const float* df,
+                                        const unsigned short* db, const float* w,
+                                        float* y, unsigned short* yb, int n, float eps) {
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
     __shared__ float red[32];
     float* hr = h + (long long)blockIdx.x * n;
     long long off = (long long)blockIdx.x * n;
@@ -145,11 +149,12 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ h, const float* __re
 
 // x, y: [m, heads, d], one block per (token, head) row, blockDim = d rounded up to 32 (d <= 1024);
 // optional RMSNorm of the row first (w != NULL: Qwen3's q_norm / k_norm); position = (pos ? pos[0] : start) + t
-extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restrict__ y,
-                                    const float* __restrict__ cs, const float* __restrict__ sn,
-                                    const int* __restrict__ pos, int start, int heads, int d,
-                                    const float* __restrict__ w, float eps) {
-    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+extern "C" __global__ void rope_f32(const float* x, float* y,
+                                    const float* cs, const float* sn,
+                                    const int* pos, int start, int heads, int d,
+                                    const float* w, float eps) {
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
     __shared__ float red[32];
     __shared__ float row[1024];
     int r = blockIdx.x, t = r / heads, j = threadIdx.x;
@@ -170,13 +175,14 @@ extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restri
 // Decode (one token at device position pos[0]): the stacked q|k|v GEMV output y (bf16 bits,
 // [(heads + 2 kv_heads) * d]) + bias -> q/k RMSNorm (qn/kn, optional) -> RoPE on q and k -> q to qout
 // (fp32 [heads, d]), k and v into the caches ([kv_heads, max_ctx, d]) at pos. One block per head row.
-extern "C" __global__ void qkv_rope_store(const unsigned short* __restrict__ y, const float* __restrict__ bias,
-                                          const float* __restrict__ qn, const float* __restrict__ kn, float eps,
-                                          const float* __restrict__ cs, const float* __restrict__ sn,
-                                          const int* __restrict__ pos, float* __restrict__ qout,
-                                          float* __restrict__ kc, float* __restrict__ vc,
+extern "C" __global__ void qkv_rope_store(const unsigned short* y, const float* bias,
+                                          const float* qn, const float* kn, float eps,
+                                          const float* cs, const float* sn,
+                                          const int* pos, float* qout,
+                                          float* kc, float* vc,
                                           int max_ctx, int heads, int kv_heads, int d) {
-    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
     __shared__ float red[32];
     __shared__ float row[1024];
     int b = blockIdx.x, j = threadIdx.x;
@@ -205,9 +211,10 @@ extern "C" __global__ void qkv_rope_store(const unsigned short* __restrict__ y, 
 }
 
 // act (bf16 bits) [m, inter] = silu(g) * u from the stacked gate|up GEMV output y (bf16 bits) [m, 2 inter]
-extern "C" __global__ void swiglu_bf16(const unsigned short* __restrict__ y, unsigned short* __restrict__ act,
+extern "C" __global__ void swiglu_bf16(const unsigned short* y, unsigned short* act,
                                        long long m, int inter) {
-    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= m * inter) return;
     long long r = i / inter, c = i % inter;
@@ -217,11 +224,12 @@ extern "C" __global__ void swiglu_bf16(const unsigned short* __restrict__ y, uns
 }
 
 // q, out: [heads, d]; k, v: [kv_heads, max_ctx, d]; one block per query head; scores in shared memory
-extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* __restrict__ k,
-                                      const float* __restrict__ v, float* __restrict__ out,
-                                      const int* __restrict__ pos, int max_ctx, int group, int d,
-                                      float scale, int window, unsigned short* __restrict__ outb) {
-    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+extern "C" __global__ void attend_f32(const float* q, const float* k,
+                                      const float* v, float* out,
+                                      const int* pos, int max_ctx, int group, int d,
+                                      float scale, int window, unsigned short* outb) {
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
     extern __shared__ float sh[];           // [d] query, then [T] scores
     __shared__ float red[32];
     int h = blockIdx.x, kvh = h / group;
@@ -286,12 +294,13 @@ extern "C" __global__ void attend_f32(const float* __restrict__ q, const float* 
 // block of head h to finish (counter cnt[h], self-resetting) combines them in split order:
 // out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s, over the non-empty ranges (at most 32).
 // Deterministic; same math as attend_f32 per range. Shared memory: [d] query + [per] scores.
-extern "C" __global__ void attend_split(const float* __restrict__ q, const float* __restrict__ k,
-                                        const float* __restrict__ v, float* __restrict__ out,
-                                        const int* __restrict__ pos, int max_ctx, int group, int d,
-                                        float scale, int window, unsigned short* __restrict__ outb,
+extern "C" __global__ void attend_split(const float* q, const float* k,
+                                        const float* v, float* out,
+                                        const int* pos, int max_ctx, int group, int d,
+                                        float scale, int window, unsigned short* outb,
                                         float* ws, int* cnt, int min_per) {
-    lb_pdl_trigger();  // the next GEMV (launched with PDL) may start loading its weights
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
     extern __shared__ float sh[];
     __shared__ float red[32];
     __shared__ int last;
@@ -386,6 +395,8 @@ ATTEND_THREADS = 256
 #: per head (attend_f32). At most SPLIT_MAX ranges per head, each at least SPLIT_MIN_KEYS keys (4 warps x 4
 #: keys in flight: one pass), SPLIT_THREADS threads.
 ATTEND_SPLIT = os.environ.get("LOWBIT_ATTEND_SPLIT", "1") != "0"
+#: the fused kernels launch with PDL (they wait for the kernel before them first thing); "0": plainly
+FUSED_PDL = os.environ.get("LOWBIT_FUSED_PDL", "1") != "0"
 SPLIT_MAX, SPLIT_MIN_KEYS, SPLIT_THREADS = 16, 16, 128  # SPLIT_MAX <= 32 (one warp combines)
 
 
@@ -433,7 +444,7 @@ class Fused:
         else:
             y = cp.empty_like(x)
             args = (x, w, y, null, np.int32(n), np.float32(eps))
-        self._rms((x.size // n,), (norm_threads(n),), args)
+        self._launch(self._rms, (x.size // n,), (norm_threads(n),), args)
         return y
 
     def add_rms_norm(self, h, delta, w, eps: float):
@@ -449,7 +460,7 @@ class Fused:
         else:
             df, db = cp.ascontiguousarray(delta, dtype=cp.float32), null
         y = cp.empty(h.shape, dtype=BF16)
-        self._add_rms((h.size // n,), (norm_threads(n),),
+        self._launch(self._add_rms, (h.size // n,), (norm_threads(n),),
                (h, df, db, w, null, y, np.int32(n), np.float32(eps)))
         return h, y
 
@@ -460,7 +471,7 @@ class Fused:
         m, heads, d = x.shape
         y = cp.empty_like(x)
         null = np.uint64(0)
-        self._rope((m * heads,), (-(-d // 32) * 32,),
+        self._launch(self._rope, (m * heads,), (-(-d // 32) * 32,),
                (x, y, cos, sin, pos if pos is not None else null, np.int32(start), np.int32(heads), np.int32(d),
                 w if w is not None else null, np.float32(eps)))
         return y
@@ -472,7 +483,7 @@ class Fused:
         q = cp.empty((heads, d), cp.float32)
         null = np.uint64(0)
         opt = lambda a: a if a is not None else null  # noqa: E731
-        self._qkv((heads + 2 * kv_heads,), (-(-d // 32) * 32,),
+        self._launch(self._qkv, (heads + 2 * kv_heads,), (-(-d // 32) * 32,),
                (y, opt(bias), opt(qn), opt(kn), np.float32(eps), cos, sin, pos, q, k_cache, v_cache,
                 np.int32(max_ctx), np.int32(heads), np.int32(kv_heads), np.int32(d)))
         return q
@@ -483,12 +494,21 @@ class Fused:
 
         m = y.shape[0]
         act = self.cp.empty((m, inter), BF16)
-        self._swiglu((-(-(m * inter) // 256),), (256,),
+        self._launch(self._swiglu, (-(-(m * inter) // 256),), (256,),
                (self.cp.ascontiguousarray(y), act, np.int64(m), np.int32(inter)))
         return act
 
     def silu_mul(self, g, u):
         return self._silu(g, u)
+
+    @staticmethod
+    def _launch(fn, grid, block, args, shared_mem: int = 0):
+        """With programmatic dependent launch where it is on (lowbit.kernels.launch; LOWBIT_FUSED_PDL=0: these
+        kernels launch plainly, the GEMVs keep PDL)."""
+        if FUSED_PDL:
+            launch(fn, grid, block, args, shared_mem)
+        else:
+            fn(grid, block, args, shared_mem=shared_mem)
 
     def _split_ws(self, heads: int, splits: int, d: int):
         """attend_split's partials [heads, splits, d + 2] f32 and per-head counters (zeroed once, self-resetting),
@@ -518,14 +538,14 @@ class Fused:
             splits = attend_splits(span)
             ws, cnt = self._split_ws(heads, splits, d)
             per = max(SPLIT_MIN_KEYS, -(-span // splits))
-            self._attend_split((heads, splits), (SPLIT_THREADS,),
+            self._launch(self._attend_split, (heads, splits), (SPLIT_THREADS,),
                                (cp.ascontiguousarray(q), k_cache, v_cache, outs[0], pos, np.int32(max_ctx),
                                 np.int32(heads // kv_heads), np.int32(d), np.float32(scale), np.int32(window or 0),
                                 outs[1], ws, cnt, np.int32(SPLIT_MIN_KEYS)), shared_mem=4 * (d + per))
             return out
         threads = ATTEND_THREADS
         smem = 4 * (d + span + 4 + max(1, threads // d) * d)
-        self._attend((heads,), (threads,),
+        self._launch(self._attend, (heads,), (threads,),
                (cp.ascontiguousarray(q), k_cache, v_cache, outs[0], pos, np.int32(max_ctx), np.int32(heads // kv_heads),
                 np.int32(d), np.float32(scale), np.int32(window or 0), outs[1]), shared_mem=smem)
         return out

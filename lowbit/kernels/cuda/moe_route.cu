@@ -20,7 +20,7 @@
 #include "pdl.cuh"
 
 
-__device__ __forceinline__ void router_logits_body(const bf16* __restrict__ x, const bf16* __restrict__ wr, int E,
+__device__ __forceinline__ void router_logits_body(const bf16* x, const bf16* __restrict__ wr, int E,
                                                    int H, float* __restrict__ logits) {
     const int t = blockIdx.y, e = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (e >= E) return;
@@ -108,12 +108,13 @@ extern "C" __global__ void router_topk(const float* __restrict__ logits, int T, 
 
 // router_logits + router_topk in one launch (few tokens): every block writes its logits, and the
 // last block to finish (atomic ticket on counter, which it resets to 0) runs top-k for all tokens.
-extern "C" __global__ void router_fused(const bf16* __restrict__ x, const bf16* __restrict__ wr, int E, int H, int T,
+extern "C" __global__ void router_fused(const bf16* x, const bf16* __restrict__ wr, int E, int H, int T,
                                         int k, int norm, int renorm, float* __restrict__ logits,
                                         unsigned int* __restrict__ counter, int* __restrict__ ids,
                                         float* __restrict__ wts) {
     __shared__ bool last;
-    lb_pdl_trigger();  // launched plainly; lets the grouped GEMV after it (PDL) get resident early
+    lb_pdl_wait();     // launched with PDL: x is the previous kernel's output (read with coherent loads)
+    lb_pdl_trigger();  // then the grouped GEMV after it may get resident (after the wait, see pdl.cuh)
     router_logits_body(x, wr, E, H, logits);
     __threadfence();
     __syncthreads();

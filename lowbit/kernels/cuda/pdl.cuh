@@ -5,12 +5,15 @@
 //     kernel may still read, and at least once on every path (so that its completion implies the
 //     completion of every kernel before it: the chain stays transitive).
 // Work that depends on nothing earlier (loading weights) may run before the wait: that is the gain.
+// A kernel that triggers before its own wait lets the kernel after it launch while the one before it
+// still runs, and that one may trigger at once too: a cascade of resident, waiting CTAs that hold
+// registers the running kernel could use. The small kernels therefore wait first and trigger after.
 // After the wait, data an earlier kernel wrote must be read with coherent loads (__ldca, __ldcg, plain
 // loads), never with __ldg / ld.global.nc: it was not read-only for this kernel's whole lifetime.
-// Launched with PDL: the GEMVs (cuda/common.cuh). Launched plainly but triggering early, so that the
-// GEMV after them may start: the runtime's fused kernels (lowbit/runtime/cuda_fused.py, where this
-// header is pasted into the NVRTC source; their `const __restrict__` loads may take the read-only path,
-// so they must not be launched with PDL as they are) and the MoE router. Before sm_90 both are no-ops.
+// Launched with PDL: the GEMVs (cuda/common.cuh), the runtime's fused kernels (lowbit/runtime/cuda_fused.py,
+// where this header is pasted into the NVRTC source: they trigger and wait first thing, and their pointers
+// carry no __restrict__, so no load of an earlier kernel's output takes the read-only path) and the fused
+// MoE router (moe_route.cu: x without __restrict__). Before sm_90 both calls are no-ops.
 #pragma once
 
 __device__ __forceinline__ void lb_pdl_wait() {
