@@ -33,9 +33,9 @@ CASES = [  # heads, kv_heads, d, T, span, window
 def test_attend_matches_numpy(monkeypatch, split, heads, kv_heads, d, t_len, span, window):
     import cupy
 
-    from lowbit.runtime import cuda_fused
+    from lowbit.runtime import cuda_attend, cuda_fused
 
-    monkeypatch.setattr(cuda_fused, "ATTEND_SPLIT", split)
+    monkeypatch.setattr(cuda_attend, "ATTEND_SPLIT", split)
     fused = cuda_fused.Fused()
     seed = int(np.random.SeedSequence().entropy % 2**32)
     rng = np.random.default_rng(seed)

@@ -1,0 +1,246 @@
+"""Decode attention for the CUDA backend: one token's query against the KV cache, fp32 softmax.
+
+Two kernels, the same math (tests/runtime/test_attend.py checks both against float64 numpy):
+  attend_split  the default: the keys [t0, T) of a head are cut into ranges (flash-decoding), a block per
+                (head, range); each block writes its range's (max, exp-sum, unnormalised output) and the
+                last block of the head to finish combines them in range order. Deterministic.
+  attend_f32    one block per query head over all its keys (LOWBIT_ATTEND_SPLIT=0).
+Causal up to the device-held position, optional sliding window; keys past the position are never read
+(a captured graph replays at any position below its span). The CUDA source is appended to the fused
+kernels' NVRTC module (lowbit.runtime.cuda_fused), whose helpers (block_sum, block_max, to_bf16_rne,
+the PDL calls) it uses.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+ATTEND_SRC = r"""
+// q, out: [heads, d]; k, v: [kv_heads, max_ctx, d]; one block per query head; scores in shared memory
+extern "C" __global__ void attend_f32(const float* q, const float* k,
+                                      const float* v, float* out,
+                                      const int* pos, int max_ctx, int group, int d,
+                                      float scale, int window, unsigned short* outb) {
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
+    extern __shared__ float sh[];           // [d] query, then [T] scores
+    __shared__ float red[32];
+    int h = blockIdx.x, kvh = h / group;
+    int T = pos[0] + 1;
+    int t0 = (window > 0 && T > window) ? T - window : 0;
+    float* qs = sh;
+    float* s = sh + d;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = q[(long long)h * d + j];
+    __syncthreads();
+    const float* kb = k + (long long)kvh * max_ctx * d;
+    const float* vb = v + (long long)kvh * max_ctx * d;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    // scores: each warp takes KPW keys at a time (independent loads in flight), lanes split d
+    constexpr int KPW = 4;
+    for (int tb = t0 + warp * KPW; tb < T; tb += warps * KPW) {
+        float acc[KPW];
+#pragma unroll
+        for (int u = 0; u < KPW; ++u) acc[u] = 0.f;
+        for (int j = lane; j < d; j += 32) {
+            const float qj = qs[j];
+#pragma unroll
+            for (int u = 0; u < KPW; ++u)
+                if (tb + u < T) acc[u] += qj * kb[(long long)(tb + u) * d + j];
+        }
+#pragma unroll
+        for (int u = 0; u < KPW; ++u) {
+            float a = acc[u];
+            for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+            if (lane == 0 && tb + u < T) s[tb + u - t0] = a * scale;
+        }
+    }
+    __syncthreads();
+    float mx = __int_as_float(0xff800000);
+    for (int t = threadIdx.x; t < T - t0; t += blockDim.x) mx = fmaxf(mx, s[t]);
+    mx = block_max(mx, red);
+    float sum = 0.f;
+    for (int t = threadIdx.x; t < T - t0; t += blockDim.x) { float e = expf(s[t] - mx); s[t] = e; sum += e; }
+    sum = block_sum(sum, red);
+    __syncthreads();
+    // out = sum_t p_t v_t: the block's threads split (d columns) x (key slices), several independent
+    // loads in flight per thread; the slices' partials are summed in shared memory in a fixed order
+    const int slices = max(1, (int)blockDim.x / d), n_t = T - t0, per = (n_t + slices - 1) / slices;
+    float* part = sh + d + (n_t + 3) / 4 * 4;  // [slices][d], after the scores (launcher: 4 floats slack)
+    for (int idx = threadIdx.x; idx < slices * d; idx += blockDim.x) {
+        const int j = idx % d, a0 = t0 + (idx / d) * per, a1 = min(T, a0 + per);
+        float acc = 0.f;
+#pragma unroll 8
+        for (int t = a0; t < a1; ++t) acc += s[t - t0] * vb[(long long)t * d + j];
+        part[idx] = acc;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = 0.f;
+        for (int q2 = 0; q2 < slices; ++q2) acc += part[q2 * d + j];
+        if (outb) outb[(long long)h * d + j] = to_bf16_rne(acc / sum); else out[(long long)h * d + j] = acc / sum;
+    }
+}
+
+// Flash-decoding (split keys): keys [t0, T) of head h are cut into gridDim.y ranges of `per` keys, per =
+// max(min_per, ceil((T - t0) / gridDim.y)), one block each; a block writes its range's max m, exp-sum l and
+// unnormalised output o[d] to ws[h][split] = {m, l, o[0..d)} (l = 0: empty range, o not written). The last
+// block of head h to finish (counter cnt[h], self-resetting) combines them in split order:
+// out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s, over the non-empty ranges (at most 32).
+// Deterministic; same math as attend_f32 per range. Shared memory: [d] query + [per] scores.
+extern "C" __global__ void attend_split(const float* q, const float* k,
+                                        const float* v, float* out,
+                                        const int* pos, int max_ctx, int group, int d,
+                                        float scale, int window, unsigned short* outb,
+                                        float* ws, int* cnt, int min_per) {
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
+    extern __shared__ float sh[];
+    __shared__ float red[32];
+    __shared__ int last;
+    const int h = blockIdx.x, sp = blockIdx.y, splits = gridDim.y, kvh = h / group;
+    const int T = pos[0] + 1;
+    const int t0 = (window > 0 && T > window) ? T - window : 0;
+    const int per = max(min_per, (T - t0 + splits - 1) / splits);
+    const int a0 = min(T, t0 + sp * per), a1 = min(T, a0 + per), n = a1 - a0;
+    float* w = ws + ((long long)h * splits + sp) * (d + 2);
+    if (n > 0) {
+        float* qs = sh;
+        float* s = sh + d;
+        for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = q[(long long)h * d + j];
+        __syncthreads();
+        const float* kb = k + (long long)kvh * max_ctx * d;
+        const float* vb = v + (long long)kvh * max_ctx * d;
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+        constexpr int KPW = 4;
+        for (int tb = a0 + warp * KPW; tb < a1; tb += warps * KPW) {
+            float acc[KPW];
+#pragma unroll
+            for (int u = 0; u < KPW; ++u) acc[u] = 0.f;
+            for (int j = lane; j < d; j += 32) {
+                const float qj = qs[j];
+#pragma unroll
+                for (int u = 0; u < KPW; ++u)
+                    if (tb + u < a1) acc[u] += qj * kb[(long long)(tb + u) * d + j];
+            }
+#pragma unroll
+            for (int u = 0; u < KPW; ++u) {
+                float a = acc[u];
+                for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+                if (lane == 0 && tb + u < a1) s[tb + u - a0] = a * scale;
+            }
+        }
+        __syncthreads();
+        float mx = __int_as_float(0xff800000);
+        for (int t = threadIdx.x; t < n; t += blockDim.x) mx = fmaxf(mx, s[t]);
+        mx = block_max(mx, red);
+        float sum = 0.f;
+        for (int t = threadIdx.x; t < n; t += blockDim.x) { float e = expf(s[t] - mx); s[t] = e; sum += e; }
+        sum = block_sum(sum, red);
+        __syncthreads();
+        for (int j = threadIdx.x; j < d; j += blockDim.x) {
+            float acc = 0.f;
+#pragma unroll 8
+            for (int t = 0; t < n; ++t) acc += s[t] * vb[(long long)(a0 + t) * d + j];
+            w[2 + j] = acc;
+        }
+        if (threadIdx.x == 0) { w[0] = mx; w[1] = sum; }
+    } else if (threadIdx.x == 0) {
+        w[0] = __int_as_float(0xff800000);
+        w[1] = 0.f;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(cnt + h, 1) == splits - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // combine: warp 0 turns the ranges' (m, l) into weights e^(m_s - M) / L (ranges past `active` are
+    // empty), then every thread sums its columns over the ranges: two rounds of independent loads
+    __shared__ float wsc[32];
+    const float* wh = ws + (long long)h * splits * (d + 2);
+    const int active = min(splits, (T - t0 + per - 1) / per);
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        const float m = lane < active ? __ldcg(wh + (long long)lane * (d + 2)) : __int_as_float(0xff800000);
+        const float l = lane < active ? __ldcg(wh + (long long)lane * (d + 2) + 1) : 0.f;
+        float M = m;
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        const float e = lane < active ? expf(m - M) : 0.f;
+        float L = l * e;
+        for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+        wsc[lane] = e / L;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = 0.f;
+#pragma unroll 4
+        for (int q2 = 0; q2 < active; ++q2) acc += __ldcg(wh + (long long)q2 * (d + 2) + 2 + j) * wsc[q2];
+        if (outb) outb[(long long)h * d + j] = to_bf16_rne(acc); else out[(long long)h * d + j] = acc;
+    }
+    if (threadIdx.x == 0) cnt[h] = 0;
+}
+"""
+
+#: threads per attend_f32 block (one block per query head): 8 warps x 4 keys in flight for the scores
+ATTEND_THREADS = 256
+#: attend_split (LOWBIT_ATTEND_SPLIT=0: attend_f32): at most SPLIT_MAX ranges per head (<= 32: one warp
+#: combines), each at least SPLIT_MIN_KEYS keys (4 warps x 4 keys in flight: one pass), SPLIT_THREADS threads
+ATTEND_SPLIT = os.environ.get("LOWBIT_ATTEND_SPLIT", "1") != "0"
+SPLIT_MAX, SPLIT_MIN_KEYS, SPLIT_THREADS = 16, 16, 128
+
+
+def attend_splits(span: int) -> int:
+    """Key ranges per head for a graph bucket of `span` positions (static: the grid of a captured graph)."""
+    return max(1, min(SPLIT_MAX, -(-span // SPLIT_MIN_KEYS)))
+
+
+class Attention:
+    """The two attention kernels of a compiled module and attend_split's workspaces."""
+
+    def __init__(self, mod, launch):
+        import cupy
+
+        self.cp = cupy
+        self._launch = launch
+        self._attend = mod.get_function("attend_f32")
+        self._attend_split = mod.get_function("attend_split")
+        self._split_bufs: dict = {}
+
+    def _split_ws(self, heads: int, splits: int, d: int):
+        """attend_split's partials [heads, splits, d + 2] f32 and per-head counters (zeroed once, self-resetting),
+        one pair per shape, shared by every layer (the attention launches of a step run one after another)."""
+        key = (heads, splits, d, self.cp.cuda.Device().id)
+        if key not in self._split_bufs:
+            self._split_bufs[key] = (self.cp.empty(heads * splits * (d + 2), dtype=self.cp.float32),
+                                     self.cp.zeros(heads, dtype=self.cp.int32))
+        return self._split_bufs[key]
+
+    def attend(self, q, k_cache, v_cache, pos, span: int, scale: float, window: int | None, bf16: bool = False):
+        """q [heads, D] f32 of one token at device position pos -> [heads, D] f32, or bf16 (rounded as
+        astype would) when it only feeds the o_proj GEMV."""
+        cp = self.cp
+        heads, d = q.shape
+        kv_heads, max_ctx, _ = k_cache.shape
+        null = np.uint64(0)
+        if bf16:
+            from lowbit.formats.numerics import BF16
+
+            out = cp.empty(q.shape, dtype=BF16)
+            outs = (null, out)
+        else:
+            out = cp.empty_like(q)
+            outs = (out, null)
+        common = (cp.ascontiguousarray(q), k_cache, v_cache, outs[0], pos, np.int32(max_ctx),
+                  np.int32(heads // kv_heads), np.int32(d), np.float32(scale), np.int32(window or 0), outs[1])
+        if ATTEND_SPLIT:
+            splits = attend_splits(span)
+            ws, cnt = self._split_ws(heads, splits, d)
+            per = max(SPLIT_MIN_KEYS, -(-span // splits))
+            self._launch(self._attend_split, (heads, splits), (SPLIT_THREADS,),
+                         common + (ws, cnt, np.int32(SPLIT_MIN_KEYS)), shared_mem=4 * (d + per))
+        else:
+            smem = 4 * (d + span + 4 + max(1, ATTEND_THREADS // d) * d)
+            self._launch(self._attend, (heads,), (ATTEND_THREADS,), common, shared_mem=smem)
+        return out
