@@ -83,3 +83,37 @@ def test_plan_launch_fills_the_gpu_evenly():
     # a small N is split along K to reach every SM
     wr, wk, s = plan_launch(768, 8192, "fp8-block", 132, 80)
     assert -(-768 // (16 * wr)) * s >= 132
+
+
+def test_build_variants_add_their_knobs_on_top_of_the_default_build(monkeypatch):
+    from lowbit.kernels import gemv as G
+
+    monkeypatch.delenv("LOWBIT_GEMV_MAXREG", raising=False)
+    base = G.compile_defines("fp8-block")
+    assert base["GEMV_MAXREG"] == 0 and base["GEMV_MIN_BLOCKS"] == G.COMPILE_TUNING["fp8-block"]["GEMV_MIN_BLOCKS"]
+    for v, knobs in enumerate(G.VARIANTS["fp8-block"], start=1):
+        d = G.compile_defines("fp8-block", v)
+        assert all(d[key] == val for key, val in knobs.items())
+        assert {key: val for key, val in d.items() if key not in knobs} == \
+            {key: val for key, val in base.items() if key not in knobs}
+    monkeypatch.setenv("LOWBIT_GEMV_MAXREG", "88")  # an experiment's override applies to the default build
+    assert G.compile_defines("fp8-block")["GEMV_MAXREG"] == 88
+
+
+def test_fastest_config_times_round_robin_after_an_untimed_pass(monkeypatch):
+    """Every candidate runs once untimed, then they are timed in turn (not one candidate's repetitions back
+    to back), and the lowest median wins (one outlier does not decide)."""
+    from lowbit.kernels import gemv as G
+
+    launched, timed = [], []
+    times = {"a": [5.0, 5.0, 5.0], "b": [1.0, 9.0, 1.0], "c": [3.0, 3.0, 3.0]}
+
+    def fake_time_once(launch, cfg, flush):
+        timed.append(cfg)
+        return times[cfg][sum(1 for c in timed if c == cfg) - 1]
+
+    monkeypatch.setattr(G, "_time_once", fake_time_once)
+    best = G.fastest_config(launched.append, ["a", "b", "c", "a"], flush=None, reps=3)
+    assert launched == ["a", "b", "c"]  # the untimed pass, duplicates dropped
+    assert timed == ["a", "b", "c"] * 3
+    assert best == "b"  # medians: a 5, b 1, c 3

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.gpu
 
 
 def reference(q, k, v, t_len, group, window):
@@ -28,6 +27,23 @@ CASES = [  # heads, kv_heads, d, T, span, window
     (8, 2, 64, 100, 128, 50), (4, 2, 128, 700, 1024, 300)]
 
 
+def test_attend_splits_plan_the_ranges_and_their_shared_memory():
+    """As many ranges as 16-key ranges fill the span, at most SPLIT_MAX (<= 32: one warp combines them);
+    at any position below the span the kernel's ranges (per = max(16, ceil(T / splits))) cover every key
+    and fit the shared memory the launcher sizes from the span."""
+    from lowbit.runtime.cuda_attend import SPLIT_MAX, SPLIT_MIN_KEYS, attend_splits
+
+    assert SPLIT_MAX <= 32
+    for span in (1, 15, 16, 17, 64, 255, 256, 257, 1024, 8192):
+        s = attend_splits(span)
+        assert s == min(SPLIT_MAX, -(-span // SPLIT_MIN_KEYS))
+        host_per = max(SPLIT_MIN_KEYS, -(-span // s))
+        for t in range(1, span + 1):
+            per = max(SPLIT_MIN_KEYS, -(-t // s))
+            assert per * s >= t and per <= host_per
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("heads,kv_heads,d,t_len,span,window", CASES)
 def test_attend_matches_numpy(monkeypatch, split, heads, kv_heads, d, t_len, span, window):
