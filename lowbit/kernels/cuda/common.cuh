@@ -17,7 +17,7 @@
 // 3-8 stages in dynamic shared memory (every scheme capped near 2 TB/s, bf16 included): all slower than
 // the two register buffers.
 //
-// Math. The chunk is decoded to bf16 pairs and fed to the tensor cores with
+// Math. The chunk is decoded to bf16 pairs (f16 for W8A8: P::F16) and fed to the tensor cores with
 // mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32: A = 16 W rows x 16 k-slots, B = 16 k-slots x 8 tokens,
 // C = fp32 [16 rows x 8 tokens] (two C tiles for M > 8). A lane supplies the same 4 k-slots
 // ({2t,2t+1,2t+8,2t+9}) of A and of B, so any mapping of a lane's own K positions onto its k-slots is
