@@ -180,39 +180,31 @@ __device__ __forceinline__ void load_x_fast(const uint16_t* xr, long off, uint32
   }
 }
 
-__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+// One m16n8k16 mma, fp32 accumulate: bf16 x bf16, or f16 x f16 when F16 (the W8A8 GEMV: E4M3 codes of weight
+// and activation are exact in f16).
+template <bool F16>
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+#define LB_MMA_16816(T)                                                                                  \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." T "." T ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, " \
+               "{%0,%1,%2,%3};\n"                                                                       \
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                        \
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1))
+  if constexpr (F16) LB_MMA_16816("f16");
+  else LB_MMA_16816("bf16");
+#undef LB_MMA_16816
 }
 
-__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                        uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// All mmas of one chunk: A = rows g (RA) and g+8 (RB), B = the token tile(s) X[mt]; bf16 pairs, or f16
-// pairs when F16 (the W8A8 GEMV: E4M3 codes of weight and activation are exact in f16). One accumulator
-// chain: splitting the mmas over 2 or 4 independent chains measured the same (H200, 2026-11-27).
+// All mmas of one chunk: A = rows g (RA) and g+8 (RB), B = the token tile(s) X[mt] (bf16 or, F16, f16 pairs).
+// One accumulator chain: splitting the mmas over 2 or 4 independent chains measured the same (H200, 2026-11-27).
 template <int NP, int MT, bool F16 = false>
 __device__ __forceinline__ void mma_chunk(float (&c)[MT][4], const uint32_t (&RA)[NP], const uint32_t (&RB)[NP],
                                           const uint32_t (&X)[MT][NP]) {
 #pragma unroll
   for (int j = 0; j < NP / 2; ++j)
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      if constexpr (F16)
-        mma_f16(c[mt], RA[2 * j], RB[2 * j], RA[2 * j + 1], RB[2 * j + 1], X[mt][2 * j], X[mt][2 * j + 1]);
-      else
-        mma_bf16(c[mt], RA[2 * j], RB[2 * j], RA[2 * j + 1], RB[2 * j + 1], X[mt][2 * j], X[mt][2 * j + 1]);
-    }
+    for (int mt = 0; mt < MT; ++mt)
+      mma_16816<F16>(c[mt], RA[2 * j], RB[2 * j], RA[2 * j + 1], RB[2 * j + 1], X[mt][2 * j], X[mt][2 * j + 1]);
 }
 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
