@@ -3,7 +3,8 @@
 `route(x, router_w, top_k, norm, norm_topk_prob)` -> (ids int32 [T, k], weights f32 [T, k]):
 logits in fp32 (few tokens: router_logits kernel; many: cuBLAS on fp32 copies), then router_topk
 with the model's normalisation ("mixtral" | "qwen3"), matching lowbit.verify.moe_reference.route_ref.
-`align(ids, E, bm)` -> Permutation (offs, tile_offs, pos, sorted_tok) for the grouped GEMM.
+`route_add_norm(h, delta, norm_w, eps, router_w, ...)`: the decode step's residual update + RMSNorm + route
+in one launch. `align(ids, E, bm)` -> Permutation (offs, tile_offs, pos, sorted_tok) for the grouped GEMM.
 """
 
 from __future__ import annotations
@@ -109,6 +110,50 @@ def route(x, router_w, top_k: int, norm: str = "mixtral", norm_topk_prob: bool =
                                         np.int32(NORMS[norm]), np.int32(bool(norm_topk_prob)), logits, _counter(),
                                         ids, wts))
     return ids, wts
+
+
+#: router_add_norm keeps the token's normalised row in shared memory (2 bytes an element)
+ADD_NORM_MAX_HIDDEN = 16384
+
+
+def route_add_norm(h, delta, norm_w, eps: float, router_w, top_k: int, norm: str = "mixtral",
+                   norm_topk_prob: bool = True):
+    """The decode step's entry into an MoE block in one launch (router_add_norm):
+    s = h + delta, x = bf16(rmsnorm(s) * norm_w), then route(x, router_w, ...).
+    h f32 [T, H], delta f32 or bf16 [T, H], norm_w f32 [H], router_w bf16 [E, H], 1 <= T <= LOGITS_KERNEL_MAX_T.
+    Returns (s f32 [T, H] (a new array: h is not changed), x bf16 [T, H], ids int32 [T, k], weights f32 [T, k])."""
+    import cupy
+
+    from lowbit.formats.numerics import BF16
+
+    if h.ndim != 2 or h.dtype != cupy.float32 or not h.flags.c_contiguous:
+        raise KernelError(f"router_add_norm: h must be contiguous float32 [T, H], found {h.dtype} {tuple(h.shape)}")
+    t, hid = h.shape
+    if delta.shape != h.shape or delta.dtype not in (cupy.float32, BF16) or not delta.flags.c_contiguous:
+        raise KernelError(f"router_add_norm: delta must be contiguous float32 or bfloat16 {tuple(h.shape)}, "
+                          f"found {delta.dtype} {tuple(delta.shape)}")
+    if norm_w.shape != (hid,) or norm_w.dtype != cupy.float32:
+        raise KernelError(f"router_add_norm: the norm weight must be float32 [{hid}], found {norm_w.dtype} "
+                          f"{tuple(norm_w.shape)}")
+    if not 1 <= t <= LOGITS_KERNEL_MAX_T or hid > ADD_NORM_MAX_HIDDEN:
+        raise KernelError(f"router_add_norm: {t} tokens of hidden size {hid}: the fused launch takes 1.."
+                          f"{LOGITS_KERNEL_MAX_T} tokens and H <= {ADD_NORM_MAX_HIDDEN}; use add_rms_norm + route")
+    x = cupy.empty((t, hid), BF16)
+    _check_router(x, router_w)
+    topk(cupy.empty((0, router_w.shape[0]), cupy.float32), top_k, norm, norm_topk_prob)  # validates the options
+    e = router_w.shape[0]
+    s = cupy.empty_like(h)
+    ids = cupy.empty((t, top_k), cupy.int32)
+    wts = cupy.empty((t, top_k), cupy.float32)
+    logits = cupy.empty((t, e), cupy.float32)
+    null = np.uint64(0)
+    df, db = (delta, null) if delta.dtype == cupy.float32 else (null, delta)
+    f = get_function("moe_route.cu", "router_add_norm")
+    launch(f, (-(-e // 8), t), (256,), (h, df, db, norm_w, np.float32(eps), s, x, router_w, np.int32(e),
+                                        np.int32(hid), np.int32(t), np.int32(top_k), np.int32(NORMS[norm]),
+                                        np.int32(bool(norm_topk_prob)), logits, _counter(), ids, wts),
+           shared_mem=2 * hid)
+    return s, x, ids, wts
 
 
 def align(ids, num_experts: int, bm: int) -> Permutation:

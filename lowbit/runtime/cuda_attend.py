@@ -17,6 +17,16 @@ import os
 
 import numpy as np
 
+#: threads per attend_f32 block (one block per query head): 8 warps x 4 keys in flight for the scores
+ATTEND_THREADS = 256
+#: attend_split (LOWBIT_ATTEND_SPLIT=0: attend_f32): at most SPLIT_MAX ranges per head (<= 32: one warp
+#: combines), each at least SPLIT_MIN_KEYS keys (4 warps x 4 keys in flight: one pass), SPLIT_THREADS threads
+ATTEND_SPLIT = os.environ.get("LOWBIT_ATTEND_SPLIT", "1") != "0"
+SPLIT_MAX, SPLIT_MIN_KEYS, SPLIT_THREADS = 16, 16, 128
+#: attend_split makes q (and the position's k, v) from the q|k|v GEMV output itself, so that the decode step
+#: needs no qkv_rope_store launch (LOWBIT_ATTEND_QKV=0: it does); head_dim <= SPLIT_THREADS
+ATTEND_QKV = os.environ.get("LOWBIT_ATTEND_QKV", "1") != "0"
+
 ATTEND_SRC = r"""
 // q, out: [heads, d]; k, v: [kv_heads, max_ctx, d]; one block per query head; scores in shared memory
 extern "C" __global__ void attend_f32(const float* q, const float* k,
@@ -89,26 +99,59 @@ extern "C" __global__ void attend_f32(const float* q, const float* k,
 // block of head h to finish (counter cnt[h], self-resetting) combines them in split order:
 // out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s, over the non-empty ranges (at most 32).
 // Deterministic; same math as attend_f32 per range. Shared memory: [d] query + [per] scores.
-extern "C" __global__ void attend_split(const float* q, const float* k,
-                                        const float* v, float* out,
+//
+// Fused with qkv_rope_store (qy non-null, blockDim.x >= d): q is not read but made from the stacked q|k|v GEMV
+// output (bias, q_norm, RoPE: head_in, head_value) by every block of the head, and the blocks whose range holds the
+// position first make that position's k and v the same way and write them to the caches (the group's q heads
+// write the same values), so no separate qkv_rope_store launch is needed.
+// qy: the stacked q|k|v GEMV output (bf16 bits) or nullptr (q is given); qbias [(heads + 2 kv_heads) * d], qn,
+// kn ([d], q_norm / k_norm): each optional; cs, sn: the RoPE tables [max positions, d].
+extern "C" __global__ void attend_split(const float* q, float* k,
+                                        float* v, float* out,
                                         const int* pos, int max_ctx, int group, int d,
                                         float scale, int window, unsigned short* outb,
-                                        float* ws, int* cnt, int min_per) {
-    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
-    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
+                                        float* ws, int* cnt, int min_per,
+                                        const unsigned short* qy, const float* qbias, const float* qn,
+                                        const float* kn, const float* cs, const float* sn, float qeps,
+                                        int heads, int kv_heads) {
     extern __shared__ float sh[];
     __shared__ float red[32];
     __shared__ int last;
     const int h = blockIdx.x, sp = blockIdx.y, splits = gridDim.y, kvh = h / group;
-    const int T = pos[0] + 1;
+    const int T = pos[0] + 1;  // before the wait: see qkv_rope_store
     const int t0 = (window > 0 && T > window) ? T - window : 0;
     const int per = max(min_per, (T - t0 + splits - 1) / splits);
     const int a0 = min(T, t0 + sp * per), a1 = min(T, a0 + per), n = a1 - a0;
     float* w = ws + ((long long)h * splits + sp) * (d + 2);
+    const bool fused = qy != nullptr && n > 0, cur = fused && a1 == T;  // cur: the range holds the position
+    const long long p = T - 1;
+    HeadIn qin, kin, vin;  // the constant tables first (before the wait), then the GEMV output: one round trip
+    if (fused) qin = head_in(qbias, qn, cs, sn, p, h, 0, d);
+    if (cur) {
+        kin = head_in(qbias, kn, cs, sn, p, heads + kvh, 1, d);
+        vin = head_in(qbias, nullptr, cs, sn, p, heads + kv_heads + kvh, 2, d);
+    }
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
+    if (fused) {  // uniform over the block: the barriers inside are safe
+        __shared__ float row[LB_SPLIT_THREADS];
+        const float yq = head_y(qy, h, d);
+        const float yk = cur ? head_y(qy, heads + kvh, d) : 0.f, yv = cur ? head_y(qy, heads + kv_heads + kvh, d) : 0.f;
+        const float qv = head_value(yq, qin, qn != nullptr, 0, d, qeps, red, row);
+        if (threadIdx.x < d) sh[threadIdx.x] = qv;
+        if (cur) {  // the position's k and v into the caches, before they are read
+            const int j = threadIdx.x;
+            const long long at = ((long long)kvh * max_ctx + p) * d + j;
+            const float kv = head_value(yk, kin, kn != nullptr, 1, d, qeps, red, row);
+            const float vv = head_value(yv, vin, false, 2, d, qeps, red, row);
+            if (j < d) { k[at] = kv; v[at] = vv; }
+        }
+    }
     if (n > 0) {
         float* qs = sh;
         float* s = sh + d;
-        for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = q[(long long)h * d + j];
+        if (qy == nullptr)
+            for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = q[(long long)h * d + j];
         __syncthreads();
         const float* kb = k + (long long)kvh * max_ctx * d;
         const float* vb = v + (long long)kvh * max_ctx * d;
@@ -181,14 +224,8 @@ extern "C" __global__ void attend_split(const float* q, const float* k,
     }
     if (threadIdx.x == 0) cnt[h] = 0;
 }
-"""
+""".replace("LB_SPLIT_THREADS", str(SPLIT_THREADS))
 
-#: threads per attend_f32 block (one block per query head): 8 warps x 4 keys in flight for the scores
-ATTEND_THREADS = 256
-#: attend_split (LOWBIT_ATTEND_SPLIT=0: attend_f32): at most SPLIT_MAX ranges per head (<= 32: one warp
-#: combines), each at least SPLIT_MIN_KEYS keys (4 warps x 4 keys in flight: one pass), SPLIT_THREADS threads
-ATTEND_SPLIT = os.environ.get("LOWBIT_ATTEND_SPLIT", "1") != "0"
-SPLIT_MAX, SPLIT_MIN_KEYS, SPLIT_THREADS = 16, 16, 128
 
 
 def attend_splits(span: int) -> int:
@@ -217,30 +254,46 @@ class Attention:
                                      self.cp.zeros(heads, dtype=self.cp.int32))
         return self._split_bufs[key]
 
-    def attend(self, q, k_cache, v_cache, pos, span: int, scale: float, window: int | None, bf16: bool = False):
+    def attend(self, q, k_cache, v_cache, pos, span: int, scale: float, window: int | None, bf16: bool = False,
+               qkv: dict | None = None):
         """q [heads, D] f32 of one token at device position pos -> [heads, D] f32, or bf16 (rounded as
-        astype would) when it only feeds the o_proj GEMV."""
+        astype would) when it only feeds the o_proj GEMV.
+
+        qkv (fused, see fuses_qkv): q is None and made inside attend_split from qkv["y"] (the stacked q|k|v
+        GEMV output, bf16 [1, (heads + 2 kv_heads) D]) with qkv's bias, q_norm / k_norm ("qn", "kn"),
+        "eps", RoPE tables "cos" / "sin" and "heads"; the position's k and v are written to the caches too."""
         cp = self.cp
-        heads, d = q.shape
-        kv_heads, max_ctx, _ = k_cache.shape
+        kv_heads, max_ctx, d = k_cache.shape
+        heads = qkv["heads"] if qkv else q.shape[0]
         null = np.uint64(0)
         if bf16:
             from lowbit.formats.numerics import BF16
 
-            out = cp.empty(q.shape, dtype=BF16)
+            out = cp.empty((heads, d), dtype=BF16)
             outs = (null, out)
         else:
-            out = cp.empty_like(q)
+            out = cp.empty((heads, d), dtype=cp.float32)
             outs = (out, null)
-        common = (cp.ascontiguousarray(q), k_cache, v_cache, outs[0], pos, np.int32(max_ctx),
+        common = (cp.ascontiguousarray(q) if qkv is None else null, k_cache, v_cache, outs[0], pos, np.int32(max_ctx),
                   np.int32(heads // kv_heads), np.int32(d), np.float32(scale), np.int32(window or 0), outs[1])
         if ATTEND_SPLIT:
             splits = attend_splits(span)
             ws, cnt = self._split_ws(heads, splits, d)
             per = max(SPLIT_MIN_KEYS, -(-span // splits))
+            opt = lambda a: null if a is None else a  # noqa: E731
+            fused = ((qkv["y"], opt(qkv.get("bias")), opt(qkv.get("qn")), opt(qkv.get("kn")), qkv["cos"], qkv["sin"],
+                      np.float32(qkv["eps"])) if qkv else (null,) * 6 + (np.float32(0),))
             self._launch(self._attend_split, (heads, splits), (SPLIT_THREADS,),
-                         common + (ws, cnt, np.int32(SPLIT_MIN_KEYS)), shared_mem=4 * (d + per))
+                         common + (ws, cnt, np.int32(SPLIT_MIN_KEYS)) + fused + (np.int32(heads), np.int32(kv_heads)),
+                         shared_mem=4 * (d + per))
         else:
+            if qkv is not None:
+                raise ValueError("attend: the fused q|k|v input needs attend_split (LOWBIT_ATTEND_SPLIT=1)")
             smem = 4 * (d + span + 4 + max(1, ATTEND_THREADS // d) * d)
             self._launch(self._attend, (heads,), (ATTEND_THREADS,), common, shared_mem=smem)
         return out
+
+    @staticmethod
+    def fuses_qkv(d: int) -> bool:
+        """Whether attend(qkv=...) can take the q|k|v GEMV output directly for head size d."""
+        return ATTEND_SPLIT and ATTEND_QKV and d <= SPLIT_THREADS

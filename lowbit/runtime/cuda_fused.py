@@ -11,7 +11,7 @@ backend; tests/runtime/test_cuda.py compares the logits):
   qkv_rope_store  decode: q|k|v GEMV output + bias -> q/k norm -> RoPE -> q out, k and v into the cache
   swiglu        silu(gate) * up straight from the stacked gate|up GEMV output, bf16 for the down GEMV
   attend        one token's attention over the KV cache (lowbit.runtime.cuda_attend, compiled into the
-                same module).
+                same module); in decode it also does qkv_rope_store's work (one launch less).
 """
 
 from __future__ import annotations
@@ -98,14 +98,21 @@ extern "C" __global__ void rms_norm_f32(const float* x, const float* w,
 extern "C" __global__ void add_rms_norm(float* h, const float* df,
                                         const unsigned short* db, const float* w,
                                         float* y, unsigned short* yb, int n, float eps) {
-    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
-    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
     __shared__ float red[32];
     float* hr = h + (long long)blockIdx.x * n;
     long long off = (long long)blockIdx.x * n;
     float vals[RPT], ws[RPT];
     float s = 0.f;
     const bool reg = n <= RPT * (int)blockDim.x;
+    if (reg) {  // the norm weight is constant: loaded before the wait
+#pragma unroll
+        for (int c = 0; c < RPT; ++c) {
+            const int i = threadIdx.x + c * blockDim.x;
+            ws[c] = i < n ? w[i] : 0.f;
+        }
+    }
+    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
     if (reg) {
         float ds[RPT];
 #pragma unroll
@@ -113,7 +120,6 @@ extern "C" __global__ void add_rms_norm(float* h, const float* df,
             const int i = threadIdx.x + c * blockDim.x;
             vals[c] = i < n ? hr[i] : 0.f;
             ds[c] = i < n ? (df ? df[off + i] : __uint_as_float(((unsigned int)db[off + i]) << 16)) : 0.f;
-            ws[c] = i < n ? w[i] : 0.f;
         }
 #pragma unroll
         for (int c = 0; c < RPT; ++c) {
@@ -173,35 +179,70 @@ extern "C" __global__ void rope_f32(const float* x, float* y,
 // Decode (one token at device position pos[0]): the stacked q|k|v GEMV output y (bf16 bits,
 // [(heads + 2 kv_heads) * d]) + bias -> q/k RMSNorm (qn/kn, optional) -> RoPE on q and k -> q to qout
 // (fp32 [heads, d]), k and v into the caches ([kv_heads, max_ctx, d]) at pos. One block per head row.
-extern "C" __global__ void qkv_rope_store(const unsigned short* y, const float* bias,
-                                          const float* qn, const float* kn, float eps,
-                                          const float* cs, const float* sn,
-                                          const int* pos, float* qout,
-                                          float* kc, float* vc,
-                                          int max_ctx, int heads, int kv_heads, int d) {
-    lb_pdl_wait();     // launched with PDL: everything below may read what the kernel before wrote
-    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
-    __shared__ float red[32];
-    __shared__ float row[1024];
-    int b = blockIdx.x, j = threadIdx.x;
-    long long i = (long long)b * d + j;
-    float v = j < d ? __uint_as_float(((unsigned int)y[i]) << 16) + (bias ? bias[i] : 0.f) : 0.f;
-    int kind = b < heads ? 0 : (b < heads + kv_heads ? 1 : 2);          // q, k, v
-    const float* nw = kind == 0 ? qn : (kind == 1 ? kn : 0);
-    if (nw) {
-        float rr = rsqrtf(block_sum(v * v, red) / (float)d + eps);
-        v = j < d ? v * rr * nw[j] : 0.f;
+// Head row b (kind 0 q, 1 k, 2 v) of the stacked q|k|v GEMV output y (bf16 bits, [(heads + 2 kv_heads) * d]) at
+// position p: + bias, the per-head RMSNorm (q_norm / k_norm, optional), RoPE for q and k. Thread j < d holds
+// element j. head_in loads what thread j needs of the constant tables (bias, norm weight, RoPE tables) in one
+// go, so it may run before the PDL wait; head_value then takes the GEMV output value and finishes (every
+// thread of the block calls it: block reductions and barriers inside; blockDim.x >= d; row: blockDim.x floats
+// of shared memory; threads j >= d get 0). Used by qkv_rope_store and by attend_split (fused).
+struct HeadIn { float b, w, c, s; };
+
+__device__ HeadIn head_in(const float* bias, const float* nw, const float* cs, const float* sn, long long p, int b,
+                          int kind, int d) {
+    const int j = threadIdx.x;
+    HeadIn in{0.f, 1.f, 1.f, 0.f};
+    if (j < d) {
+        if (bias) in.b = bias[(long long)b * d + j];
+        if (nw) in.w = nw[j];
+        if (kind < 2) { in.c = cs[p * d + j]; in.s = sn[p * d + j]; }
     }
-    long long p = pos[0];
+    return in;
+}
+
+__device__ float head_y(const unsigned short* y, int b, int d) {
+    const int j = threadIdx.x;
+    return j < d ? __uint_as_float(((unsigned int)y[(long long)b * d + j]) << 16) : 0.f;
+}
+
+__device__ float head_value(float yv, HeadIn in, bool norm, int kind, int d, float eps, float* red, float* row) {
+    const int j = threadIdx.x;
+    float v = j < d ? yv + in.b : 0.f;
+    if (norm) {
+        float rr = rsqrtf(block_sum(v * v, red) / (float)d + eps);
+        v = j < d ? v * rr * in.w : 0.f;
+    }
     if (kind < 2) {
         row[j] = v;
         __syncthreads();
         int h2 = d / 2;
         if (j < d) {
             float rot = j < h2 ? -row[j + h2] : row[j - h2];
-            v = v * cs[p * d + j] + rot * sn[p * d + j];
+            v = v * in.c + rot * in.s;
         }
+        __syncthreads();  // row is reused by the next call
     }
+    return v;
+}
+
+// The position and the constant tables are read before the PDL wait: pos is filled before the step's first
+// kernel, and a PDL kernel only starts after the kernel before it has started (by induction, after the fill).
+extern "C" __global__ void qkv_rope_store(const unsigned short* y, const float* bias,
+                                          const float* qn, const float* kn, float eps,
+                                          const float* cs, const float* sn,
+                                          const int* pos, float* qout,
+                                          float* kc, float* vc,
+                                          int max_ctx, int heads, int kv_heads, int d) {
+    __shared__ float red[32];
+    __shared__ float row[1024];
+    int b = blockIdx.x, j = threadIdx.x;
+    long long i = (long long)b * d + j;
+    int kind = b < heads ? 0 : (b < heads + kv_heads ? 1 : 2);          // q, k, v
+    const float* nw = kind == 0 ? qn : (kind == 1 ? kn : 0);
+    long long p = pos[0];
+    const HeadIn in = head_in(bias, nw, cs, sn, p, b, kind, d);
+    lb_pdl_wait();     // launched with PDL: y is the GEMV's output
+    lb_pdl_trigger();  // then the next kernel may get resident (after the wait: no cascade, see pdl.cuh)
+    float v = head_value(head_y(y, b, d), in, nw != 0, kind, d, eps, red, row);
     if (j >= d) return;
     if (kind == 0) qout[i] = v;
     else if (kind == 1) kc[((long long)(b - heads) * max_ctx + p) * d + j] = v;
@@ -328,6 +369,11 @@ class Fused:
         else:
             fn(grid, block, args, shared_mem=shared_mem)
 
-    def attend(self, q, k_cache, v_cache, pos, span: int, scale: float, window: int | None, bf16: bool = False):
-        """One token's attention (lowbit.runtime.cuda_attend.Attention.attend)."""
-        return self._attention.attend(q, k_cache, v_cache, pos, span, scale, window, bf16)
+    def attend(self, q, k_cache, v_cache, pos, span: int, scale: float, window: int | None, bf16: bool = False,
+               qkv: dict | None = None):
+        """One token's attention (lowbit.runtime.cuda_attend.Attention.attend; qkv: fused with qkv_rope_store)."""
+        return self._attention.attend(q, k_cache, v_cache, pos, span, scale, window, bf16, qkv)
+
+    @staticmethod
+    def attend_fuses_qkv(d: int) -> bool:
+        return Attention.fuses_qkv(d)

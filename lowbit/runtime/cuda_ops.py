@@ -12,6 +12,7 @@ device buffer, see kv_cache.DevicePos); where capture fails it logs once and run
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import numpy as np
@@ -23,6 +24,8 @@ from lowbit.runtime.weights import module_layout, module_tensors
 
 log = logging.getLogger(__name__)
 BUCKET = 256
+#: decode: add_rms_norm + router in one kernel (moe_router.route_add_norm); LOWBIT_ROUTER_ADD_NORM=0: two
+ROUTER_ADD_NORM = os.environ.get("LOWBIT_ROUTER_ADD_NORM", "1") != "0"
 _EXPERT = re.compile(r"(.*)\.experts\.(\d+)\.(\w+)$")
 
 
@@ -129,18 +132,26 @@ class CudaOps:
             n0 += n
         return outs
 
-    def qkv_rope_store(self, p: str, x, pos, k_cache, v_cache, cos, sin, qn, kn):
-        """Decode step's attention input in two launches (stacked GEMV + qkv_rope_store), or None when
-        q/k/v are not stacked (then the model runs the general path)."""
+    def qkv_attend(self, p: str, x, pos, k_cache, v_cache, cos, sin, qn, kn, scale: float, window):
+        """Decode step's attention, bf16 [heads, D] for the o_proj GEMV: the stacked q|k|v GEMV, then one
+        attention launch that also applies bias, q/k norms and RoPE and writes the position's k and v
+        (Attention.fuses_qkv), or qkv_rope_store + attention; None when q/k/v are not stacked (then the
+        model runs the general path)."""
         from lowbit.kernels.linear import linear
 
         key = f"{p}.q_proj|{p}.k_proj|{p}.v_proj"
         if key not in self.lin:
             return None
+        cfg, f = self.cfg, self.fused
         y = linear(self.lin[key], self._bf16_in(x), act=self.act)
-        return self.fused.qkv_rope_store(y, self.vec.get(f"{key}.bias"), self.vec.get(qn) if qn else None,
-                                         self.vec.get(kn) if kn else None, self.cfg.eps, cos, sin, pos.index,
-                                         k_cache, v_cache, self.cfg.heads)
+        parts = dict(bias=self.vec.get(f"{key}.bias"), qn=self.vec.get(qn) if qn else None,
+                     kn=self.vec.get(kn) if kn else None)
+        if f.attend_fuses_qkv(cfg.head_dim):
+            return f.attend(None, k_cache, v_cache, pos.index, pos.span, scale, window, bf16=True,
+                            qkv=dict(y=y, eps=cfg.eps, cos=cos, sin=sin, heads=cfg.heads, **parts))
+        q = f.qkv_rope_store(y, parts["bias"], parts["qn"], parts["kn"], cfg.eps, cos, sin, pos.index, k_cache,
+                             v_cache, cfg.heads)
+        return f.attend(q, k_cache, v_cache, pos.index, pos.span, scale, window, bf16=True)
 
     def swiglu(self, p: str, names, x):
         """bf16 silu(gate(x)) * up(x) from one stacked GEMV + one kernel, or None when not stacked / biased."""
@@ -188,6 +199,24 @@ class CudaOps:
                 and x.shape[0] <= moe_router.LOGITS_KERNEL_MAX_T and x.shape[-1] % 8 == 0):
             return moe_router.route(self._bf16_in(x), w.tensors["weight"], top_k, "qwen3", renormalize)
         return self.route(self.linear(prefix, x), top_k, renormalize)
+
+    def add_norm_route(self, h, delta, norm: str, router: str, top_k: int, renormalize: bool):
+        """Decode: the residual update, the post-attention RMSNorm and the router in one launch
+        (lowbit.kernels.moe_router.route_add_norm; LOWBIT_ROUTER_ADD_NORM=0 turns it off), as
+        (h, x, (ids, weights)); None where it does not apply (then add_norm + router run)."""
+        from lowbit.kernels import moe_router
+
+        w = self.lin.get(router)
+        if not (self.fused and ROUTER_ADD_NORM and w is not None and w.scheme == "bf16" and w.experts is None
+                and f"{router}.bias" not in self.vec and w.n <= moe_router.MAX_EXPERTS and h.ndim == 2
+                and 1 <= h.shape[0] <= moe_router.LOGITS_KERNEL_MAX_T and h.shape[1] % 8 == 0
+                and h.shape[1] <= moe_router.ADD_NORM_MAX_HIDDEN and h.dtype == self.xp.float32
+                and h.flags.c_contiguous and delta.shape == h.shape
+                and delta.dtype in (self.xp.float32, self.bf16)):
+            return None
+        s, x, ids, wts = moe_router.route_add_norm(h, self.xp.ascontiguousarray(delta), self.vector(norm),
+                                                   self.cfg.eps, w.tensors["weight"], top_k, "qwen3", renormalize)
+        return s, x, (ids, wts)
 
     def route(self, logits, top_k: int, renormalize: bool):
         from lowbit.kernels.moe_router import topk

@@ -38,9 +38,15 @@ class Transformer:
         x = self.rms_norm(h, "model.layers.0.input_layernorm.weight", to_linear=True)
         for i in range(cfg.layers):
             p = f"model.layers.{i}"
-            h, x = self.add_norm(h, self.attention(i, x, pos), f"{p}.post_attention_layernorm.weight")
+            attn, norm = self.attention(i, x, pos), f"{p}.post_attention_layernorm.weight"
+            if cfg.moe_layer(i):
+                h, x, routing = self.add_norm_route(h, attn, norm, i)
+                delta = self.moe(i, x, routing)
+            else:
+                h, x = self.add_norm(h, attn, norm)
+                delta = self.mlp(f"{p}.mlp", x)
             nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < cfg.layers else "model.norm.weight"
-            h, x = self.add_norm(h, self.moe(i, x) if cfg.moe_layer(i) else self.mlp(f"{p}.mlp", x), nxt)
+            h, x = self.add_norm(h, delta, nxt)
         if isinstance(pos, int):
             self.kv.length = pos + h.shape[0]
         return ops.lm_head(x[-1:] if last_only else x)
@@ -52,6 +58,18 @@ class Transformer:
             return self.ops.fused.add_rms_norm(h, delta, self.ops.vector(name), self.cfg.eps)
         h = h + delta
         return h, self.rms_norm(h, name)
+
+    def add_norm_route(self, h, delta, name: str, i: int):
+        """add_norm, then the MoE router of layer i on the normed x: (h, x, (expert ids, routing weights)).
+        The CUDA decode step does all of it in one kernel where it can (ops.add_norm_route)."""
+        cfg = self.cfg
+        router = f"{self.moe_prefix(i)}.gate"
+        fused = getattr(self.ops, "add_norm_route", None)
+        out = fused(h, delta, name, router, cfg.top_k, cfg.norm_topk) if fused else None
+        if out is not None:
+            return out
+        h, x = self.add_norm(h, delta, name)
+        return h, x, self.ops.router(router, x, cfg.top_k, cfg.norm_topk)   # softmax, top-k, renormalize
 
     def rms_norm(self, x, name: str, to_linear: bool = False):
         """to_linear: the result only feeds linear layers (the CUDA backend then hands them bf16)."""
@@ -83,17 +101,18 @@ class Transformer:
         m, hd, nkv = x.shape[0], cfg.head_dim, cfg.kv_heads
         qn, kn = (f"{p}.q_norm.weight", f"{p}.k_norm.weight") if cfg.qk_norm else (None, None)
         fast = ops.fused and isinstance(pos, DevicePos) and pos.span <= ops.fused.max_span
-        # CUDA decode: projections, q/k norms, RoPE and the KV write in two launches (None: not possible)
-        q = ops.qkv_rope_store(p, x, pos, self.kv.k[i], self.kv.v[i], self.cos, self.sin, qn, kn) if fast else None
-        if q is None:
+        # CUDA decode: projections, q/k norms, RoPE, the KV write and the attention in two or three launches
+        o = (ops.qkv_attend(p, x, pos, self.kv.k[i], self.kv.v[i], self.cos, self.sin, qn, kn, self.scale,
+                            cfg.sliding_window) if fast else None)
+        if o is None:
             q, k, v = ops.linears((f"{p}.q_proj", f"{p}.k_proj", f"{p}.v_proj"), x)
             q, k, v = q.reshape(m, cfg.heads, hd), k.reshape(m, nkv, hd), v.reshape(m, nkv, hd)
             q, k = self.rope(q, pos, qn), self.rope(k, pos, kn)
             keys, values = self.kv.append(i, pos, k, v)          # [nkv, T, D], T = pos + m
-            q = q[0] if fast else q
-        if fast:                                                 # one kernel for the attention itself
-            o = ops.fused.attend(q, self.kv.k[i], self.kv.v[i], pos.index, pos.span, self.scale, cfg.sliding_window,
-                                 bf16=True)
+            if fast:                                             # one kernel for the attention itself
+                o = ops.fused.attend(q[0], self.kv.k[i], self.kv.v[i], pos.index, pos.span, self.scale,
+                                     cfg.sliding_window, bf16=True)
+        if o is not None:
             return ops.linear(f"{p}.o_proj", o.reshape(1, cfg.heads * hd), raw=True)
         group = cfg.heads // nkv
         qg = q.reshape(m, nkv, group, hd).transpose(1, 2, 0, 3).reshape(nkv, group * m, hd)
@@ -120,13 +139,16 @@ class Transformer:
             act = self.ops.fused.silu_mul(g, u) if self.ops.fused else g / (1.0 + self.xp.exp(-g)) * u
         return self.ops.linear(f"{p}.{down}", act, raw=True)
 
-    def moe(self, i: int, x):
-        """Sparse MoE block: router softmax, top-k experts per token, weighted sum (+ shared expert)."""
+    def moe_prefix(self, i: int) -> str:
+        return f"model.layers.{i}.block_sparse_moe" if self.cfg.arch == "mixtral" else f"model.layers.{i}.mlp"
+
+    def moe(self, i: int, x, routing):
+        """Sparse MoE block on the router's choice (top-k expert ids, weights): weighted sum of the chosen
+        experts (+ shared expert)."""
         cfg, ops, xp = self.cfg, self.ops, self.xp
-        mixtral = cfg.arch == "mixtral"
-        p = f"model.layers.{i}.block_sparse_moe" if mixtral else f"model.layers.{i}.mlp"
-        names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
-        top, w = ops.router(f"{p}.gate", x, cfg.top_k, cfg.norm_topk)   # softmax, top-k, renormalize
+        p = self.moe_prefix(i)
+        names = ("w1", "w3", "w2") if cfg.arch == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+        top, w = routing
         out = ops.moe_experts(p, x, top, w, names, self.mlp)
         if cfg.shared_intermediate:
             shared = self.mlp(f"{p}.shared_expert", x).astype(xp.float32)

@@ -70,6 +70,55 @@ def test_router_matches_reference(norm, norm_topk, t, e, k, h):
     np.testing.assert_allclose(wts.get()[clear], rw[clear], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("delta_bf16", [True, False])
+@pytest.mark.parametrize("norm,norm_topk", [("mixtral", True), ("qwen3", True), ("qwen3", False)])
+@pytest.mark.parametrize("t,e,k,h", [(1, 128, 8, 2048), (1, 8, 2, 4096), (3, 60, 4, 256), (1, 128, 8, 5120),
+                                     (2, 8, 2, 776)])
+def test_router_add_norm_matches_reference(delta_bf16, norm, norm_topk, t, e, k, h):
+    """route_add_norm: s = h + delta exactly (fp32), x = bf16(rmsnorm(s) * w) within one bf16 rounding of the
+    float64 reference, the routing of that x as route_ref's, h left as it was."""
+    import cupy
+
+    from lowbit.kernels import moe_router
+
+    rng = np.random.default_rng(t * e + h + delta_bf16)
+    hh = rng.standard_normal((t, h), dtype=np.float32) * np.float32(3.0)
+    delta = gc.random_bf16(rng, (t, h)) if delta_bf16 else rng.standard_normal((t, h), dtype=np.float32)
+    nw = (1.0 + 0.2 * rng.standard_normal(h)).astype(np.float32)
+    r = gc.random_bf16(rng, (e, h), 0.1 * (256 / h) ** 0.5)
+    h_dev = cupy.asarray(hh)
+    s, x, ids, wts = moe_router.route_add_norm(h_dev, cupy.asarray(delta), cupy.asarray(nw), 1e-6, cupy.asarray(r), k,
+                                               norm, norm_topk)
+    want_s = hh + delta.astype(np.float32)
+    np.testing.assert_array_equal(s.get(), want_s)
+    np.testing.assert_array_equal(h_dev.get(), hh)  # not updated in place
+    s64 = want_s.astype(np.float64)
+    want_x = s64 / np.sqrt((s64 * s64).mean(axis=-1, keepdims=True) + 1e-6) * nw
+    got_x = x.get().astype(np.float64)
+    np.testing.assert_allclose(got_x, want_x, rtol=2.0**-7, atol=1e-30)  # one bf16 rounding
+    rids, rw, logits = ref.route_ref(got_x, r, k, norm, norm_topk)  # the routing of the x the kernel used
+    clear = ref.routing_margin(logits, k) > 1e-3
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(ids.get()[clear], rids[clear])
+    np.testing.assert_allclose(wts.get()[clear], rw[clear], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_router_add_norm_rejects_bad_input():
+    import cupy
+
+    from lowbit.kernels import moe_router
+
+    h = cupy.zeros((1, 256), cupy.float32)
+    r = cupy.zeros((8, 256), numerics.BF16)
+    with pytest.raises(KernelError, match="delta"):
+        moe_router.route_add_norm(h, cupy.zeros((1, 128), cupy.float32), cupy.ones(256, cupy.float32), 1e-6, r, 2)
+    with pytest.raises(KernelError, match="tokens"):
+        big = cupy.zeros((65, 256), cupy.float32)
+        moe_router.route_add_norm(big, big, cupy.ones(256, cupy.float32), 1e-6, r, 2)
+
+
 def _ragged_ids(t, e, k, rng, kind):
     if kind == "all_on_one":  # k == 1 rows all on expert 3; others get nothing
         ids = np.full((t, k), 3)

@@ -69,3 +69,67 @@ def test_attend_matches_numpy(monkeypatch, split, heads, kv_heads, d, t_len, spa
         got = cupy.asnumpy(got).astype(np.float64)
         err = np.abs(got - ref).max() / np.abs(ref).max()
         assert err < (2**-8 if bf16 else 1e-5), f"seed {seed} split={split} bf16={bf16}: error {err:.2e}"
+
+
+def qkv_reference(y, bias, qn, kn, cos, sin, p, heads, kv_heads, d, eps):
+    """q [heads, d], k and v [kv_heads, d] of position p from the stacked q|k|v GEMV output (float64)."""
+    rows = y.astype(np.float64).reshape(heads + 2 * kv_heads, d) + (0 if bias is None else bias.reshape(-1, d))
+
+    def norm_rope(x, w):
+        if w is not None:
+            x = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * w
+        rot = np.concatenate([-x[:, d // 2:], x[:, :d // 2]], axis=-1)
+        return x * cos[p] + rot * sin[p]
+
+    return norm_rope(rows[:heads], qn), norm_rope(rows[heads:heads + kv_heads], kn), rows[heads + kv_heads:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norms,bias", [(True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("heads,kv_heads,d,t_len,span,window", CASES)
+def test_attend_fused_with_qkv_matches_numpy(norms, bias, heads, kv_heads, d, t_len, span, window):
+    """attend(qkv=...): q, and the position's k and v, made from the q|k|v GEMV output inside attend_split
+    (bias, q/k RMSNorm, RoPE) as qkv_rope_store makes them; the k and v land in the caches at the position,
+    every other cache row is left as it was."""
+    import cupy
+
+    from lowbit.formats.numerics import BF16
+    from lowbit.runtime import cuda_fused
+
+    fused = cuda_fused.Fused()
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    rng = np.random.default_rng(seed)
+    max_ctx, p, eps = span, t_len - 1, 1e-6
+    n = (heads + 2 * kv_heads) * d
+    y = rng.standard_normal((1, n), dtype=np.float32).astype(BF16)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    qn = (1 + 0.3 * rng.standard_normal(d)).astype(np.float32) if norms else None
+    kn = (1 + 0.3 * rng.standard_normal(d)).astype(np.float32) if norms else None
+    ang = rng.uniform(0, 6.3, (max_ctx, d // 2)).astype(np.float32)
+    cos = np.concatenate([np.cos(ang)] * 2, axis=-1).astype(np.float32)
+    sin = np.concatenate([np.sin(ang)] * 2, axis=-1).astype(np.float32)
+    k = rng.standard_normal((kv_heads, max_ctx, d), dtype=np.float32) * 2
+    v = rng.standard_normal((kv_heads, max_ctx, d), dtype=np.float32)
+    k[:, t_len:] = np.nan  # keys past the position must never be read
+    v[:, t_len:] = np.nan
+    k[:, p] = v[:, p] = np.nan  # the position's row is written by the kernel before it is read
+    q_ref, k_ref, v_ref = qkv_reference(y, b, qn, kn, cos, sin, p, heads, kv_heads, d, eps)
+    kf, vf = k.copy(), v.copy()
+    kf[:, p], vf[:, p] = k_ref, v_ref
+    ref = reference(q_ref, kf, vf, t_len, heads // kv_heads, window)
+    kd, vd = cupy.asarray(k), cupy.asarray(v)
+    dev = lambda a: None if a is None else cupy.asarray(a)  # noqa: E731
+    qkv = dict(y=cupy.asarray(y), bias=dev(b), qn=dev(qn), kn=dev(kn), eps=eps, cos=cupy.asarray(cos),
+               sin=cupy.asarray(sin), heads=heads)
+    pos = cupy.asarray([p], dtype=cupy.int32)
+    for _ in range(2):  # twice: the counters reset themselves
+        got = cupy.asnumpy(fused.attend(None, kd, vd, pos, span, 1 / np.sqrt(d), window, bf16=True, qkv=qkv))
+        err = np.abs(got.astype(np.float64) - ref).max() / np.abs(ref).max()
+        assert err < 2**-7, f"seed {seed}: error {err:.2e}"
+    kg, vg = cupy.asnumpy(kd), cupy.asnumpy(vd)
+    np.testing.assert_allclose(kg[:, p], k_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vg[:, p], v_ref, rtol=1e-6, atol=1e-6)
+    others = np.ones(max_ctx, bool)
+    others[p] = False
+    np.testing.assert_array_equal(kg[:, others], k[:, others])  # NaNs compare equal here
+    np.testing.assert_array_equal(vg[:, others], v[:, others])
