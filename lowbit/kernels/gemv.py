@@ -29,7 +29,9 @@ UNROLL = 2  # the planner's minimum work per warp (iterations), whatever the com
 #: further builds of a scheme's dense GEMVs that the first-call autotuner also times (knobs over the
 #: COMPILE_TUNING build). fp8 at 96 registers (20 warps an SM in 4-warp CTAs): 7-13 % faster than the
 #: 128-register build on the large shapes, slower on small ones (H200, 2026-11-27); the 4-bit kernels gained
-#: nothing from it (our reading: their decode keeps the integer pipe busy; bytes in flight do not limit them).
+#: nothing from it. Builds without the weight decode and x permute reached only ~60 % of copy against fp8's
+#: ~67 % (benchmarks/RESULTS.md, 2026-11-27 07:19 session): the per-element mma / x-fragment work and the
+#: register-held loads limit them more than the decode arithmetic.
 VARIANTS = {"fp8-block": ({"GEMV_MAXREG": 96},)}
 
 
