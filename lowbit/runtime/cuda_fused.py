@@ -25,27 +25,8 @@ from lowbit.kernels.launch import launch
 from lowbit.runtime.cuda_attend import ATTEND_SRC, Attention
 
 
-_SRC = (Path(__file__).resolve().parents[1] / "kernels" / "cuda" / "pdl.cuh").read_text() + r"""
-__device__ float block_sum(float v, float* red) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float s = 0.f;
-    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) s += red[i];
-    return s;
-}
-
-__device__ float block_max(float v, float* red) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float s = __int_as_float(0xff800000);
-    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) s = fmaxf(s, red[i]);
-    return s;
-}
-
+_CUDA = Path(__file__).resolve().parents[1] / "kernels" / "cuda"
+_SRC = (_CUDA / "pdl.cuh").read_text() + (_CUDA / "block_reduce.cuh").read_text() + r"""
 __device__ unsigned short to_bf16_rne(float f) {
     unsigned int u = __float_as_uint(f);
     u += 0x7FFFu + ((u >> 16) & 1u);

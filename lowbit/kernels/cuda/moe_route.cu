@@ -19,6 +19,7 @@
 //   Dynamic smem: 2*E ints. Precondition: 0 <= ids < E.
 // moe_combine: out bf16 [T, H] = sum_j weights[t, j] * ys bf16 [pos[t*k + j], H] (fp32 sum);
 //   grid T, block 256.
+#include "block_reduce.cuh"
 #include "moe_common.cuh"
 #include "pdl.cuh"
 
@@ -167,17 +168,6 @@ extern "C" __global__ void router_fused(const bf16* x, const bf16* __restrict__ 
     router_finish(E, T, k, norm, renorm, logits, counter, ids, wts);
 }
 
-__device__ __forceinline__ float router_block_sum(float v, float* red) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float s = 0.f;
-    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) s += red[i];
-    return s;
-}
-
 // router_add_norm: the decode step's entry into an MoE block in one launch: the residual update and the
 // RMSNorm after the attention (the runtime's add_rms_norm) fused with router_fused. Every block computes
 // its token's s = h + delta (delta fp32 df or bf16 db) and x = bf16(s * rsqrt(mean(s^2) + eps) * nw) itself
@@ -228,7 +218,7 @@ extern "C" __global__ void router_add_norm(const float* h, const float* df, cons
             ss += u * u;
         }
     }
-    const float r = rsqrtf(router_block_sum(ss, red) / (float)H + eps);
+    const float r = rsqrtf(block_sum(ss, red) / (float)H + eps);
     if (reg) {
 #pragma unroll
         for (int c = 0; c < RN; ++c) {
