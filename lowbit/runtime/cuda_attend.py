@@ -28,6 +28,41 @@ SPLIT_MAX, SPLIT_MIN_KEYS, SPLIT_THREADS = 16, 16, 128
 ATTEND_QKV = os.environ.get("LOWBIT_ATTEND_QKV", "1") != "0"
 
 ATTEND_SRC = r"""
+// Keys [a0, a1) of one kv head (kb: [max_ctx, d]) against the query qs ([d], shared memory, ready): the
+// scaled scores into s[0 .. a1 - a0), then s <- exp(s - mx); mx and the sum of s out. Each warp takes KPW keys
+// at a time (independent loads in flight), lanes split d. Every thread of the block calls it (barriers inside;
+// it ends on one).
+__device__ __forceinline__ void range_softmax(const float* qs, const float* kb, int a0, int a1, int d, float scale, float* s,
+                              float* red, float& mx, float& sum) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, n = a1 - a0;
+    constexpr int KPW = 4;
+    for (int tb = a0 + warp * KPW; tb < a1; tb += warps * KPW) {
+        float acc[KPW];
+#pragma unroll
+        for (int u = 0; u < KPW; ++u) acc[u] = 0.f;
+        for (int j = lane; j < d; j += 32) {
+            const float qj = qs[j];
+#pragma unroll
+            for (int u = 0; u < KPW; ++u)
+                if (tb + u < a1) acc[u] += qj * kb[(long long)(tb + u) * d + j];
+        }
+#pragma unroll
+        for (int u = 0; u < KPW; ++u) {
+            float a = acc[u];
+            for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+            if (lane == 0 && tb + u < a1) s[tb + u - a0] = a * scale;
+        }
+    }
+    __syncthreads();
+    mx = __int_as_float(0xff800000);
+    for (int t = threadIdx.x; t < n; t += blockDim.x) mx = fmaxf(mx, s[t]);
+    mx = block_max(mx, red);
+    sum = 0.f;
+    for (int t = threadIdx.x; t < n; t += blockDim.x) { float e = expf(s[t] - mx); s[t] = e; sum += e; }
+    sum = block_sum(sum, red);
+    __syncthreads();
+}
+
 // q, out: [heads, d]; k, v: [kv_heads, max_ctx, d]; one block per query head; scores in shared memory
 extern "C" __global__ void attend_f32(const float* q, const float* k,
                                       const float* v, float* out,
@@ -46,34 +81,8 @@ extern "C" __global__ void attend_f32(const float* q, const float* k,
     __syncthreads();
     const float* kb = k + (long long)kvh * max_ctx * d;
     const float* vb = v + (long long)kvh * max_ctx * d;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    // scores: each warp takes KPW keys at a time (independent loads in flight), lanes split d
-    constexpr int KPW = 4;
-    for (int tb = t0 + warp * KPW; tb < T; tb += warps * KPW) {
-        float acc[KPW];
-#pragma unroll
-        for (int u = 0; u < KPW; ++u) acc[u] = 0.f;
-        for (int j = lane; j < d; j += 32) {
-            const float qj = qs[j];
-#pragma unroll
-            for (int u = 0; u < KPW; ++u)
-                if (tb + u < T) acc[u] += qj * kb[(long long)(tb + u) * d + j];
-        }
-#pragma unroll
-        for (int u = 0; u < KPW; ++u) {
-            float a = acc[u];
-            for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-            if (lane == 0 && tb + u < T) s[tb + u - t0] = a * scale;
-        }
-    }
-    __syncthreads();
-    float mx = __int_as_float(0xff800000);
-    for (int t = threadIdx.x; t < T - t0; t += blockDim.x) mx = fmaxf(mx, s[t]);
-    mx = block_max(mx, red);
-    float sum = 0.f;
-    for (int t = threadIdx.x; t < T - t0; t += blockDim.x) { float e = expf(s[t] - mx); s[t] = e; sum += e; }
-    sum = block_sum(sum, red);
-    __syncthreads();
+    float mx, sum;
+    range_softmax(qs, kb, t0, T, d, scale, s, red, mx, sum);
     // out = sum_t p_t v_t: the block's threads split (d columns) x (key slices), several independent
     // loads in flight per thread; the slices' partials are summed in shared memory in a fixed order
     const int slices = max(1, (int)blockDim.x / d), n_t = T - t0, per = (n_t + slices - 1) / slices;
@@ -98,7 +107,7 @@ extern "C" __global__ void attend_f32(const float* q, const float* k,
 // unnormalised output o[d] to ws[h][split] = {m, l, o[0..d)} (l = 0: empty range, o not written). The last
 // block of head h to finish (counter cnt[h], self-resetting) combines them in split order:
 // out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s, over the non-empty ranges (at most 32).
-// Deterministic; same math as attend_f32 per range. Shared memory: [d] query + [per] scores.
+// Deterministic; the same range_softmax as attend_f32 per range. Shared memory: [d] query + [per] scores.
 //
 // Fused with qkv_rope_store (qy non-null, blockDim.x >= d): q is not read but made from the stacked q|k|v GEMV
 // output (bias, q_norm, RoPE: head_in, head_value) by every block of the head, and the blocks whose range holds the
@@ -155,33 +164,8 @@ extern "C" __global__ void attend_split(const float* q, float* k,
         __syncthreads();
         const float* kb = k + (long long)kvh * max_ctx * d;
         const float* vb = v + (long long)kvh * max_ctx * d;
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-        constexpr int KPW = 4;
-        for (int tb = a0 + warp * KPW; tb < a1; tb += warps * KPW) {
-            float acc[KPW];
-#pragma unroll
-            for (int u = 0; u < KPW; ++u) acc[u] = 0.f;
-            for (int j = lane; j < d; j += 32) {
-                const float qj = qs[j];
-#pragma unroll
-                for (int u = 0; u < KPW; ++u)
-                    if (tb + u < a1) acc[u] += qj * kb[(long long)(tb + u) * d + j];
-            }
-#pragma unroll
-            for (int u = 0; u < KPW; ++u) {
-                float a = acc[u];
-                for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-                if (lane == 0 && tb + u < a1) s[tb + u - a0] = a * scale;
-            }
-        }
-        __syncthreads();
-        float mx = __int_as_float(0xff800000);
-        for (int t = threadIdx.x; t < n; t += blockDim.x) mx = fmaxf(mx, s[t]);
-        mx = block_max(mx, red);
-        float sum = 0.f;
-        for (int t = threadIdx.x; t < n; t += blockDim.x) { float e = expf(s[t] - mx); s[t] = e; sum += e; }
-        sum = block_sum(sum, red);
-        __syncthreads();
+        float mx, sum;
+        range_softmax(qs, kb, a0, a1, d, scale, s, red, mx, sum);
         for (int j = threadIdx.x; j < d; j += blockDim.x) {
             float acc = 0.f;
 #pragma unroll 8
