@@ -10,7 +10,10 @@ Paths (the weight is never repacked):
 Tiles, pipeline depth and split-K come from `_TILES` / `plan()` (a small table by M; split-K when the
 output tiles cannot fill the GPU). On sm_90a the 128-row tiles run the warpgroup-MMA twins
 (gemm_w16_sm90.cu / gemm_fp8_sm90.cu: wgmma, 4-stage cp.async ring, 128x128 tiles); LOWBIT_GEMM_SM90=0
-forces the mma.sync kernels. `launch()` with groups= runs the same kernels over MoE rows sorted by expert.
+forces the mma.sync kernels. A dense W8A8 GEMM whose 128x128 output tiles fill every SM at least once
+runs gemm_fp8_tma_sm90.cu instead (persistent, a TMA producer warpgroup and two wgmma consumer
+warpgroups, 6-stage mbarrier ring; LOWBIT_GEMM_TMA=0 turns it off).
+`launch()` with groups= runs the same kernels over MoE rows sorted by expert.
 """
 
 from __future__ import annotations
@@ -168,6 +171,58 @@ def _sm90_kernel(kind: str, scheme_id: int = 0, group: int = 128):
     return f
 
 
+#: gemm_fp8_tma_sm90 configuration: (BN, stages, PIPE run length or 0, consumer warpgroups);
+#: LOWBIT_TMA_FP8="256,4,0,2" overrides (benchmarks)
+TMA_FP8 = (128, 6, 4, 2)
+
+
+def _tma_fp8_cfg() -> tuple[int, int, int, int]:
+    import os
+
+    v = os.environ.get("LOWBIT_TMA_FP8")
+    return tuple(int(p) for p in v.split(",")) if v else TMA_FP8
+
+
+def _tma_fp8_smem(bn: int, stages: int, ncw: int) -> int:
+    return stages * (64 * ncw + bn) * 128 + 2048
+
+
+@functools.lru_cache(maxsize=None)
+def _tma_fp8_kernel(bn: int, stages: int, pipe: int, ncw: int):
+    f = get_function("gemm_fp8_tma_sm90.cu", "gemm_fp8_tma_sm90",
+                     {"BN": bn, "STAGES": stages, "PIPE": pipe, "NCW": ncw})
+    f.max_dynamic_shared_size_bytes = _tma_fp8_smem(bn, stages, ncw)
+    return f
+
+
+def _tma_fp8_tiles(rows: int, n: int) -> int:
+    bn, _stages, _pipe, ncw = _tma_fp8_cfg()
+    return -(-rows // (64 * ncw)) * -(-n // bn)
+
+
+def use_tma_fp8(w: GpuWeight, rows: int, splits: int, gate=None, groups=None) -> bool:
+    """Whether a W8A8 launch goes to gemm_fp8_tma_sm90 (dense, no split-K, tiles >= SMs, TMA-legal)."""
+    import os
+
+    if groups is not None or gate is not None or splits != 1 or not _sm90_available():
+        return False
+    if os.environ.get("LOWBIT_GEMM_TMA", "1") == "0":
+        return False
+    wq = w.tensors["weight"]
+    return w.k % 16 == 0 and wq.data.ptr % 16 == 0 and _tma_fp8_tiles(rows, w.n) >= _num_sms()
+
+
+def _launch_tma_fp8(w: GpuWeight, xq, xs, y, rows: int) -> None:
+    from lowbit.kernels import tma
+
+    bn, stages, pipe, ncw = _tma_fp8_cfg()
+    ma = tma.tensor_map_2d(xq, 64 * ncw, 128)
+    mb = tma.cached_tensor_map_2d(w.tensors["weight"], 128, 128)
+    args = (ma, mb, xs, w.tensors["weight_scale_inv"], y, np.int32(rows), np.int32(w.n), np.int32(w.k))
+    grid = (min(_tma_fp8_tiles(rows, w.n), _num_sms()),)
+    _tma_fp8_kernel(bn, stages, pipe, ncw)(grid, (128 * (ncw + 1),), args, shared_mem=_tma_fp8_smem(bn, stages, ncw))
+
+
 def _ptr(a) -> int:
     return 0 if a is None else a.data.ptr
 
@@ -240,6 +295,9 @@ def launch(w: GpuWeight, x, act: str, *, rows: int, y, a_rows=None, gate=None, g
         if w.scheme != "fp8-block":
             raise KernelError(f"{w.name}: act='fp8' needs an fp8-block weight, found {w.scheme}")
         xq, xs = quantize_act_fp8(x, a_rows, rows)
+        if use_tma_fp8(w, rows, splits, gate, groups):
+            _launch_tma_fp8(w, xq, xs, y, rows)
+            return y
         g_ptr = _ptr(gate) if splits == 1 else 0
         args = (xq, xs, w.tensors["weight"], w.tensors["weight_scale_inv"], g_ptr, y, _ptr(ypart)) + dims
         if use_sm90(t):

@@ -1,0 +1,51 @@
+// tma_sm90.cuh: the Hopper bulk tensor copy (TMA) and shared-memory mbarriers, for the warp-specialized
+// GEMMs (gemm_fp8_tma_sm90.cu). Header only; plain sm_90 features (cp.async.bulk.tensor, mbarrier
+// expect-tx), compiled only where __CUDA_ARCH__ >= 900.
+//
+// Tensor maps (CUtensorMap, 128 bytes) are encoded on the host by lowbit/kernels/tma.py
+// (cuTensorMapEncodeTiled) and copied to device global memory; the kernel takes a generic pointer to
+// them. A tensor map in global memory is made visible to the copy engine's proxy with
+// fence.proxy.tensormap::generic.acquire before its first use (tma_map_acquire).
+//
+// mbarrier protocol (one "full" and one "empty" barrier per ring stage): the producer waits empty[s] with
+// the parity of its pass over the ring (a fresh barrier counts as having completed the pass before it, so
+// the first pass does not wait), announces the stage's bytes with arrive.expect_tx on full[s] and issues
+// the copies, which complete the transaction on full[s]; consumers wait full[s] with their pass's parity,
+// read the stage and arrive on empty[s].
+#pragma once
+#include <stdint.h>
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// makes the inits visible to the async proxy (the copy engine) before any copy completes on them
+__device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void tma_map_acquire(const void* map) {
+    asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(map) : "memory");
+}
+// box of the 2-D tensor map at element coordinates (c0 = inner, c1 = row) -> shared memory at dst;
+// completes `bar`'s transaction with the box's bytes (zero-filled where the box leaves the tensor)
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+#endif

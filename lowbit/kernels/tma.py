@@ -1,0 +1,77 @@
+"""TMA tensor maps (CUtensorMap) for the Hopper warp-specialized GEMMs.
+
+`tensor_map_2d(array, box_rows, box_cols)` encodes a 2-D row-major device array (uint8 view of its bytes)
+with the CUDA driver's cuTensorMapEncodeTiled (through ctypes: cupy does not wrap it), 128-byte swizzle,
+zero fill outside the array, and returns the 128-byte map in device memory (a cupy uint8 array) for the
+kernel to take by pointer (tma_sm90.cuh). Maps of long-lived arrays (weights) are cached by
+(pointer, shape, box); the map encodes nothing else, so a reused address with the same shape is the same map.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+from lowbit.errors import KernelError
+
+_UINT8 = 0  # CU_TENSOR_MAP_DATA_TYPE_UINT8
+_SWIZZLE_128B = 3
+_L2_256B = 3
+
+
+@functools.lru_cache(maxsize=1)
+def _encode_fn():
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError as e:  # pragma: no cover - only on a GPU machine without the driver library
+        raise KernelError(f"libcuda.so.1 not loadable ({e}): TMA tensor maps need the CUDA driver") from e
+    f = lib.cuTensorMapEncodeTiled
+    f.restype = ctypes.c_int
+    f.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p,
+                  ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64),
+                  ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
+                  ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    return f
+
+
+def encode_2d(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int) -> bytes:
+    """The 128 bytes of a map over a [rows, cols] uint8 row-major array at device address ptr."""
+    if ptr % 16 or cols % 16:
+        raise KernelError(f"TMA needs a 16-byte aligned base and row stride (address {ptr:#x}, {cols} bytes a row)")
+    buf = ctypes.create_string_buffer(128 + 64)
+    addr = (ctypes.addressof(buf) + 63) & ~63  # CUtensorMap is 64-byte aligned
+    dims = (ctypes.c_uint64 * 2)(cols, rows)
+    strides = (ctypes.c_uint64 * 1)(cols)
+    box = (ctypes.c_uint32 * 2)(box_cols, box_rows)
+    estr = (ctypes.c_uint32 * 2)(1, 1)
+    rc = _encode_fn()(addr, _UINT8, 2, ptr, dims, strides, box, estr, 0, _SWIZZLE_128B, _L2_256B, 0)
+    if rc != 0:
+        raise KernelError(f"cuTensorMapEncodeTiled failed with CUresult {rc} for a [{rows}, {cols}] array, "
+                          f"box [{box_rows}, {box_cols}]")
+    return ctypes.string_at(addr, 128)
+
+
+def _to_device(raw: bytes):
+    import cupy
+    import numpy as np
+
+    return cupy.asarray(np.frombuffer(raw, np.uint8))
+
+
+def tensor_map_2d(array, box_rows: int, box_cols: int):
+    """A device copy of the map over `array` (2-D, C-contiguous, 1-byte elements), for this launch."""
+    rows, cols = array.shape
+    return _to_device(encode_2d(array.data.ptr, rows, cols, box_rows, box_cols))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_map(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int, device: int):
+    return _to_device(encode_2d(ptr, rows, cols, box_rows, box_cols))
+
+
+def cached_tensor_map_2d(array, box_rows: int, box_cols: int):
+    """As tensor_map_2d, kept for the array's address and shape (weights: encoded once)."""
+    import cupy
+
+    rows, cols = array.shape
+    return _cached_map(array.data.ptr, rows, cols, box_rows, box_cols, cupy.cuda.Device().id)
