@@ -12,7 +12,9 @@ output tiles cannot fill the GPU). On sm_90a the 128-row tiles run the warpgroup
 (gemm_w16_sm90.cu / gemm_fp8_sm90.cu: wgmma, 4-stage cp.async ring, 128x128 tiles); LOWBIT_GEMM_SM90=0
 forces the mma.sync kernels. A dense W8A8 GEMM whose 128x128 output tiles fill every SM at least once
 runs gemm_fp8_tma_sm90.cu instead (persistent, a TMA producer warpgroup and two wgmma consumer
-warpgroups, 6-stage mbarrier ring; LOWBIT_GEMM_TMA=0 turns it off).
+warpgroups, 6-stage mbarrier ring), and a dense fp8-block / nvfp4 / int4 weight-only one gemm_w16_tma_sm90.cu
+(the same frame; the weight dequantized in registers as wgmma's A operand, y^T = W x^T);
+LOWBIT_GEMM_TMA=0 turns both off.
 `launch()` with groups= runs the same kernels over MoE rows sorted by expert.
 """
 
@@ -223,6 +225,83 @@ def _launch_tma_fp8(w: GpuWeight, xq, xs, y, rows: int) -> None:
     _tma_fp8_kernel(bn, stages, pipe, ncw)(grid, (128 * (ncw + 1),), args, shared_mem=_tma_fp8_smem(bn, stages, ncw))
 
 
+#: gemm_w16_tma_sm90: stages per (scheme, tokens per tile); a stage is the x tile (tokens x 256 bytes) + the raw
+#: W tile (8 KB 4-bit, 16 KB fp8). 256-token tiles share each decoded weight fragment between twice the tokens
+#: (measured on H200, 2026-11-27: int4 at M >= 4096 570-660 TFLOPS against 470-520 with 128); they are used
+#: while they fill every SM at least once; fp8 stays at 128 (256 fits only 2 stages and measured slower).
+TMA_W16_STAGES = {("int4", 256): 3, ("int4", 128): 5, ("nvfp4", 256): 3, ("nvfp4", 128): 5, ("fp8-block", 128): 4,
+                  ("fp8-block", 256): 2}
+TMA_W16_RUN = 8  # k-blocks per straight-line run
+
+
+def _tma_w16_cfg(w: GpuWeight, rows: int) -> tuple[int, int, int]:
+    """(stages, run, tokens per tile); LOWBIT_TMA_W16="stages,run,tokens" overrides (benchmarks)."""
+    import os
+
+    v = os.environ.get("LOWBIT_TMA_W16")
+    if v:
+        return tuple(int(p) for p in v.split(","))
+    bt = 128
+    if w.scheme != "fp8-block" and -(-rows // 256) * -(-w.n // 128) >= _num_sms():
+        bt = 256
+    return TMA_W16_STAGES[(w.scheme, bt)], TMA_W16_RUN, bt
+
+
+def _tma_w16_smem(scheme: str, stages: int, bt: int) -> int:
+    return stages * (bt * 256 + 128 * (128 if scheme == "fp8-block" else 64)) + 2048
+
+
+@functools.lru_cache(maxsize=None)
+def _tma_w16_kernel(scheme: str, group: int, stages: int, run: int, bt: int):
+    smem = _tma_w16_smem(scheme, stages, bt)
+    if smem > 227 * 1024:
+        raise KernelError(f"gemm_w16_tma_sm90: {stages} stages of {bt}-token tiles need {smem} bytes of shared "
+                          "memory, over the 227 KB a Hopper CTA can have; use fewer stages")
+    defines = {"SCHEME": SCHEME_IDS[scheme], "INT4_GROUP": group, "STAGES": stages, "RUN": run, "BT": bt}
+    f = get_function("gemm_w16_tma_sm90.cu", "gemm_w16_tma_sm90", defines)
+    f.max_dynamic_shared_size_bytes = smem
+    return f
+
+
+def _tma_w16_tiles(w: GpuWeight, rows: int) -> int:
+    return -(-rows // _tma_w16_cfg(w, rows)[2]) * -(-w.n // 128)
+
+
+def use_tma_w16(w: GpuWeight, rows: int, splits: int, gate=None, groups=None, a_rows=None) -> bool:
+    """Whether a weight-only launch goes to gemm_w16_tma_sm90 (dense fp8-block / nvfp4 / int4, no split-K,
+    output tiles >= SMs, TMA-legal)."""
+    import os
+
+    if groups is not None or gate is not None or a_rows is not None or splits != 1 or not _sm90_available():
+        return False
+    if w.scheme not in ("fp8-block", "nvfp4", "int4") or os.environ.get("LOWBIT_GEMM_TMA", "1") == "0":
+        return False
+    if w.scheme == "int4" and w.k % w.group_size:
+        return False
+    main = w.tensors["weight" if w.scheme == "fp8-block" else "weight_packed"]
+    return w.k % 32 == 0 and main.data.ptr % 16 == 0 and _tma_w16_tiles(w, rows) >= _num_sms()
+
+
+def _launch_tma_w16(w: GpuWeight, x, y, rows: int) -> None:
+    import cupy
+
+    from lowbit.kernels import tma
+
+    stages, run, bt = _tma_w16_cfg(w, rows)
+    mx = tma.tensor_map_2d(x, bt, 64)
+    wg = None
+    if w.scheme == "fp8-block":
+        mw = tma.cached_tensor_map_2d(w.tensors["weight"], 128, 128)
+        ws, wz = w.tensors["weight_scale_inv"], None
+    else:
+        mw = tma.cached_tensor_map_2d(w.tensors["weight_packed"].view(cupy.uint8), 128, 64, swizzle=0)
+        ws, wz = w.tensors["weight_scale"], w.tensors.get("weight_zero_point")
+        wg = w.tensors.get("weight_global_scale")
+    args = (mx, mw, ws, _ptr(wz), _ptr(wg), y, np.int32(rows), np.int32(w.n), np.int32(w.k))
+    f = _tma_w16_kernel(w.scheme, w.group_size if w.scheme == "int4" else 128, stages, run, bt)
+    f((min(_tma_w16_tiles(w, rows), _num_sms()),), (384,), args, shared_mem=_tma_w16_smem(w.scheme, stages, bt))
+
+
 def _ptr(a) -> int:
     return 0 if a is None else a.data.ptr
 
@@ -305,6 +384,9 @@ def launch(w: GpuWeight, x, act: str, *, rows: int, y, a_rows=None, gate=None, g
         else:
             _kernel("fp8", t)(grid, (t.threads,), args, shared_mem=smem_bytes("fp8", t))
     else:
+        if use_tma_w16(w, rows, splits, gate, groups, a_rows):
+            _launch_tma_w16(w, x, y, rows)
+            return y
         sid = SCHEME_IDS[w.scheme]
         wq, ws, wz, wg = _weight_args(w)
         g_ptr = _ptr(gate) if splits == 1 else 0

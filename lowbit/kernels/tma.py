@@ -1,10 +1,11 @@
 """TMA tensor maps (CUtensorMap) for the Hopper warp-specialized GEMMs.
 
-`tensor_map_2d(array, box_rows, box_cols)` encodes a 2-D row-major device array (uint8 view of its bytes)
-with the CUDA driver's cuTensorMapEncodeTiled (through ctypes: cupy does not wrap it), 128-byte swizzle,
-zero fill outside the array, and returns the 128-byte map in device memory (a cupy uint8 array) for the
-kernel to take by pointer (tma_sm90.cuh). Maps of long-lived arrays (weights) are cached by
-(pointer, shape, box); the map encodes nothing else, so a reused address with the same shape is the same map.
+`tensor_map_2d(array, box_rows, box_cols, swizzle)` encodes a 2-D row-major device array of 1- or 2-byte
+elements with the CUDA driver's cuTensorMapEncodeTiled (through ctypes: cupy does not wrap it), the 128-byte
+swizzle (or 64, or none), zero fill outside the array, and returns the 128-byte map in device memory (a cupy
+uint8 array) for the kernel to take by pointer (tma_sm90.cuh). Maps of long-lived arrays (weights) are cached
+by (pointer, shape, box, swizzle); the map encodes nothing else, so a reused address with the same shape is
+the same map.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import functools
 
 from lowbit.errors import KernelError
 
-_UINT8 = 0  # CU_TENSOR_MAP_DATA_TYPE_UINT8
-_SWIZZLE_128B = 3
+_DTYPE = {1: 0, 2: 1}  # element bytes -> CU_TENSOR_MAP_DATA_TYPE_UINT8 / UINT16
+_SWIZZLE = {0: 0, 64: 2, 128: 3}  # CU_TENSOR_MAP_SWIZZLE_NONE / 64B / 128B
 _L2_256B = 3
 
 
@@ -34,17 +35,20 @@ def _encode_fn():
     return f
 
 
-def encode_2d(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int) -> bytes:
-    """The 128 bytes of a map over a [rows, cols] uint8 row-major array at device address ptr."""
-    if ptr % 16 or cols % 16:
-        raise KernelError(f"TMA needs a 16-byte aligned base and row stride (address {ptr:#x}, {cols} bytes a row)")
+def encode_2d(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int, elem_bytes: int = 1,
+              swizzle: int = 128) -> bytes:
+    """The 128 bytes of a map over a [rows, cols] row-major array of elem_bytes elements at device address ptr
+    (box_cols in elements)."""
+    if ptr % 16 or (cols * elem_bytes) % 16:
+        raise KernelError(f"TMA needs a 16-byte aligned base and row stride (address {ptr:#x}, "
+                          f"{cols * elem_bytes} bytes a row)")
     buf = ctypes.create_string_buffer(128 + 64)
     addr = (ctypes.addressof(buf) + 63) & ~63  # CUtensorMap is 64-byte aligned
     dims = (ctypes.c_uint64 * 2)(cols, rows)
-    strides = (ctypes.c_uint64 * 1)(cols)
+    strides = (ctypes.c_uint64 * 1)(cols * elem_bytes)
     box = (ctypes.c_uint32 * 2)(box_cols, box_rows)
     estr = (ctypes.c_uint32 * 2)(1, 1)
-    rc = _encode_fn()(addr, _UINT8, 2, ptr, dims, strides, box, estr, 0, _SWIZZLE_128B, _L2_256B, 0)
+    rc = _encode_fn()(addr, _DTYPE[elem_bytes], 2, ptr, dims, strides, box, estr, 0, _SWIZZLE[swizzle], _L2_256B, 0)
     if rc != 0:
         raise KernelError(f"cuTensorMapEncodeTiled failed with CUresult {rc} for a [{rows}, {cols}] array, "
                           f"box [{box_rows}, {box_cols}]")
@@ -58,20 +62,22 @@ def _to_device(raw: bytes):
     return cupy.asarray(np.frombuffer(raw, np.uint8))
 
 
-def tensor_map_2d(array, box_rows: int, box_cols: int):
-    """A device copy of the map over `array` (2-D, C-contiguous, 1-byte elements), for this launch."""
+def tensor_map_2d(array, box_rows: int, box_cols: int, swizzle: int = 128):
+    """A device copy of the map over `array` (2-D, C-contiguous, 1- or 2-byte elements), for this launch."""
     rows, cols = array.shape
-    return _to_device(encode_2d(array.data.ptr, rows, cols, box_rows, box_cols))
+    return _to_device(encode_2d(array.data.ptr, rows, cols, box_rows, box_cols, array.itemsize, swizzle))
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_map(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int, device: int):
-    return _to_device(encode_2d(ptr, rows, cols, box_rows, box_cols))
+def _cached_map(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int, elem_bytes: int, swizzle: int,
+                device: int):
+    return _to_device(encode_2d(ptr, rows, cols, box_rows, box_cols, elem_bytes, swizzle))
 
 
-def cached_tensor_map_2d(array, box_rows: int, box_cols: int):
-    """As tensor_map_2d, kept for the array's address and shape (weights: encoded once)."""
+def cached_tensor_map_2d(array, box_rows: int, box_cols: int, swizzle: int = 128):
+    """As tensor_map_2d, kept for the array's address, shape and box (weights: encoded once)."""
     import cupy
 
     rows, cols = array.shape
-    return _cached_map(array.data.ptr, rows, cols, box_rows, box_cols, cupy.cuda.Device().id)
+    return _cached_map(array.data.ptr, rows, cols, box_rows, box_cols, array.itemsize, swizzle,
+                       cupy.cuda.Device().id)

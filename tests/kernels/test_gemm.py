@@ -158,3 +158,44 @@ def test_gemm_fp8_tma_kernel(monkeypatch, cfg, m, n, k):
         assert row_err.max() < gc.GEMM_BOUND, f"worst row {row_err.argmax()}: {row_err.max():.3g}"
     monkeypatch.setenv("LOWBIT_GEMM_TMA", "0")
     assert not G.use_tma_fp8(w, m, 1)
+
+
+W16_TMA_CASES = [  # (scheme, opts, LOWBIT_TMA_W16 or "default"): every scheme as launched, then the other
+    # tile shapes and run lengths (stages, run, tokens per tile)
+    ("fp8-block", {}, "default"), ("nvfp4", {}, "default"), ("int4", {"group_size": 128}, "default"),
+    ("int4", {"group_size": 32, "asymmetric": True}, "default"), ("int4", {"group_size": 64}, "default"),
+    ("fp8-block", {}, "2,8,256"), ("nvfp4", {}, "4,8,128"), ("int4", {"group_size": 128}, "2,2,256"),
+    ("int4", {"group_size": 32, "asymmetric": True}, "4,2,128"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,opts,cfg", W16_TMA_CASES)
+@pytest.mark.parametrize("m,n,k", [(129, 264, 1056), (300, 520, 256), (1031, 264, 1024), (512, 640, 4096),
+                                   (257, 1000, 512)])
+def test_gemm_w16_tma_kernel(monkeypatch, scheme, opts, cfg, m, n, k):
+    # the register-A weight-only TMA kernel (sm_90a): 2 "SMs" so that it runs for small shapes and each CTA
+    # loops over tiles; ragged M and N, a K tail of 32 (1056), K of 2 blocks (runs of 2) and 9 (8 + 1)
+    import cupy
+
+    from lowbit.kernels import gemm as G
+
+    if not G._sm90_available():
+        pytest.skip("the TMA kernel needs sm_90a")
+    if scheme == "int4" and k % opts["group_size"]:
+        pytest.skip("K not a multiple of the group")
+    monkeypatch.setattr(G, "_num_sms", lambda: 2)
+    if cfg != "default":
+        monkeypatch.setenv("LOWBIT_TMA_W16", cfg)
+    w, dense = _weight(scheme, opts, n, k, seed=m + k)
+    assert G.use_tma_w16(w, m, G.plan("w16", m, n, k)[1])
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        x = gc.random_bf16(rng, (m, k))
+        y = cupy.full((m, n), np.nan, dtype=numerics.BF16)
+        G.gemm(w, cupy.asarray(x), act="bf16", out=y)
+        got = y.get().astype(np.float32)
+        assert np.all(np.isfinite(got)), "an output element was never written"
+        ref = gc.gemm_ref(dense, x, "bf16")
+        row_err = np.abs(got - ref).max(axis=1) / (np.abs(ref).max(axis=1) + 1e-30)
+        assert row_err.max() < gc.GEMM_BOUND, f"worst row {row_err.argmax()}: {row_err.max():.3g}"

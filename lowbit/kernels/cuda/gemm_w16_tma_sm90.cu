@@ -1,0 +1,290 @@
+// gemm_w16_tma_sm90.cu: dense weight-only GEMM on Hopper (W8A16 fp8-block, W4A16 nvfp4 and int4), y[M, N] bf16 =
+// x[M, K] bf16 @ W^T, with W dequantized in registers and fed to the tensor cores as the A operand.
+//
+// Operands (as on disk, lowbit.formats): SCHEME 1 fp8-block: `weight` e4m3 [N, K], `weight_scale_inv` f32
+// [ceil(N/128), ceil(K/128)] (multiplied). SCHEME 3 int4 (compressed-tensors pack-quantized): `weight_packed`
+// int32 [N, K/8] (element i of a word at bits 4i, stored q + 8) read as bytes [N, K/2], `weight_scale` bf16
+// [N, K/G], optional `weight_zero_point` int32 [ceil(N/8), K/G] (zp + 8, 8 rows a word, LSB first);
+// W = (q - zp) * scale, G = INT4_GROUP in 32, 64, 128. SCHEME 2 nvfp4: `weight_packed` uint8 [N, K/2] (E2M1,
+// low nibble first), `weight_scale` E4M3 [N, K/16], `weight_global_scale` f32 [1] (a divisor, applied to the
+// fp32 sums). x bf16 [M, K] row-major; y bf16 [M, N].
+// Reference: formats.<scheme>.dequantize + float64 matmul (lowbit.verify.gemm_checks.gemm_ref).
+//
+// The product is computed transposed, y^T = W x^T: the CTA owns 128 W rows (two consumer warpgroups of 64)
+// and BT tokens (128 or 256). Per 128-K block the producer warpgroup's one thread copies, with TMA into a STAGES-deep
+// ring (tma_sm90.cuh's full/empty mbarriers), the x tile (two BT-row x 64-element boxes, 128-byte swizzle)
+// and the raw W tile (128 rows x 64 bytes int4, no swizzle; 128 x 128 bytes fp8, 128-byte swizzle).
+// A consumer thread reads its rows' raw bytes from shared memory, dequantizes them to the bf16 A fragment
+// of wgmma m64nBTk16 (rows g and g+8 of its warp's 16, k = 2t..2t+1 and 2t+8..2t+9 of each 16) and issues
+// the eight wgmmas of the block with A from registers and x from shared memory; the next block is decoded
+// into a second register buffer while they run (straight-line runs of RUN blocks: ptxas keeps the wgmmas
+// asynchronous only when no group is in flight across a loop back-edge). The dequantized weight is rounded
+// to bf16 ((q - zp) * scale, e4m3 * scale: 2^-9 relative, as transformers' decompression does; nvfp4's
+// e2m1 * e4m3 is exact); the products and sums are fp32. No dequantized tile goes through shared memory.
+// Bank use: int4 rows are 64 bytes, a 16-byte load's 8-thread phase touches 2 rows (distinct banks); fp8
+// rows are 128 bytes, swizzled, so the two rows of a phase read different 16-byte chunks.
+// Preconditions (launcher, lowbit/kernels/gemm.py): K % 32 == 0 (int4: K % G == 0), 16-byte aligned bases.
+// Only sm_90a has wgmma: elsewhere the body is empty and the launcher never picks this kernel.
+// Launch: grid (min(tiles, SMs)), block 384, dynamic smem STAGES * (BT * 256 + 128 * WROW) + 2048.
+#include "common.cuh"
+#include "gemm_sm90.cuh"
+#include "tma_sm90.cuh"
+
+#include <type_traits>
+
+#ifndef SCHEME
+#define SCHEME 3  // 1 fp8-block, 2 nvfp4, 3 int4
+#endif
+#ifndef INT4_GROUP
+#define INT4_GROUP 128
+#endif
+#ifndef STAGES
+#define STAGES 5
+#endif
+#ifndef RUN
+#define RUN 8  // k-blocks per straight-line run
+#endif
+#ifndef BT
+#define BT 128  // tokens per CTA: 128 (wgmma m64n128) or 256 (m64n256: the decode and W copy shared by twice
+#endif          // the tokens)
+#define BNW 128  // W rows per CTA
+#define NACC (BT / 2)
+#define BK 128
+#if SCHEME == 1
+#define WROW 128  // raw bytes of a W row per k-block (int4, nvfp4: 64)
+#else
+#define WROW 64
+#endif
+[[maybe_unused]] constexpr int X_STAGE = BT * BK * 2;
+[[maybe_unused]] constexpr int W_STAGE = BNW * WROW;
+
+// token tile m0 and W tile n0 of tile `pid`, in cta_tile's grouped raster order
+__device__ __forceinline__ void w16_tile_origin(int pid, int mt, int ntl, int& m0, int& n0) {
+    const int per_group = GROUP_M * ntl, first_m = (pid / per_group) * GROUP_M;
+    const int gm = min(mt - first_m, GROUP_M);
+    m0 = (first_m + (pid % per_group) % gm) * BT;
+    n0 = ((pid % per_group) / gm) * BNW;
+}
+
+#if SCHEME == 2
+// the bf16x2 e2m1 pair in the low byte of x (low nibble first) times s2 (the group's e4m3 scale as bf16x2),
+// exact: the code's bits placed in a bf16 give value * 2^-126 (subnormal for 0.5), times 2^126 is exact, and a
+// product of a 2-bit and a 4-bit significand fits bf16's 8 bits
+__device__ __forceinline__ uint32_t e2m1_pair(uint32_t x, uint32_t s2) {
+    const uint32_t v = ((x & 0x7u) << 6) | ((x & 0x8u) << 12) | ((x & 0x70u) << 18) | ((x & 0x80u) << 24);
+    return lb::hmul2_bf16(lb::hmul2_bf16(v, 0x7E807E80u), s2);  // 0x7E80 = bf16 2^126
+}
+#endif
+#if SCHEME == 3
+// the bf16x2 (q - zp) * scale of the nibble pair in the low byte of x (low nibble first); c2 = 128 + zp,
+// sc2 = the scale, both replicated into the two halves
+__device__ __forceinline__ uint32_t int4_pair(uint32_t x, uint32_t c2, uint32_t sc2) {
+    const uint32_t v = (x & 0xFu) | ((x << 12) & 0xF0000u) | 0x43004300u;  // bf16 (128 + lo, 128 + hi), exact
+    return lb::hmul2_bf16(lb::hsub2_bf16(v, c2), sc2);
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
+    const void* __restrict__ map_x, const void* __restrict__ map_w, const void* __restrict__ wscale,
+    const int* __restrict__ wzero, const float* __restrict__ wglobal, bf16* __restrict__ y, int M, int N, int K) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+    uint8_t* Xs = smem;
+    uint8_t* Ws = smem + STAGES * X_STAGE;
+    const uint32_t full0 = smem_u32(Ws + STAGES * W_STAGE), empty0 = full0 + 8 * STAGES;
+    const int mt = (M + BT - 1) / BT, ntl = (N + BNW - 1) / BNW, tiles = mt * ntl, nk = (K + BK - 1) / BK;
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(full0 + 8 * s, 1);
+            mbar_init(empty0 + 8 * s, 8);  // one arrive per consumer warp
+        }
+        mbar_fence_init();
+    }
+    __syncthreads();
+
+    const int wg = threadIdx.x / 128;
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (threadIdx.x == 0) {
+            tma_map_acquire(map_x);
+            tma_map_acquire(map_w);
+            uint32_t it = 0;
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                int m0, n0;
+                w16_tile_origin(tile, mt, ntl, m0, n0);
+                for (int kb = 0; kb < nk; ++kb, ++it) {
+                    const uint32_t s = it % STAGES, ph = (it / STAGES) & 1, bar = full0 + 8 * s;
+                    mbar_wait(empty0 + 8 * s, ph ^ 1);
+                    mbar_arrive_expect_tx(bar, X_STAGE + W_STAGE);
+                    tma_load_2d(smem_u32(Xs + s * X_STAGE), map_x, kb * BK, m0, bar);  // box: 64 elements x BT rows
+                    tma_load_2d(smem_u32(Xs + s * X_STAGE + X_STAGE / 2), map_x, kb * BK + 64, m0, bar);
+                    tma_load_2d(smem_u32(Ws + s * W_STAGE), map_w, kb * WROW, n0, bar);
+                }
+            }
+        }
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+        const int c = wg - 1, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+        const int g = lane >> 2, t = lane & 3;
+        const int r0 = c * 64 + warp * 16 + g;  // this thread's W rows in the tile: r0, r0 + 8
+        uint32_t it = 0;
+        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            int m0, n0;
+            w16_tile_origin(tile, mt, ntl, m0, n0);
+            const int na = min(n0 + r0, N - 1), nb = min(n0 + r0 + 8, N - 1);  // scale rows (clamped past N)
+            float acc[NACC];
+#pragma unroll
+            for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+            uint32_t A0[8][4], A1[8][4];
+
+            // dequantize k-block kb (shared-memory stage w) into A: A[step] = the m16n8k16 fragment of step
+            auto decode = [&](uint32_t (&A)[8][4], const uint8_t* w, int kb) {
+#if SCHEME == 3
+                constexpr int G = INT4_GROUP, GPB = BK / G;  // groups per k-block
+                const int groups = K / G;
+                const uint16_t* sc = static_cast<const uint16_t*>(wscale);
+                uint32_t sa[GPB], sb[GPB], ca[GPB], cb[GPB];
+#pragma unroll
+                for (int q = 0; q < GPB; ++q) {
+                    const int gi = min(kb * GPB + q, groups - 1);  // past K: x is zero, any scale will do
+                    const uint32_t va = __ldg(sc + (size_t)na * groups + gi), vb = __ldg(sc + (size_t)nb * groups + gi);
+                    sa[q] = va | (va << 16);
+                    sb[q] = vb | (vb << 16);
+                    uint32_t za = 8u, zb = 8u;
+                    if (wzero != nullptr) {
+                        za = ((uint32_t)__ldg(wzero + (size_t)(na >> 3) * groups + gi) >> (4 * (na & 7))) & 0xFu;
+                        zb = ((uint32_t)__ldg(wzero + (size_t)(nb >> 3) * groups + gi) >> (4 * (nb & 7))) & 0xFu;
+                    }
+                    ca[q] = (0x4300u | za) * 0x10001u;
+                    cb[q] = (0x4300u | zb) * 0x10001u;
+                }
+                const uint8_t* pa = w + r0 * WROW;
+                const uint8_t* pb = pa + 8 * WROW;
+#pragma unroll
+                for (int h = 0; h < 4; ++h) {  // 16 bytes = words of steps 2h (x, y) and 2h + 1 (z, w)
+                    const uint4 qa = *reinterpret_cast<const uint4*>(pa + 16 * h);
+                    const uint4 qb = *reinterpret_cast<const uint4*>(pb + 16 * h);
+                    const uint32_t wa[4] = {qa.x >> (8 * t), qa.y >> (8 * t), qa.z >> (8 * t), qa.w >> (8 * t)};
+                    const uint32_t wb[4] = {qb.x >> (8 * t), qb.y >> (8 * t), qb.z >> (8 * t), qb.w >> (8 * t)};
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int st = 2 * h + e, q = st * 16 / G;  // the step's group in the block
+                        A[st][0] = int4_pair(wa[2 * e], ca[q], sa[q]);
+                        A[st][1] = int4_pair(wb[2 * e], cb[q], sb[q]);
+                        A[st][2] = int4_pair(wa[2 * e + 1], ca[q], sa[q]);
+                        A[st][3] = int4_pair(wb[2 * e + 1], cb[q], sb[q]);
+                    }
+                }
+#elif SCHEME == 2
+                // the 8 group scales of each row in this block (e4m3 [N, K/16]; groups past K clamp: x is zero)
+                const uint8_t* sc = static_cast<const uint8_t*>(wscale);
+                const int kg = K / 16;
+                uint32_t sa[8], sb[8];
+#pragma unroll
+                for (int q = 0; q < 8; ++q) {  // e4m3 bits moved into a bf16 are the value * 2^-120, subnormals
+                    const int gi = min(kb * 8 + q, kg - 1);  // included; times 2^120 (0x7B80) is exact
+                    const uint32_t ba = __ldg(sc + (size_t)na * kg + gi), bb = __ldg(sc + (size_t)nb * kg + gi);
+                    const uint32_t va = ((ba & 0x7Fu) << 4) | ((ba & 0x80u) << 8);
+                    const uint32_t vb = ((bb & 0x7Fu) << 4) | ((bb & 0x80u) << 8);
+                    const uint32_t s2 = lb::hmul2_bf16(va | (vb << 16), 0x7B807B80u);  // (row a, row b)
+                    sa[q] = __byte_perm(s2, 0, 0x1010);
+                    sb[q] = __byte_perm(s2, 0, 0x3232);
+                }
+                const uint8_t* pa = w + r0 * WROW;
+                const uint8_t* pb = pa + 8 * WROW;
+#pragma unroll
+                for (int h = 0; h < 4; ++h) {  // 16 bytes = steps 2h (bytes 0..7) and 2h + 1 (8..15)
+                    const uint4 qa = *reinterpret_cast<const uint4*>(pa + 16 * h);
+                    const uint4 qb = *reinterpret_cast<const uint4*>(pb + 16 * h);
+                    const uint32_t wa[4] = {qa.x >> (8 * t), qa.y >> (8 * t), qa.z >> (8 * t), qa.w >> (8 * t)};
+                    const uint32_t wb[4] = {qb.x >> (8 * t), qb.y >> (8 * t), qb.z >> (8 * t), qb.w >> (8 * t)};
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int st = 2 * h + e;  // step st = group st of the block
+                        A[st][0] = e2m1_pair(wa[2 * e], sa[st]);
+                        A[st][1] = e2m1_pair(wb[2 * e], sb[st]);
+                        A[st][2] = e2m1_pair(wa[2 * e + 1], sa[st]);
+                        A[st][3] = e2m1_pair(wb[2 * e + 1], sb[st]);
+                    }
+                }
+#else
+                const float s = __ldg(static_cast<const float*>(wscale) + (size_t)(n0 / 128) * nk + kb);
+                const uint8_t* pa = w + r0 * WROW;
+                const uint8_t* pb = pa + 8 * WROW;
+                const int sw = r0 & 7;  // rows r0 and r0 + 8 share the swizzle phase
+                auto pair = [&](uint32_t word) {
+                    const uint16_t two = (uint16_t)(word >> (16 * (t & 1)));
+                    __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two, __NV_E4M3);
+                    const float2 f = __half22float2(*reinterpret_cast<__half2*>(&hr));
+                    return lb::pack_bf16x2(f.x * s, f.y * s);
+                };
+#pragma unroll
+                for (int st = 0; st < 8; ++st) {
+                    const uint4 qa = *reinterpret_cast<const uint4*>(pa + ((st ^ sw) << 4));
+                    const uint4 qb = *reinterpret_cast<const uint4*>(pb + ((st ^ sw) << 4));
+                    const bool hi = t >= 2;  // bytes 2t, 2t+1 are in word t/2; bytes 8+2t.. in word 2 + t/2
+                    A[st][0] = pair(hi ? qa.y : qa.x);
+                    A[st][1] = pair(hi ? qb.y : qb.x);
+                    A[st][2] = pair(hi ? qa.w : qa.z);
+                    A[st][3] = pair(hi ? qb.w : qb.z);
+                }
+#endif
+            };
+            auto kblock = [&](uint32_t (&A)[8][4], int kb) {
+                const uint32_t q = it + kb, s = q % STAGES;
+                mbar_wait(full0 + 8 * s, (q / STAGES) & 1);
+                decode(A, Ws + s * W_STAGE, kb);
+                const uint8_t* xs = Xs + s * X_STAGE;
+                wgmma_fence();
+#pragma unroll
+                for (int st = 0; st < 8; ++st) {
+                    const uint64_t db = sw128_desc(xs + (st >> 2) * (X_STAGE / 2) + (st & 3) * 32);
+#if BT == 256
+                    wgmma_bf16_rs_m64n256(acc, A[st], db, 1);
+#else
+                    wgmma_bf16_rs_m64n128(acc, A[st], db, 1);
+#endif
+                }
+                wgmma_commit();
+            };
+            auto release = [&](int kb) {
+                if (lane == 0) mbar_arrive(empty0 + 8 * ((it + kb) % STAGES));
+            };
+            auto run = [&](auto u, int kb) {
+                constexpr int U = decltype(u)::value;
+                kblock(A0, kb);
+#pragma unroll
+                for (int i = 1; i < U; ++i) {
+                    if (i & 1) kblock(A1, kb + i);
+                    else kblock(A0, kb + i);
+                    wgmma_wait<1>();
+                    release(kb + i - 1);
+                }
+                wgmma_wait<0>();
+                release(kb + U - 1);
+            };
+            int kb = 0;
+            for (; kb + RUN <= nk; kb += RUN) run(std::integral_constant<int, RUN>{}, kb);
+            for (; kb + 2 <= nk; kb += 2) run(std::integral_constant<int, 2>{}, kb);
+            if (kb < nk) run(std::integral_constant<int, 1>{}, kb);
+            it += nk;
+
+            const float oscale = SCHEME == 2 ? 1.f / __ldg(wglobal) : 1.f;  // nvfp4: the global scale divides
+#pragma unroll
+            for (int j = 0; j < BT / 8; ++j)
+#pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                    const int tok = m0 + 8 * j + 2 * t + p;
+                    if (tok >= M) continue;
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int n = n0 + r0 + 8 * h;
+                        if (n < N) y[(size_t)tok * N + n] = __float2bfloat16_rn(acc[4 * j + 2 * h + p] * oscale);
+                    }
+                }
+        }
+    }
+#endif
+}
