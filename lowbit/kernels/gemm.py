@@ -219,36 +219,60 @@ def _launch_tma_fp8(w: GpuWeight, xq, xs, y, rows: int) -> None:
 
     bn, stages, pipe, ncw = _tma_fp8_cfg()
     ma = tma.tensor_map_2d(xq, 64 * ncw, 128)
-    mb = tma.cached_tensor_map_2d(w.tensors["weight"], 128, 128)
+    mb = tma.tensor_map_2d(w.tensors["weight"], 128, 128)
     args = (ma, mb, xs, w.tensors["weight_scale_inv"], y, np.int32(rows), np.int32(w.n), np.int32(w.k))
     grid = (min(_tma_fp8_tiles(rows, w.n), _num_sms()),)
     _tma_fp8_kernel(bn, stages, pipe, ncw)(grid, (128 * (ncw + 1),), args, shared_mem=_tma_fp8_smem(bn, stages, ncw))
 
 
 #: gemm_w16_tma_sm90: stages per (scheme, tokens per tile); a stage is the x tile (tokens x 256 bytes) + the raw
-#: W tile (8 KB 4-bit, 16 KB fp8). 256-token tiles share each decoded weight fragment between twice the tokens
+#: W tile (8 KB 4-bit, 16 KB fp8) + its scales. 256-token tiles share each decoded weight fragment between twice the tokens
 #: (measured on H200, 2026-11-27: int4 at M >= 4096 570-660 TFLOPS against 470-520 with 128); they are used
 #: while they fill every SM at least once; fp8 stays at 128 (256 fits only 2 stages and measured slower).
-TMA_W16_STAGES = {("int4", 256): 3, ("int4", 128): 5, ("nvfp4", 256): 3, ("nvfp4", 128): 5, ("fp8-block", 128): 4,
-                  ("fp8-block", 256): 2}
+#: 16- to 64-token tiles serve M <= 64, where streaming the weight is the work.
+TMA_W16_STAGES = {("int4", 256): 3, ("int4", 128): 5, ("int4", 64): 8, ("int4", 32): 8, ("int4", 16): 8,
+                  ("nvfp4", 256): 3, ("nvfp4", 128): 5, ("nvfp4", 64): 8, ("nvfp4", 32): 8, ("nvfp4", 16): 8,
+                  ("fp8-block", 256): 2, ("fp8-block", 128): 4, ("fp8-block", 64): 6, ("fp8-block", 32): 8,
+                  ("fp8-block", 16): 8}
 TMA_W16_RUN = 8  # k-blocks per straight-line run
 
 
-def _tma_w16_cfg(w: GpuWeight, rows: int) -> tuple[int, int, int]:
-    """(stages, run, tokens per tile); LOWBIT_TMA_W16="stages,run,tokens" overrides (benchmarks)."""
+@dataclass(frozen=True)
+class W16Plan:
+    stages: int
+    run: int
+    bt: int  # tokens per tile
+    splits: int  # K splits (work units = output tiles x splits)
+    kps: int  # 128-K blocks per split
+
+
+def tma_w16_plan(w: GpuWeight, rows: int) -> W16Plan:
+    """Tile, pipeline and split-K of gemm_w16_tma_sm90 for this weight and M. Split K while the output tiles
+    fill fewer than all SMs: about two work units per SM, at least 4 k-blocks each.
+    LOWBIT_TMA_W16="stages,run,tokens[,splits]" overrides (benchmarks, tests)."""
     import os
 
+    nk = -(-w.k // 128)
     v = os.environ.get("LOWBIT_TMA_W16")
     if v:
-        return tuple(int(p) for p in v.split(","))
-    bt = 128
-    if w.scheme != "fp8-block" and -(-rows // 256) * -(-w.n // 128) >= _num_sms():
-        bt = 256
-    return TMA_W16_STAGES[(w.scheme, bt)], TMA_W16_RUN, bt
+        parts = [int(p) for p in v.split(",")]
+        stages, run, bt = parts[:3]
+        splits = parts[3] if len(parts) > 3 else 0
+    else:
+        bt = next(b for b in (16, 32, 64, 128) if rows <= b or b == 128)
+        if bt == 128 and w.scheme != "fp8-block" and -(-rows // 256) * -(-w.n // 128) >= _num_sms():
+            bt = 256
+        stages, run, splits = TMA_W16_STAGES[(w.scheme, bt)], TMA_W16_RUN, 0
+    if not splits:
+        tiles = -(-rows // bt) * -(-w.n // 128)
+        splits = 1 if tiles >= _num_sms() else max(1, min(nk // 4, -(-2 * _num_sms() // tiles)))
+    kps = -(-nk // splits)
+    return W16Plan(stages, run, bt, -(-nk // kps), kps)
 
 
 def _tma_w16_smem(scheme: str, stages: int, bt: int) -> int:
-    return stages * (bt * 256 + 128 * (128 if scheme == "fp8-block" else 64)) + 2048
+    """x tile + raw W tile + the staged scales (<= 2 KB) per stage, + 2 KB (alignment, barriers)."""
+    return stages * (bt * 256 + 128 * (128 if scheme == "fp8-block" else 64) + 2048) + 2048
 
 
 @functools.lru_cache(maxsize=None)
@@ -263,23 +287,18 @@ def _tma_w16_kernel(scheme: str, group: int, stages: int, run: int, bt: int):
     return f
 
 
-def _tma_w16_tiles(w: GpuWeight, rows: int) -> int:
-    return -(-rows // _tma_w16_cfg(w, rows)[2]) * -(-w.n // 128)
-
-
-def use_tma_w16(w: GpuWeight, rows: int, splits: int, gate=None, groups=None, a_rows=None) -> bool:
-    """Whether a weight-only launch goes to gemm_w16_tma_sm90 (dense fp8-block / nvfp4 / int4, no split-K,
-    output tiles >= SMs, TMA-legal)."""
+def use_tma_w16(w: GpuWeight, rows: int) -> bool:
+    """Whether a dense weight-only GEMM goes to gemm_w16_tma_sm90 (fp8-block / nvfp4 / int4 on sm_90a, TMA-legal)."""
     import os
 
-    if groups is not None or gate is not None or a_rows is not None or splits != 1 or not _sm90_available():
+    if not _sm90_available() or os.environ.get("LOWBIT_GEMM_TMA", "1") == "0":
         return False
-    if w.scheme not in ("fp8-block", "nvfp4", "int4") or os.environ.get("LOWBIT_GEMM_TMA", "1") == "0":
+    if w.scheme not in ("fp8-block", "nvfp4", "int4") or w.experts is not None:
         return False
     if w.scheme == "int4" and w.k % w.group_size:
         return False
     main = w.tensors["weight" if w.scheme == "fp8-block" else "weight_packed"]
-    return w.k % 32 == 0 and main.data.ptr % 16 == 0 and _tma_w16_tiles(w, rows) >= _num_sms()
+    return rows > 0 and w.k % 32 == 0 and main.data.ptr % 16 == 0
 
 
 def _launch_tma_w16(w: GpuWeight, x, y, rows: int) -> None:
@@ -287,19 +306,26 @@ def _launch_tma_w16(w: GpuWeight, x, y, rows: int) -> None:
 
     from lowbit.kernels import tma
 
-    stages, run, bt = _tma_w16_cfg(w, rows)
-    mx = tma.tensor_map_2d(x, bt, 64)
+    p = tma_w16_plan(w, rows)
+    mx = tma.tensor_map_2d(x, p.bt, 64)
     wg = None
     if w.scheme == "fp8-block":
-        mw = tma.cached_tensor_map_2d(w.tensors["weight"], 128, 128)
+        mw = tma.tensor_map_2d(w.tensors["weight"], 128, 128)
         ws, wz = w.tensors["weight_scale_inv"], None
     else:
-        mw = tma.cached_tensor_map_2d(w.tensors["weight_packed"].view(cupy.uint8), 128, 64, swizzle=0)
+        mw = tma.tensor_map_2d(w.tensors["weight_packed"].view(cupy.uint8), 128, 64, swizzle=0)
         ws, wz = w.tensors["weight_scale"], w.tensors.get("weight_zero_point")
         wg = w.tensors.get("weight_global_scale")
-    args = (mx, mw, ws, _ptr(wz), _ptr(wg), y, np.int32(rows), np.int32(w.n), np.int32(w.k))
-    f = _tma_w16_kernel(w.scheme, w.group_size if w.scheme == "int4" else 128, stages, run, bt)
-    f((min(_tma_w16_tiles(w, rows), _num_sms()),), (384,), args, shared_mem=_tma_w16_smem(w.scheme, stages, bt))
+    ypart = cupy.empty((p.splits, rows, w.n), cupy.float32) if p.splits > 1 else None
+    args = (mx, mw, ws, _ptr(wz), _ptr(wg), y, _ptr(ypart), np.int32(rows), np.int32(w.n), np.int32(w.k),
+            np.int32(p.splits), np.int32(p.kps))
+    units = -(-rows // p.bt) * -(-w.n // 128) * p.splits
+    f = _tma_w16_kernel(w.scheme, w.group_size if w.scheme == "int4" else 128, p.stages, p.run, p.bt)
+    f((min(units, _num_sms()),), (384,), args, shared_mem=_tma_w16_smem(w.scheme, p.stages, p.bt))
+    if p.splits > 1:
+        total = rows * w.n
+        red = get_function("gemm_w16.cu", "gemm_splitk_reduce")
+        red((min(-(-total // 256), 4096),), (256,), (ypart, np.int32(p.splits), np.int64(total), 0, y))
 
 
 def _ptr(a) -> int:
@@ -384,9 +410,6 @@ def launch(w: GpuWeight, x, act: str, *, rows: int, y, a_rows=None, gate=None, g
         else:
             _kernel("fp8", t)(grid, (t.threads,), args, shared_mem=smem_bytes("fp8", t))
     else:
-        if use_tma_w16(w, rows, splits, gate, groups, a_rows):
-            _launch_tma_w16(w, x, y, rows)
-            return y
         sid = SCHEME_IDS[w.scheme]
         wq, ws, wz, wg = _weight_args(w)
         g_ptr = _ptr(gate) if splits == 1 else 0
@@ -423,5 +446,8 @@ def gemm(w: GpuWeight, x, act: str = "bf16", out=None):
         return y
     if w.scheme == "bf16" and act == "bf16":
         return cupy.matmul(x, w.tensors["weight"].T, out=y)
+    if act == "bf16" and use_tma_w16(w, m):
+        _launch_tma_w16(w, x, y, m)
+        return y
     t, splits, k_len = plan("fp8" if act == "fp8" else "w16", m, w.n, w.k)
     return launch(w, x, act, rows=m, y=y, tile=t, splits=splits, k_len=k_len)

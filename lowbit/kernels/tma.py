@@ -3,9 +3,7 @@
 `tensor_map_2d(array, box_rows, box_cols, swizzle)` encodes a 2-D row-major device array of 1- or 2-byte
 elements with the CUDA driver's cuTensorMapEncodeTiled (through ctypes: cupy does not wrap it), the 128-byte
 swizzle (or 64, or none), zero fill outside the array, and returns the 128-byte map in device memory (a cupy
-uint8 array) for the kernel to take by pointer (tma_sm90.cuh). Maps of long-lived arrays (weights) are cached
-by (pointer, shape, box, swizzle); the map encodes nothing else, so a reused address with the same shape is
-the same map.
+uint8 array) for the kernel to take by pointer (tma_sm90.cuh), cached by (pointer, shape, box, swizzle).
 """
 
 from __future__ import annotations
@@ -62,20 +60,19 @@ def _to_device(raw: bytes):
     return cupy.asarray(np.frombuffer(raw, np.uint8))
 
 
-def tensor_map_2d(array, box_rows: int, box_cols: int, swizzle: int = 128):
-    """A device copy of the map over `array` (2-D, C-contiguous, 1- or 2-byte elements), for this launch."""
-    rows, cols = array.shape
-    return _to_device(encode_2d(array.data.ptr, rows, cols, box_rows, box_cols, array.itemsize, swizzle))
-
-
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=1024)
 def _cached_map(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int, elem_bytes: int, swizzle: int,
                 device: int):
     return _to_device(encode_2d(ptr, rows, cols, box_rows, box_cols, elem_bytes, swizzle))
 
 
-def cached_tensor_map_2d(array, box_rows: int, box_cols: int, swizzle: int = 128):
-    """As tensor_map_2d, kept for the array's address, shape and box (weights: encoded once)."""
+def tensor_map_2d(array, box_rows: int, box_cols: int, swizzle: int = 128):
+    """The device copy of the map over `array` (2-D, C-contiguous, 1- or 2-byte elements).
+
+    Maps are cached by (address, shape, box, swizzle): a map encodes nothing else, so one built for an earlier
+    array at the same address with the same shape is the same map. This matters for speed: copying a new
+    map to the GPU is a synchronous host-to-device copy, which would stall small GEMMs (activations come
+    from cupy's memory pool, which hands the same addresses back)."""
     import cupy
 
     rows, cols = array.shape

@@ -38,22 +38,25 @@ def _weight(scheme, opts, n, k, seed):
 @pytest.mark.parametrize("scheme,opts,acts", CASES)
 @pytest.mark.parametrize("m,n,k", [(1, 200, 256), (16, 384, 1024), (33, 200, 160), (64, 136, 512),
                                    (200, 384, 640), (1031, 264, 1024)])
-def test_gemm_matches_reference(scheme, opts, acts, m, n, k):
+def test_gemm_matches_reference(monkeypatch, scheme, opts, acts, m, n, k):
     if scheme == "int4" and k % opts["group_size"]:
         pytest.skip("K not a multiple of the group")
     w, dense = _weight(scheme, opts, n, k, seed=m + n + k)
     for act in acts:
-        for seed in (0, 1):  # two fresh draws: the same function on any input
+        for seed in (0, 1):  # two fresh draws: the same function on any input; seed 1 without the TMA kernels
+            monkeypatch.setenv("LOWBIT_GEMM_TMA", "1" if seed == 0 else "0")
             r = gc.check_gemm(w, dense, m, act=act, seed=seed)
-            assert r.passed, f"{scheme} {opts} act={act} M={m} N={n} K={k}: rel err {r.rel_err:.3g}"
+            assert r.passed, f"{scheme} {opts} act={act} M={m} N={n} K={k} seed={seed}: rel err {r.rel_err:.3g}"
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("scheme,act", [("fp8-block", "fp8"), ("fp8-block", "bf16"), ("int4", "bf16"),
                                         ("nvfp4", "bf16")])
-def test_gemm_split_k(scheme, act):
+@pytest.mark.parametrize("tma", ["1", "0"])
+def test_gemm_split_k(monkeypatch, scheme, act, tma):
     from lowbit.kernels import gemm as G
 
+    monkeypatch.setenv("LOWBIT_GEMM_TMA", tma)
     w, dense = _weight(scheme, {}, 256, 4096, seed=7)
     t, splits, k_len = G.plan("fp8" if act == "fp8" else "w16", 16, 256, 4096)
     assert splits > 1 and k_len % 128 == 0
@@ -122,6 +125,7 @@ def test_gemm_mma_sync_path_for_large_tiles(monkeypatch, scheme, act):
     from lowbit.kernels import gemm as G
 
     monkeypatch.setattr(G, "use_sm90", lambda t: False)
+    monkeypatch.setenv("LOWBIT_GEMM_TMA", "0")
     w, dense = _weight(scheme, {}, 264, 1024, seed=5)
     for m in (129, 300):
         r = gc.check_gemm(w, dense, m, act=act, seed=m)
@@ -188,7 +192,7 @@ def test_gemm_w16_tma_kernel(monkeypatch, scheme, opts, cfg, m, n, k):
     if cfg != "default":
         monkeypatch.setenv("LOWBIT_TMA_W16", cfg)
     w, dense = _weight(scheme, opts, n, k, seed=m + k)
-    assert G.use_tma_w16(w, m, G.plan("w16", m, n, k)[1])
+    assert G.use_tma_w16(w, m)
     for seed in (0, 1):
         rng = np.random.default_rng(seed)
         x = gc.random_bf16(rng, (m, k))
@@ -199,3 +203,36 @@ def test_gemm_w16_tma_kernel(monkeypatch, scheme, opts, cfg, m, n, k):
         ref = gc.gemm_ref(dense, x, "bf16")
         row_err = np.abs(got - ref).max(axis=1) / (np.abs(ref).max(axis=1) + 1e-30)
         assert row_err.max() < gc.GEMM_BOUND, f"worst row {row_err.argmax()}: {row_err.max():.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,opts", [("fp8-block", {}), ("nvfp4", {}),
+                                         ("int4", {"group_size": 32, "asymmetric": True})])
+@pytest.mark.parametrize("m,n,k", [(16, 264, 4096), (64, 520, 1056), (1, 136, 2048), (40, 1000, 512),
+                                   (100, 264, 2048), (27, 264, 1024)])
+def test_gemm_w16_tma_split_k(monkeypatch, scheme, opts, m, n, k):
+    # few output tiles on 16 "SMs": the weight-only TMA kernel splits K (16- to 64-token tiles), every
+    # unit writes an fp32 partial, gemm_splitk_reduce sums them; the plan's splits are checked too
+    import cupy
+
+    from lowbit.kernels import gemm as G
+
+    if not G._sm90_available():
+        pytest.skip("the TMA kernel needs sm_90a")
+    monkeypatch.setattr(G, "_num_sms", lambda: 16)
+    w, dense = _weight(scheme, opts, n, k, seed=m + k)
+    p = G.tma_w16_plan(w, m)
+    nk = -(-k // 128)
+    assert p.bt == next(b for b in (16, 32, 64, 128) if m <= b or b == 128)
+    assert (p.splits - 1) * p.kps < nk <= p.splits * p.kps
+    if nk >= 8:
+        assert p.splits > 1
+    rng = np.random.default_rng(3)
+    x = gc.random_bf16(rng, (m, k))
+    y = cupy.full((m, n), np.nan, dtype=numerics.BF16)
+    G.gemm(w, cupy.asarray(x), act="bf16", out=y)
+    got = y.get().astype(np.float32)
+    assert np.all(np.isfinite(got)), "an output element was never written"
+    ref = gc.gemm_ref(dense, x, "bf16")
+    row_err = np.abs(got - ref).max(axis=1) / (np.abs(ref).max(axis=1) + 1e-30)
+    assert row_err.max() < gc.GEMM_BOUND, f"worst row {row_err.argmax()}: {row_err.max():.3g}"

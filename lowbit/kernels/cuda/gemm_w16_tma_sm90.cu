@@ -23,9 +23,11 @@
 // e2m1 * e4m3 is exact); the products and sums are fp32. No dequantized tile goes through shared memory.
 // Bank use: int4 rows are 64 bytes, a 16-byte load's 8-thread phase touches 2 rows (distinct banks); fp8
 // rows are 128 bytes, swizzled, so the two rows of a phase read different 16-byte chunks.
+// Split-K (few output tiles, small M): work unit u = (output tile u / splits, k-blocks [kps * (u % splits),
+// + kps)); each unit writes its fp32 partial to ypart[split][M][N], summed by gemm_splitk_reduce (gemm_w16.cu).
 // Preconditions (launcher, lowbit/kernels/gemm.py): K % 32 == 0 (int4: K % G == 0), 16-byte aligned bases.
 // Only sm_90a has wgmma: elsewhere the body is empty and the launcher never picks this kernel.
-// Launch: grid (min(tiles, SMs)), block 384, dynamic smem STAGES * (BT * 256 + 128 * WROW) + 2048.
+// Launch: grid (min(units, SMs)), block 384, dynamic smem STAGES * (BT * 256 + 128 * WROW) + 2048.
 #include "common.cuh"
 #include "gemm_sm90.cuh"
 #include "tma_sm90.cuh"
@@ -45,8 +47,8 @@
 #define RUN 8  // k-blocks per straight-line run
 #endif
 #ifndef BT
-#define BT 128  // tokens per CTA: 128 (wgmma m64n128) or 256 (m64n256: the decode and W copy shared by twice
-#endif          // the tokens)
+#define BT 128  // tokens per CTA: 16 ... 256 (wgmma m64nBT; 256: the decode and W copy shared by twice the
+#endif          // tokens; 16 - 64: small M, where streaming the weight is the work)
 #define BNW 128  // W rows per CTA
 #define NACC (BT / 2)
 #define BK 128
@@ -57,6 +59,24 @@
 #endif
 [[maybe_unused]] constexpr int X_STAGE = BT * BK * 2;
 [[maybe_unused]] constexpr int W_STAGE = BNW * WROW;
+// A stage's scales, copied by the producer warpgroup's warp 1 with cp.async in 4-byte words (tma_sm90.cuh), so
+// that the consumers read them from shared memory instead of waiting an L2 round trip each block (measured:
+// small-M launches were bound by that wait): int4: per W row the SW words covering its GPB bf16 group scales
+// of the block (the first may sit in the high half of its word), then per 8-row group the GPB zero-point
+// words; nvfp4: per row the 3 words covering its 8 e4m3 group scales; fp8: the one f32 block scale. The
+// aligned words can extend up to 3 bytes past a row's last scale (and past the tensor's end by as much;
+// cupy allocations are 512-byte granular), never used.
+#if SCHEME == 3
+#define GPB (BK / INT4_GROUP)
+#define SW (GPB == 1 ? 1 : GPB == 2 ? 2 : 3)
+[[maybe_unused]] constexpr int SC_WORDS = BNW * SW + (BNW / 8) * GPB;
+#elif SCHEME == 2
+#define SW 3
+[[maybe_unused]] constexpr int SC_WORDS = BNW * SW;
+#else
+[[maybe_unused]] constexpr int SC_WORDS = 4;
+#endif
+[[maybe_unused]] constexpr int SC_STAGE = SC_WORDS * 4;
 
 // token tile m0 and W tile n0 of tile `pid`, in cta_tile's grouped raster order
 __device__ __forceinline__ void w16_tile_origin(int pid, int mt, int ntl, int& m0, int& n0) {
@@ -86,18 +106,21 @@ __device__ __forceinline__ uint32_t int4_pair(uint32_t x, uint32_t c2, uint32_t 
 
 extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
     const void* __restrict__ map_x, const void* __restrict__ map_w, const void* __restrict__ wscale,
-    const int* __restrict__ wzero, const float* __restrict__ wglobal, bf16* __restrict__ y, int M, int N, int K) {
+    const int* __restrict__ wzero, const float* __restrict__ wglobal, bf16* __restrict__ y,
+    float* __restrict__ ypart, int M, int N, int K, int splits, int kps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ uint8_t smem_raw[];
     uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
     uint8_t* Xs = smem;
     uint8_t* Ws = smem + STAGES * X_STAGE;
-    const uint32_t full0 = smem_u32(Ws + STAGES * W_STAGE), empty0 = full0 + 8 * STAGES;
-    const int mt = (M + BT - 1) / BT, ntl = (N + BNW - 1) / BNW, tiles = mt * ntl, nk = (K + BK - 1) / BK;
+    uint32_t* Ss = reinterpret_cast<uint32_t*>(Ws + STAGES * W_STAGE);
+    const uint32_t full0 = smem_u32(Ss + STAGES * SC_WORDS), empty0 = full0 + 8 * STAGES;
+    const int mt = (M + BT - 1) / BT, ntl = (N + BNW - 1) / BNW, nk = (K + BK - 1) / BK;
+    const int units = mt * ntl * splits;  // unit u: output tile u / splits, k-blocks [kps * (u % splits), ...)
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(full0 + 8 * s, 1);
+            mbar_init(full0 + 8 * s, 33);  // the TMA thread's arrive.expect_tx + the 32 scale-copy lanes
             mbar_init(empty0 + 8 * s, 8);  // one arrive per consumer warp
         }
         mbar_fence_init();
@@ -111,16 +134,64 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
             tma_map_acquire(map_x);
             tma_map_acquire(map_w);
             uint32_t it = 0;
-            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            for (int u = blockIdx.x; u < units; u += gridDim.x) {
                 int m0, n0;
-                w16_tile_origin(tile, mt, ntl, m0, n0);
-                for (int kb = 0; kb < nk; ++kb, ++it) {
+                w16_tile_origin(u / splits, mt, ntl, m0, n0);
+                const int kb1 = min(nk, kps * (u % splits + 1));
+                for (int kb = kps * (u % splits); kb < kb1; ++kb, ++it) {
                     const uint32_t s = it % STAGES, ph = (it / STAGES) & 1, bar = full0 + 8 * s;
                     mbar_wait(empty0 + 8 * s, ph ^ 1);
                     mbar_arrive_expect_tx(bar, X_STAGE + W_STAGE);
                     tma_load_2d(smem_u32(Xs + s * X_STAGE), map_x, kb * BK, m0, bar);  // box: 64 elements x BT rows
                     tma_load_2d(smem_u32(Xs + s * X_STAGE + X_STAGE / 2), map_x, kb * BK + 64, m0, bar);
                     tma_load_2d(smem_u32(Ws + s * W_STAGE), map_w, kb * WROW, n0, bar);
+                }
+            }
+        } else if (threadIdx.x >= 32 && threadIdx.x < 64) {
+            // warp 1: the stage's scales, global -> shared with cp.async; each lane's copies complete an arrive
+            // on full[s] (cp.async.mbarrier.arrive.noinc), so consumers see them with the TMA bytes
+            const int lane = threadIdx.x - 32;
+            uint32_t it = 0;
+            for (int u = blockIdx.x; u < units; u += gridDim.x) {
+                int m0, n0;
+                w16_tile_origin(u / splits, mt, ntl, m0, n0);
+                const int kb1 = min(nk, kps * (u % splits + 1));
+                for (int kb = kps * (u % splits); kb < kb1; ++kb, ++it) {
+                    const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
+                    mbar_wait(empty0 + 8 * s, ph ^ 1);
+                    uint32_t* st = Ss + s * SC_WORDS;
+#if SCHEME == 3
+                    const int groups = K / INT4_GROUP, gi0 = min(kb * GPB, groups - GPB);
+                    const uint16_t* sc = static_cast<const uint16_t*>(wscale);
+#pragma unroll
+                    for (int i = 0; i < BNW / 32; ++i) {
+                        const int r = lane + 32 * i, n = min(n0 + r, N - 1);
+                        const uint16_t* e = sc + (size_t)n * groups + gi0;  // the first scale; its word:
+                        const uint32_t* w0 = reinterpret_cast<const uint32_t*>(reinterpret_cast<uintptr_t>(e) & ~(uintptr_t)3);
+#pragma unroll
+                        for (int q = 0; q < SW; ++q) cp_async4(st + r * SW + q, w0 + q);
+                    }
+                    if (wzero != nullptr && lane < BNW / 8) {
+                        const int n = min(n0 + 8 * lane, N - 1);
+#pragma unroll
+                        for (int q = 0; q < GPB; ++q)
+                            cp_async4(st + BNW * SW + lane * GPB + q, wzero + (size_t)(n >> 3) * groups + gi0 + q);
+                    }
+#elif SCHEME == 2
+                    const int kg = K / 16, gi0 = min(kb * 8, kg - 8);
+                    const uint8_t* sc = static_cast<const uint8_t*>(wscale);
+#pragma unroll
+                    for (int i = 0; i < BNW / 32; ++i) {
+                        const int r = lane + 32 * i, n = min(n0 + r, N - 1);
+                        const uint8_t* e = sc + (size_t)n * kg + gi0;
+                        const uint32_t* w0 = reinterpret_cast<const uint32_t*>(reinterpret_cast<uintptr_t>(e) & ~(uintptr_t)3);
+#pragma unroll
+                        for (int q = 0; q < SW; ++q) cp_async4(st + r * SW + q, w0 + q);
+                    }
+#else
+                    if (lane == 0) cp_async4(st, static_cast<const float*>(wscale) + (size_t)(n0 / 128) * nk + kb);
+#endif
+                    cp_async_mbar_arrive(full0 + 8 * s);
                 }
             }
         }
@@ -130,9 +201,10 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
         const int g = lane >> 2, t = lane & 3;
         const int r0 = c * 64 + warp * 16 + g;  // this thread's W rows in the tile: r0, r0 + 8
         uint32_t it = 0;
-        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        for (int u = blockIdx.x; u < units; u += gridDim.x) {
             int m0, n0;
-            w16_tile_origin(tile, mt, ntl, m0, n0);
+            w16_tile_origin(u / splits, mt, ntl, m0, n0);
+            const int kb0 = kps * (u % splits), kb1 = min(nk, kb0 + kps), split = u % splits;
             const int na = min(n0 + r0, N - 1), nb = min(n0 + r0 + 8, N - 1);  // scale rows (clamped past N)
             float acc[NACC];
 #pragma unroll
@@ -140,22 +212,26 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
             uint32_t A0[8][4], A1[8][4];
 
             // dequantize k-block kb (shared-memory stage w) into A: A[step] = the m16n8k16 fragment of step
-            auto decode = [&](uint32_t (&A)[8][4], const uint8_t* w, int kb) {
+            // dequantize k-block kb (W in shared-memory stage w, its scales in sc) into A: A[step] = the
+            // m16n8k16 fragment of step
+            auto decode = [&](uint32_t (&A)[8][4], const uint8_t* w, const uint32_t* sc, int kb) {
 #if SCHEME == 3
-                constexpr int G = INT4_GROUP, GPB = BK / G;  // groups per k-block
-                const int groups = K / G;
-                const uint16_t* sc = static_cast<const uint16_t*>(wscale);
+                const int groups = K / INT4_GROUP, gi0 = min(kb * GPB, groups - GPB);
+                const int oa = (int)(((size_t)na * groups + gi0) & 1), ob = (int)(((size_t)nb * groups + gi0) & 1);
+                const uint16_t* ha = reinterpret_cast<const uint16_t*>(sc + r0 * SW) + oa;
+                const uint16_t* hb = reinterpret_cast<const uint16_t*>(sc + (r0 + 8) * SW) + ob;
+                const int qoff = kb * GPB - gi0;  // 0 except in a partial last block (groups past K: x is zero)
                 uint32_t sa[GPB], sb[GPB], ca[GPB], cb[GPB];
 #pragma unroll
                 for (int q = 0; q < GPB; ++q) {
-                    const int gi = min(kb * GPB + q, groups - 1);  // past K: x is zero, any scale will do
-                    const uint32_t va = __ldg(sc + (size_t)na * groups + gi), vb = __ldg(sc + (size_t)nb * groups + gi);
+                    const int qq = min(q + qoff, GPB - 1);
+                    const uint32_t va = ha[qq], vb = hb[qq];
                     sa[q] = va | (va << 16);
                     sb[q] = vb | (vb << 16);
                     uint32_t za = 8u, zb = 8u;
                     if (wzero != nullptr) {
-                        za = ((uint32_t)__ldg(wzero + (size_t)(na >> 3) * groups + gi) >> (4 * (na & 7))) & 0xFu;
-                        zb = ((uint32_t)__ldg(wzero + (size_t)(nb >> 3) * groups + gi) >> (4 * (nb & 7))) & 0xFu;
+                        za = (sc[BNW * SW + (r0 >> 3) * GPB + qq] >> (4 * (na & 7))) & 0xFu;
+                        zb = (sc[BNW * SW + ((r0 + 8) >> 3) * GPB + qq] >> (4 * (nb & 7))) & 0xFu;
                     }
                     ca[q] = (0x4300u | za) * 0x10001u;
                     cb[q] = (0x4300u | zb) * 0x10001u;
@@ -170,7 +246,7 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
                     const uint32_t wb[4] = {qb.x >> (8 * t), qb.y >> (8 * t), qb.z >> (8 * t), qb.w >> (8 * t)};
 #pragma unroll
                     for (int e = 0; e < 2; ++e) {
-                        const int st = 2 * h + e, q = st * 16 / G;  // the step's group in the block
+                        const int st = 2 * h + e, q = st * 16 / INT4_GROUP;  // the step's group in the block
                         A[st][0] = int4_pair(wa[2 * e], ca[q], sa[q]);
                         A[st][1] = int4_pair(wb[2 * e], cb[q], sb[q]);
                         A[st][2] = int4_pair(wa[2 * e + 1], ca[q], sa[q]);
@@ -178,14 +254,15 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
                     }
                 }
 #elif SCHEME == 2
-                // the 8 group scales of each row in this block (e4m3 [N, K/16]; groups past K clamp: x is zero)
-                const uint8_t* sc = static_cast<const uint8_t*>(wscale);
-                const int kg = K / 16;
+                const int kg = K / 16, gi0 = min(kb * 8, kg - 8);
+                const uint8_t* pa8 = reinterpret_cast<const uint8_t*>(sc + r0 * SW) + (((size_t)na * kg + gi0) & 3);
+                const uint8_t* pb8 = reinterpret_cast<const uint8_t*>(sc + (r0 + 8) * SW) + (((size_t)nb * kg + gi0) & 3);
+                const int qoff = kb * 8 - gi0;  // 0 except in a partial last block (groups past K: x is zero)
                 uint32_t sa[8], sb[8];
 #pragma unroll
                 for (int q = 0; q < 8; ++q) {  // e4m3 bits moved into a bf16 are the value * 2^-120, subnormals
-                    const int gi = min(kb * 8 + q, kg - 1);  // included; times 2^120 (0x7B80) is exact
-                    const uint32_t ba = __ldg(sc + (size_t)na * kg + gi), bb = __ldg(sc + (size_t)nb * kg + gi);
+                    const int qq = min(q + qoff, 7);  // included; times 2^120 (0x7B80) is exact
+                    const uint32_t ba = pa8[qq], bb = pb8[qq];
                     const uint32_t va = ((ba & 0x7Fu) << 4) | ((ba & 0x80u) << 8);
                     const uint32_t vb = ((bb & 0x7Fu) << 4) | ((bb & 0x80u) << 8);
                     const uint32_t s2 = lb::hmul2_bf16(va | (vb << 16), 0x7B807B80u);  // (row a, row b)
@@ -210,7 +287,7 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
                     }
                 }
 #else
-                const float s = __ldg(static_cast<const float*>(wscale) + (size_t)(n0 / 128) * nk + kb);
+                const float s = __uint_as_float(sc[0]);
                 const uint8_t* pa = w + r0 * WROW;
                 const uint8_t* pb = pa + 8 * WROW;
                 const int sw = r0 & 7;  // rows r0 and r0 + 8 share the swizzle phase
@@ -233,9 +310,9 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
 #endif
             };
             auto kblock = [&](uint32_t (&A)[8][4], int kb) {
-                const uint32_t q = it + kb, s = q % STAGES;
+                const uint32_t q = it + kb - kb0, s = q % STAGES;
                 mbar_wait(full0 + 8 * s, (q / STAGES) & 1);
-                decode(A, Ws + s * W_STAGE, kb);
+                decode(A, Ws + s * W_STAGE, Ss + s * SC_WORDS, kb);
                 const uint8_t* xs = Xs + s * X_STAGE;
                 wgmma_fence();
 #pragma unroll
@@ -243,6 +320,12 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
                     const uint64_t db = sw128_desc(xs + (st >> 2) * (X_STAGE / 2) + (st & 3) * 32);
 #if BT == 256
                     wgmma_bf16_rs_m64n256(acc, A[st], db, 1);
+#elif BT == 64
+                    wgmma_bf16_rs_m64n64(acc, A[st], db, 1);
+#elif BT == 32
+                    wgmma_bf16_rs_m64n32(acc, A[st], db, 1);
+#elif BT == 16
+                    wgmma_bf16_rs_m64n16(acc, A[st], db, 1);
 #else
                     wgmma_bf16_rs_m64n128(acc, A[st], db, 1);
 #endif
@@ -250,7 +333,7 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
                 wgmma_commit();
             };
             auto release = [&](int kb) {
-                if (lane == 0) mbar_arrive(empty0 + 8 * ((it + kb) % STAGES));
+                if (lane == 0) mbar_arrive(empty0 + 8 * ((it + kb - kb0) % STAGES));
             };
             auto run = [&](auto u, int kb) {
                 constexpr int U = decltype(u)::value;
@@ -265,11 +348,11 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
                 wgmma_wait<0>();
                 release(kb + U - 1);
             };
-            int kb = 0;
-            for (; kb + RUN <= nk; kb += RUN) run(std::integral_constant<int, RUN>{}, kb);
-            for (; kb + 2 <= nk; kb += 2) run(std::integral_constant<int, 2>{}, kb);
-            if (kb < nk) run(std::integral_constant<int, 1>{}, kb);
-            it += nk;
+            int kb = kb0;
+            for (; kb + RUN <= kb1; kb += RUN) run(std::integral_constant<int, RUN>{}, kb);
+            for (; kb + 2 <= kb1; kb += 2) run(std::integral_constant<int, 2>{}, kb);
+            if (kb < kb1) run(std::integral_constant<int, 1>{}, kb);
+            it += kb1 - kb0;
 
             const float oscale = SCHEME == 2 ? 1.f / __ldg(wglobal) : 1.f;  // nvfp4: the global scale divides
 #pragma unroll
@@ -281,7 +364,10 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
 #pragma unroll
                     for (int h = 0; h < 2; ++h) {
                         const int n = n0 + r0 + 8 * h;
-                        if (n < N) y[(size_t)tok * N + n] = __float2bfloat16_rn(acc[4 * j + 2 * h + p] * oscale);
+                        if (n >= N) continue;
+                        const float v = acc[4 * j + 2 * h + p] * oscale;
+                        if (splits > 1) ypart[((size_t)split * M + tok) * N + n] = v;  // summed by gemm_splitk_reduce
+                        else y[(size_t)tok * N + n] = __float2bfloat16_rn(v);
                     }
                 }
         }
