@@ -225,11 +225,11 @@ def _launch_tma_fp8(w: GpuWeight, xq, xs, y, rows: int) -> None:
     _tma_fp8_kernel(bn, stages, pipe, ncw)(grid, (128 * (ncw + 1),), args, shared_mem=_tma_fp8_smem(bn, stages, ncw))
 
 
-#: gemm_w16_tma_sm90: stages per (scheme, tokens per tile); a stage is the x tile (tokens x 256 bytes) + the raw
-#: W tile (8 KB 4-bit, 16 KB fp8) + its scales. 256-token tiles share each decoded weight fragment between twice the tokens
-#: (measured on H200, 2026-11-27: int4 at M >= 4096 570-660 TFLOPS against 470-520 with 128); they are used
-#: while they fill every SM at least once; fp8 stays at 128 (256 fits only 2 stages and measured slower).
-#: 16- to 64-token tiles serve M <= 64, where streaming the weight is the work.
+#: gemm_w16_tma_sm90: stages per (scheme, tokens per tile); a stage is the x tile (tokens x 256 bytes) + the
+#: raw W tile (8 KB 4-bit, 16 KB fp8) + its scales. 256-token tiles share each decoded weight fragment between
+#: twice the tokens (measured on H200, 2026-11-27: int4 at M >= 4096 570-660 TFLOPS against 470-520 with 128);
+#: they are used while they fill every SM at least once; fp8 stays at 128 (256 fits only 2 stages and measured
+#: slower). 16- to 64-token tiles serve M <= 64, where streaming the weight is the work.
 TMA_W16_STAGES = {("int4", 256): 3, ("int4", 128): 5, ("int4", 64): 8, ("int4", 32): 8, ("int4", 16): 8,
                   ("nvfp4", 256): 3, ("nvfp4", 128): 5, ("nvfp4", 64): 8, ("nvfp4", 32): 8, ("nvfp4", 16): 8,
                   ("fp8-block", 256): 2, ("fp8-block", 128): 4, ("fp8-block", 64): 6, ("fp8-block", 32): 8,
