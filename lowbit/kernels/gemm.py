@@ -441,6 +441,10 @@ def gemm(w: GpuWeight, x, act: str = "bf16", out=None):
         raise KernelError(f"{w.name}: act={act!r} is not supported by the GEMM; use 'bf16' or 'fp8'")
     check_x(w, x)
     m = x.shape[0]
+    if out is not None and (not isinstance(out, cupy.ndarray) or out.shape != (m, w.n) or out.dtype != x.dtype
+                            or not out.flags.c_contiguous):
+        raise KernelError(f"{w.name}: out must be a C-contiguous bfloat16 cupy array of shape ({m}, {w.n}), found "
+                          f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}")
     y = out if out is not None else cupy.empty((m, w.n), x.dtype)
     if m == 0:
         return y

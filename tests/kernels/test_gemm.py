@@ -98,6 +98,10 @@ def test_gemm_rejects_bad_inputs():
     w3, _ = _weight("int4", {}, 64, 256, seed=1)
     with pytest.raises(KernelError, match="fp8-block"):
         gemm(w3, cupy.zeros((4, 256), numerics.BF16), act="fp8")
+    with pytest.raises(KernelError, match=r"out must be .* \(4, 64\)"):
+        gemm(w, cupy.zeros((4, 256), numerics.BF16), out=cupy.zeros((4, 65), numerics.BF16))
+    with pytest.raises(KernelError, match="out must be"):
+        gemm(w, cupy.zeros((4, 256), numerics.BF16), out=cupy.zeros((4, 64), cupy.float32))
 
 
 def test_tile_plan(monkeypatch):
