@@ -136,6 +136,23 @@ def test_gemm_mma_sync_path_for_large_tiles(monkeypatch, scheme, act):
         assert r.passed, r
 
 
+def _check_every_row(w, dense, m, act, seed):
+    """gemm() on fresh random x into a NaN-poisoned output: every element written, every row within the bound."""
+    import cupy
+
+    from lowbit.kernels import gemm as G
+
+    rng = np.random.default_rng(seed)
+    x = gc.random_bf16(rng, (m, w.k))
+    y = cupy.full((m, w.n), np.nan, dtype=numerics.BF16)
+    G.gemm(w, cupy.asarray(x), act=act, out=y)
+    got = y.get().astype(np.float32)
+    assert np.all(np.isfinite(got)), "an output element was never written"
+    ref = gc.gemm_ref(dense, x, act)
+    row_err = np.abs(got - ref).max(axis=1) / (np.abs(ref).max(axis=1) + 1e-30)
+    assert row_err.max() < gc.GEMM_BOUND, f"worst row {row_err.argmax()}: {row_err.max():.3g}"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", ["128,6,8,2", "128,6,4,2", "128,6,0,2", "256,4,0,2", "128,5,0,3"])
 @pytest.mark.parametrize("m,n,k", [(129, 264, 1056), (300, 520, 256), (1031, 264, 1024), (512, 640, 4096),
@@ -144,7 +161,6 @@ def test_gemm_fp8_tma_kernel(monkeypatch, cfg, m, n, k):
     # the warp-specialized TMA kernel (sm_90a), each configuration: 2 "SMs" so that it runs for small shapes
     # and every persistent CTA loops over several tiles (the ring's phases carry across tiles); ragged M, N
     # and a K tail of 32 (zero-filled by the copy engine); every row compared, every element written
-    import cupy
 
     from lowbit.kernels import gemm as G
 
@@ -155,15 +171,7 @@ def test_gemm_fp8_tma_kernel(monkeypatch, cfg, m, n, k):
     w, dense = _weight("fp8-block", {}, n, k, seed=m + k)
     assert G.use_tma_fp8(w, m, G.plan("fp8", m, n, k)[1])
     for seed in (0, 1):
-        rng = np.random.default_rng(seed)
-        x = gc.random_bf16(rng, (m, k))
-        y = cupy.full((m, n), np.nan, dtype=numerics.BF16)
-        G.gemm(w, cupy.asarray(x), act="fp8", out=y)
-        got = y.get().astype(np.float32)
-        assert np.all(np.isfinite(got)), "an output element was never written"
-        ref = gc.gemm_ref(dense, x, "fp8")
-        row_err = np.abs(got - ref).max(axis=1) / (np.abs(ref).max(axis=1) + 1e-30)
-        assert row_err.max() < gc.GEMM_BOUND, f"worst row {row_err.argmax()}: {row_err.max():.3g}"
+        _check_every_row(w, dense, m, "fp8", seed)
     monkeypatch.setenv("LOWBIT_GEMM_TMA", "0")
     assert not G.use_tma_fp8(w, m, 1)
 
@@ -184,7 +192,6 @@ W16_TMA_CASES = [  # (scheme, opts, LOWBIT_TMA_W16 or "default"): every scheme a
 def test_gemm_w16_tma_kernel(monkeypatch, scheme, opts, cfg, m, n, k):
     # the register-A weight-only TMA kernel (sm_90a): 2 "SMs" so that it runs for small shapes and each CTA
     # loops over tiles; ragged M and N, a K tail of 32 (1056), K of 2 blocks (runs of 2) and 9 (8 + 1)
-    import cupy
 
     from lowbit.kernels import gemm as G
 
@@ -198,15 +205,7 @@ def test_gemm_w16_tma_kernel(monkeypatch, scheme, opts, cfg, m, n, k):
     w, dense = _weight(scheme, opts, n, k, seed=m + k)
     assert G.use_tma_w16(w, m)
     for seed in (0, 1):
-        rng = np.random.default_rng(seed)
-        x = gc.random_bf16(rng, (m, k))
-        y = cupy.full((m, n), np.nan, dtype=numerics.BF16)
-        G.gemm(w, cupy.asarray(x), act="bf16", out=y)
-        got = y.get().astype(np.float32)
-        assert np.all(np.isfinite(got)), "an output element was never written"
-        ref = gc.gemm_ref(dense, x, "bf16")
-        row_err = np.abs(got - ref).max(axis=1) / (np.abs(ref).max(axis=1) + 1e-30)
-        assert row_err.max() < gc.GEMM_BOUND, f"worst row {row_err.argmax()}: {row_err.max():.3g}"
+        _check_every_row(w, dense, m, "bf16", seed)
 
 
 @pytest.mark.gpu
@@ -217,7 +216,6 @@ def test_gemm_w16_tma_kernel(monkeypatch, scheme, opts, cfg, m, n, k):
 def test_gemm_w16_tma_split_k(monkeypatch, scheme, opts, m, n, k):
     # few output tiles on 16 "SMs": the weight-only TMA kernel splits K (16- to 64-token tiles), every
     # unit writes an fp32 partial, gemm_splitk_reduce sums them; the plan's splits are checked too
-    import cupy
 
     from lowbit.kernels import gemm as G
 
@@ -231,12 +229,4 @@ def test_gemm_w16_tma_split_k(monkeypatch, scheme, opts, m, n, k):
     assert (p.splits - 1) * p.kps < nk <= p.splits * p.kps
     if nk >= 8:
         assert p.splits > 1
-    rng = np.random.default_rng(3)
-    x = gc.random_bf16(rng, (m, k))
-    y = cupy.full((m, n), np.nan, dtype=numerics.BF16)
-    G.gemm(w, cupy.asarray(x), act="bf16", out=y)
-    got = y.get().astype(np.float32)
-    assert np.all(np.isfinite(got)), "an output element was never written"
-    ref = gc.gemm_ref(dense, x, "bf16")
-    row_err = np.abs(got - ref).max(axis=1) / (np.abs(ref).max(axis=1) + 1e-30)
-    assert row_err.max() < gc.GEMM_BOUND, f"worst row {row_err.argmax()}: {row_err.max():.3g}"
+    _check_every_row(w, dense, m, "bf16", 3)

@@ -79,16 +79,22 @@ __device__ __forceinline__ bool grouped_tile(int bx, int bm, int M, int E, const
 // fit in L2 instead of streaming all of A once per n-tile. Grouped (MoE): blockIdx.x = m-tile of the
 // expert-sorted rows (see grouped_tile), blockIdx.y = n-tile.
 #define GROUP_M 8
+// tile pid of an mt x ntl grid in grouped raster order: (m-tile pm, n-tile pn)
+__device__ __forceinline__ void raster_tile(int pid, int mt, int ntl, int& pm, int& pn) {
+    const int per_group = GROUP_M * ntl, first_m = (pid / per_group) * GROUP_M;
+    const int gm = min(mt - first_m, GROUP_M);
+    pm = first_m + (pid % per_group) % gm;
+    pn = (pid % per_group) / gm;
+}
 __device__ __forceinline__ bool cta_tile(int bm, int bn, int M, int N, int E, const int* __restrict__ offs,
                                          const int* __restrict__ tile_offs, TileRows& t, int& n0) {
     if (offs != nullptr) {
         n0 = blockIdx.y * bn;
         return grouped_tile(blockIdx.x, bm, M, E, offs, tile_offs, t);
     }
-    const int mt = (M + bm - 1) / bm, ntl = (N + bn - 1) / bn, pid = blockIdx.x;
-    const int per_group = GROUP_M * ntl, first_m = (pid / per_group) * GROUP_M;
-    const int gm = min(mt - first_m, GROUP_M);
-    const int pm = first_m + (pid % per_group) % gm, pn = (pid % per_group) / gm;
+    const int mt = (M + bm - 1) / bm, ntl = (N + bn - 1) / bn;
+    int pm, pn;
+    raster_tile(blockIdx.x, mt, ntl, pm, pn);
     t.e = 0;
     t.m0 = pm * bm;
     t.m_end = M;

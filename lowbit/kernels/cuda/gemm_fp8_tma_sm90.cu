@@ -54,12 +54,11 @@
 [[maybe_unused]] constexpr int STAGE_A = BM * BK;
 [[maybe_unused]] constexpr int STAGE_B = BN * BK;
 
-// the output tile `pid` of an mt x ntl grid, in cta_tile's grouped raster order (GROUP_M m-tiles per run)
+// the output tile `pid` of an mt x ntl grid, in cta_tile's grouped raster order (gemm_common.cuh)
 __device__ __forceinline__ void tile_origin(int pid, int mt, int ntl, int& m0, int& n0) {
-    const int per_group = GROUP_M * ntl, first_m = (pid / per_group) * GROUP_M;
-    const int gm = min(mt - first_m, GROUP_M);
-    m0 = (first_m + (pid % per_group) % gm) * BM;
-    n0 = ((pid % per_group) / gm) * BN;
+    raster_tile(pid, mt, ntl, m0, n0);
+    m0 *= BM;
+    n0 *= BN;
 }
 
 extern "C" __global__ void __launch_bounds__(128 * (NCW + 1), 1) gemm_fp8_tma_sm90(
@@ -73,13 +72,8 @@ extern "C" __global__ void __launch_bounds__(128 * (NCW + 1), 1) gemm_fp8_tma_sm
     const uint32_t full0 = smem_u32(Bs + STAGES * STAGE_B), empty0 = full0 + 8 * STAGES;
     const int mt = (M + BM - 1) / BM, ntl = (N + BN - 1) / BN, tiles = mt * ntl, nk = (K + BK - 1) / BK;
 
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; ++s) {
-            mbar_init(full0 + 8 * s, 1);   // the producer's arrive.expect_tx (+ the copies' bytes)
-            mbar_init(empty0 + 8 * s, 4 * NCW);  // one arrive per consumer warp
-        }
-        mbar_fence_init();
-    }
+    // full: the producer's arrive.expect_tx (+ the copies' bytes); empty: one arrive per consumer warp
+    if (threadIdx.x == 0) ring_init(full0, empty0, STAGES, 1, 4 * NCW);
     __syncthreads();
 
     const int wg = threadIdx.x / 128;
@@ -88,20 +82,15 @@ extern "C" __global__ void __launch_bounds__(128 * (NCW + 1), 1) gemm_fp8_tma_sm
         if (threadIdx.x == 0) {
             tma_map_acquire(map_a);
             tma_map_acquire(map_b);
-            uint32_t it = 0;
-            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-                int m0, n0;
-                tile_origin(tile, mt, ntl, m0, n0);
-                for (int kb = 0; kb < nk; ++kb, ++it) {
-                    const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
-                    mbar_wait(empty0 + 8 * s, ph ^ 1);
-                    mbar_arrive_expect_tx(full0 + 8 * s, STAGE_A + STAGE_B);
-                    tma_load_2d(smem_u32(As + s * STAGE_A), map_a, kb * BK, m0, full0 + 8 * s);
+            auto origin = [&](int tile, int& m0, int& n0) { tile_origin(tile, mt, ntl, m0, n0); };
+            for_each_block<STAGES>(tiles, 1, nk, nk, origin, [&](int m0, int n0, int kb, uint32_t s, uint32_t ph) {
+                mbar_wait(empty0 + 8 * s, ph ^ 1);
+                mbar_arrive_expect_tx(full0 + 8 * s, STAGE_A + STAGE_B);
+                tma_load_2d(smem_u32(As + s * STAGE_A), map_a, kb * BK, m0, full0 + 8 * s);
 #pragma unroll
-                    for (int h = 0; h < NH; ++h)  // W rows past N (or a whole box past N) are zero-filled
-                        tma_load_2d(smem_u32(Bs + s * STAGE_B + h * 128 * BK), map_b, kb * BK, n0 + h * 128, full0 + 8 * s);
-                }
-            }
+                for (int h = 0; h < NH; ++h)  // W rows past N (or a whole box past N) are zero-filled
+                    tma_load_2d(smem_u32(Bs + s * STAGE_B + h * 128 * BK), map_b, kb * BK, n0 + h * 128, full0 + 8 * s);
+            });
         }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 " STR(CONSUMER_REGS) ";\n");

@@ -78,12 +78,11 @@
 #endif
 [[maybe_unused]] constexpr int SC_STAGE = SC_WORDS * 4;
 
-// token tile m0 and W tile n0 of tile `pid`, in cta_tile's grouped raster order
+// token tile m0 and W tile n0 of tile `pid`, in cta_tile's grouped raster order (gemm_common.cuh)
 __device__ __forceinline__ void w16_tile_origin(int pid, int mt, int ntl, int& m0, int& n0) {
-    const int per_group = GROUP_M * ntl, first_m = (pid / per_group) * GROUP_M;
-    const int gm = min(mt - first_m, GROUP_M);
-    m0 = (first_m + (pid % per_group) % gm) * BT;
-    n0 = ((pid % per_group) / gm) * BNW;
+    raster_tile(pid, mt, ntl, m0, n0);
+    m0 *= BT;
+    n0 *= BNW;
 }
 
 #if SCHEME == 2
@@ -118,14 +117,10 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
     const int mt = (M + BT - 1) / BT, ntl = (N + BNW - 1) / BNW, nk = (K + BK - 1) / BK;
     const int units = mt * ntl * splits;  // unit u: output tile u / splits, k-blocks [kps * (u % splits), ...)
 
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; ++s) {
-            mbar_init(full0 + 8 * s, 33);  // the TMA thread's arrive.expect_tx + the 32 scale-copy lanes
-            mbar_init(empty0 + 8 * s, 8);  // one arrive per consumer warp
-        }
-        mbar_fence_init();
-    }
+    // full: the TMA thread's arrive.expect_tx + the 32 scale-copy lanes; empty: one arrive per consumer warp
+    if (threadIdx.x == 0) ring_init(full0, empty0, STAGES, 33, 8);
     __syncthreads();
+    auto origin = [&](int tile, int& m0, int& n0) { w16_tile_origin(tile, mt, ntl, m0, n0); };
 
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
@@ -133,67 +128,54 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
         if (threadIdx.x == 0) {
             tma_map_acquire(map_x);
             tma_map_acquire(map_w);
-            uint32_t it = 0;
-            for (int u = blockIdx.x; u < units; u += gridDim.x) {
-                int m0, n0;
-                w16_tile_origin(u / splits, mt, ntl, m0, n0);
-                const int kb1 = min(nk, kps * (u % splits + 1));
-                for (int kb = kps * (u % splits); kb < kb1; ++kb, ++it) {
-                    const uint32_t s = it % STAGES, ph = (it / STAGES) & 1, bar = full0 + 8 * s;
-                    mbar_wait(empty0 + 8 * s, ph ^ 1);
-                    mbar_arrive_expect_tx(bar, X_STAGE + W_STAGE);
-                    tma_load_2d(smem_u32(Xs + s * X_STAGE), map_x, kb * BK, m0, bar);  // box: 64 elements x BT rows
-                    tma_load_2d(smem_u32(Xs + s * X_STAGE + X_STAGE / 2), map_x, kb * BK + 64, m0, bar);
-                    tma_load_2d(smem_u32(Ws + s * W_STAGE), map_w, kb * WROW, n0, bar);
-                }
-            }
+            for_each_block<STAGES>(units, splits, kps, nk, origin, [&](int m0, int n0, int kb, uint32_t s, uint32_t ph) {
+                const uint32_t bar = full0 + 8 * s;
+                mbar_wait(empty0 + 8 * s, ph ^ 1);
+                mbar_arrive_expect_tx(bar, X_STAGE + W_STAGE);
+                tma_load_2d(smem_u32(Xs + s * X_STAGE), map_x, kb * BK, m0, bar);  // box: 64 elements x BT rows
+                tma_load_2d(smem_u32(Xs + s * X_STAGE + X_STAGE / 2), map_x, kb * BK + 64, m0, bar);
+                tma_load_2d(smem_u32(Ws + s * W_STAGE), map_w, kb * WROW, n0, bar);
+            });
         } else if (threadIdx.x >= 32 && threadIdx.x < 64) {
             // warp 1: the stage's scales, global -> shared with cp.async; each lane's copies complete an arrive
             // on full[s] (cp.async.mbarrier.arrive.noinc), so consumers see them with the TMA bytes
             const int lane = threadIdx.x - 32;
-            uint32_t it = 0;
-            for (int u = blockIdx.x; u < units; u += gridDim.x) {
-                int m0, n0;
-                w16_tile_origin(u / splits, mt, ntl, m0, n0);
-                const int kb1 = min(nk, kps * (u % splits + 1));
-                for (int kb = kps * (u % splits); kb < kb1; ++kb, ++it) {
-                    const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
-                    mbar_wait(empty0 + 8 * s, ph ^ 1);
-                    uint32_t* st = Ss + s * SC_WORDS;
+            for_each_block<STAGES>(units, splits, kps, nk, origin, [&](int m0, int n0, int kb, uint32_t s, uint32_t ph) {
+                mbar_wait(empty0 + 8 * s, ph ^ 1);
+                uint32_t* st = Ss + s * SC_WORDS;
 #if SCHEME == 3
-                    const int groups = K / INT4_GROUP, gi0 = min(kb * GPB, groups - GPB);
-                    const uint16_t* sc = static_cast<const uint16_t*>(wscale);
+                const int groups = K / INT4_GROUP, gi0 = min(kb * GPB, groups - GPB);
+                const uint16_t* sc = static_cast<const uint16_t*>(wscale);
 #pragma unroll
-                    for (int i = 0; i < BNW / 32; ++i) {
-                        const int r = lane + 32 * i, n = min(n0 + r, N - 1);
-                        const uint16_t* e = sc + (size_t)n * groups + gi0;  // the first scale; its word:
-                        const uint32_t* w0 = reinterpret_cast<const uint32_t*>(reinterpret_cast<uintptr_t>(e) & ~(uintptr_t)3);
+                for (int i = 0; i < BNW / 32; ++i) {
+                    const int r = lane + 32 * i, n = min(n0 + r, N - 1);
+                    const uint16_t* e = sc + (size_t)n * groups + gi0;  // the first scale; its word:
+                    const uint32_t* w0 = reinterpret_cast<const uint32_t*>(reinterpret_cast<uintptr_t>(e) & ~(uintptr_t)3);
 #pragma unroll
-                        for (int q = 0; q < SW; ++q) cp_async4(st + r * SW + q, w0 + q);
-                    }
-                    if (wzero != nullptr && lane < BNW / 8) {
-                        const int n = min(n0 + 8 * lane, N - 1);
-#pragma unroll
-                        for (int q = 0; q < GPB; ++q)
-                            cp_async4(st + BNW * SW + lane * GPB + q, wzero + (size_t)(n >> 3) * groups + gi0 + q);
-                    }
-#elif SCHEME == 2
-                    const int kg = K / 16, gi0 = min(kb * 8, kg - 8);
-                    const uint8_t* sc = static_cast<const uint8_t*>(wscale);
-#pragma unroll
-                    for (int i = 0; i < BNW / 32; ++i) {
-                        const int r = lane + 32 * i, n = min(n0 + r, N - 1);
-                        const uint8_t* e = sc + (size_t)n * kg + gi0;
-                        const uint32_t* w0 = reinterpret_cast<const uint32_t*>(reinterpret_cast<uintptr_t>(e) & ~(uintptr_t)3);
-#pragma unroll
-                        for (int q = 0; q < SW; ++q) cp_async4(st + r * SW + q, w0 + q);
-                    }
-#else
-                    if (lane == 0) cp_async4(st, static_cast<const float*>(wscale) + (size_t)(n0 / 128) * nk + kb);
-#endif
-                    cp_async_mbar_arrive(full0 + 8 * s);
+                    for (int q = 0; q < SW; ++q) cp_async4(st + r * SW + q, w0 + q);
                 }
-            }
+                if (wzero != nullptr && lane < BNW / 8) {
+                    const int n = min(n0 + 8 * lane, N - 1);
+#pragma unroll
+                    for (int q = 0; q < GPB; ++q)
+                        cp_async4(st + BNW * SW + lane * GPB + q, wzero + (size_t)(n >> 3) * groups + gi0 + q);
+                }
+#elif SCHEME == 2
+                const int kg = K / 16, gi0 = min(kb * 8, kg - 8);
+                const uint8_t* sc = static_cast<const uint8_t*>(wscale);
+#pragma unroll
+                for (int i = 0; i < BNW / 32; ++i) {
+                    const int r = lane + 32 * i, n = min(n0 + r, N - 1);
+                    const uint8_t* e = sc + (size_t)n * kg + gi0;
+                    const uint32_t* w0 = reinterpret_cast<const uint32_t*>(reinterpret_cast<uintptr_t>(e) & ~(uintptr_t)3);
+#pragma unroll
+                    for (int q = 0; q < SW; ++q) cp_async4(st + r * SW + q, w0 + q);
+                }
+#else
+                if (lane == 0) cp_async4(st, static_cast<const float*>(wscale) + (size_t)(n0 / 128) * nk + kb);
+#endif
+                cp_async_mbar_arrive(full0 + 8 * s);
+            });
         }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");

@@ -58,4 +58,30 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int c
         "l"(map), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
 }
+
+// the STAGES full and empty barriers of a ring at full0 / empty0 (8 bytes apart), by one thread, made visible
+// to the copy engine; the caller syncs the CTA afterwards
+__device__ __forceinline__ void ring_init(uint32_t full0, uint32_t empty0, int stages, uint32_t full_count,
+                                         uint32_t empty_count) {
+    for (int s = 0; s < stages; ++s) {
+        mbar_init(full0 + 8 * s, full_count);
+        mbar_init(empty0 + 8 * s, empty_count);
+    }
+    mbar_fence_init();
+}
+
+// A persistent CTA's k-blocks in ring order: work units u = blockIdx.x, + gridDim.x, ... below `units`; unit u
+// is output tile u / splits (origin(tile, m0, n0) gives its corner) and its k-blocks [kps * (u % splits),
+// min(nk, kps * (u % splits + 1))). Calls f(m0, n0, kb, stage, phase) for each, with the stage and phase of a
+// ring of RING stages that every role of the CTA walks in this same order.
+template <int RING, class Origin, class F>
+__device__ __forceinline__ void for_each_block(int units, int splits, int kps, int nk, Origin origin, F f) {
+    uint32_t it = 0;
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        int m0, n0;
+        origin(u / splits, m0, n0);
+        const int kb1 = min(nk, kps * (u % splits + 1));
+        for (int kb = kps * (u % splits); kb < kb1; ++kb, ++it) f(m0, n0, kb, it % RING, (it / RING) & 1);
+    }
+}
 #endif
