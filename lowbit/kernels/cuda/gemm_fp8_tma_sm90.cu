@@ -7,21 +7,23 @@
 // swizzle, zero fill past M, N and K), so K % 16 == 0 and 16-byte-aligned bases are required.
 // Reference: the dequantized operands, float64 matmul (lowbit.verify.reference).
 //
-// CTA = 3 warpgroups, persistent (grid <= SMs; CTA b takes output tiles b, b + grid, ... in the grouped
-// raster order of cta_tile, gemm_common.cuh); output tile 128 x BN (BN = 128 or 256). Warpgroup 0 is the
-// producer: one thread issues, per 128-K block, the TMA copies of the A tile (128 x 128) and the B tile
-// (BN x 128, in 128-row boxes) into a STAGES-deep ring (tma_sm90.cuh's full/empty mbarriers), running
-// ahead across tile boundaries. Warpgroups 1 and 2 are the consumers, 64 output rows each: per k-block and
-// 128-column half, four wgmma m64n128k32 (both operands from the 128-byte-swizzled stage) into a
-// temporary, then the DeepSeek-V3 promotion acc += tmp * xs * ws in fp32; the stage is released as soon
-// as the last wgmmas have read it. While one consumer promotes, the other's wgmmas keep the tensor cores
-// busy. Registers: setmaxnreg gives the producer 40 and the consumers 232 (acc BN/2 floats, tmp 64).
-// The epilogue writes bf16 from registers while the producer already fills the ring with the next tile.
-// Why BN = 256 can pay: at 128 x 128 the ring moves 32 KB from L2 per 4.2 MFLOP, which at cuBLASLt's
-// rate would be ~16 TB/s of L2 reads; 128 x 256 moves 48 KB per 8.4 MFLOP.
-// Only sm_90a has wgmma: elsewhere the body is empty and the launcher (lowbit/kernels/gemm.py) never
-// picks this kernel.
-// Launch: grid (min(tiles, SMs)), block 384, dynamic smem STAGES * (128 + BN) * 128 + 2048.
+// CTA = 1 producer + NCW consumer warpgroups (NCW = 2, or 3 for 192-row tiles), persistent (grid <= SMs; CTA b
+// takes output tiles b, b + grid, ... in the grouped raster order of cta_tile, gemm_common.cuh); output tile
+// (64 * NCW) x BN (BN = 128 or 256). The producer warpgroup's one thread issues, per 128-K block, the TMA
+// copies of the A tile and of the B tile (in 128-row boxes) into a STAGES-deep ring (tma_sm90.cuh's
+// full/empty mbarriers), running ahead across tile boundaries. Each consumer owns 64 output rows: per k-block
+// and 128-column half, four wgmma m64n128k32 (both operands from the 128-byte-swizzled stage) into a
+// temporary, then the DeepSeek-V3 promotion acc += tmp * xs * ws in fp32; the stage is released as soon as
+// its wgmmas have read it. PIPE = U > 0 (BN = 128, NCW = 2): two k-blocks in flight per consumer (two
+// temporaries), in straight-line runs of U blocks (see the comment at the loop). Registers: setmaxnreg
+// gives the producer 40 and the consumers 232 (NCW = 2; 24 / 160 for NCW = 3). The epilogue writes bf16
+// from registers while the producer already fills the ring with the next tile.
+// Measured on H200 (benchmarks/RESULTS.md, 2026-11-27): 128 x 128 with PIPE = 4 (the launcher's default)
+// beat 128 x 256 without pipelining and the 192-row three-consumer tile.
+// Preconditions (launcher, lowbit/kernels/gemm.py): dense (no expert groups), K % 16 == 0, 16-byte aligned
+// xq and W, tensor maps of boxes (64 * NCW) x 128 (A) and 128 x 128 (B).
+// Only sm_90a has wgmma: elsewhere the body is empty and the launcher never picks this kernel.
+// Launch: grid (min(tiles, SMs)), block 128 * (NCW + 1), dynamic smem STAGES * (64 * NCW + BN) * 128 + 2048.
 #include "gemm_sm90.cuh"
 #include "tma_sm90.cuh"
 
