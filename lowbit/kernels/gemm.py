@@ -21,6 +21,7 @@ LOWBIT_GEMM_TMA=0 turns both off.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -246,26 +247,52 @@ class W16Plan:
     kps: int  # 128-K blocks per split
 
 
+#: how much faster a 256-token tile computes than a 128-token one once both fill the GPU (4-bit weights;
+#: H200, 2026-11-27: int4 600-660 vs 470-520 TFLOPS, nvfp4 ~500 vs ~350)
+BT256_GAIN = 1.2
+
+
+def _wave_eff(units: int) -> float:
+    """Busy fraction of the SMs over the rounds a persistent grid needs for `units` work units."""
+    waves = units / _num_sms()
+    return waves / math.ceil(waves)
+
+
 def tma_w16_plan(w: GpuWeight, rows: int) -> W16Plan:
-    """Tile, pipeline and split-K of gemm_w16_tma_sm90 for this weight and M. Split K while the output tiles
-    fill fewer than all SMs: about two work units per SM, at least 4 k-blocks each.
+    """Tile, pipeline and split-K of gemm_w16_tma_sm90 for this weight and M.
+
+    M <= 64: the smallest token tile that holds M, K split into about two work units per SM (streaming the
+    weight is the work; the partials are small). M > 64: 128- or 256-token tiles (4-bit weights), whichever
+    keeps the SMs busier over the persistent rounds (256 counted BT256_GAIN faster, the padding of a ragged
+    last token tile counted as waste); K is split only while the tiles fill less than one wave and M <= 256,
+    since the fp32 partials cost M x N x 8 bytes of traffic per split.
     LOWBIT_TMA_W16="stages,run,tokens[,splits]" overrides (benchmarks, tests)."""
     import os
 
     nk = -(-w.k // 128)
+    nt = -(-w.n // 128)
     v = os.environ.get("LOWBIT_TMA_W16")
     if v:
         parts = [int(p) for p in v.split(",")]
         stages, run, bt = parts[:3]
         splits = parts[3] if len(parts) > 3 else 0
     else:
-        bt = next(b for b in (16, 32, 64, 128) if rows <= b or b == 128)
-        if bt == 128 and w.scheme != "fp8-block" and -(-rows // 256) * -(-w.n // 128) >= _num_sms():
-            bt = 256
+        if rows <= 64:
+            bt = next(b for b in (16, 32, 64) if rows <= b)
+        else:
+            def score(b: int) -> float:
+                m_tiles = -(-rows // b)
+                return _wave_eff(m_tiles * nt) * rows / (m_tiles * b) * (BT256_GAIN if b == 256 else 1.0)
+
+            bt = max((128, 256) if w.scheme != "fp8-block" else (128,), key=score)
         stages, run, splits = TMA_W16_STAGES[(w.scheme, bt)], TMA_W16_RUN, 0
     if not splits:
-        tiles = -(-rows // bt) * -(-w.n // 128)
-        splits = 1 if tiles >= _num_sms() else max(1, min(nk // 4, -(-2 * _num_sms() // tiles)))
+        tiles = -(-rows // bt) * nt
+        splits = 1
+        if rows <= 64 and tiles < _num_sms():
+            splits = max(1, min(nk // 4, -(-2 * _num_sms() // tiles)))
+        elif rows <= 256 and tiles < _num_sms():
+            splits = max(1, min(nk // 4, -(-_num_sms() // tiles)))
     kps = -(-nk // splits)
     return W16Plan(stages, run, bt, -(-nk // kps), kps)
 

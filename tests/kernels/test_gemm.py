@@ -230,3 +230,32 @@ def test_gemm_w16_tma_split_k(monkeypatch, scheme, opts, m, n, k):
     if nk >= 8:
         assert p.splits > 1
     _check_every_row(w, dense, m, "bf16", 3)
+
+
+def test_tma_w16_plan(monkeypatch):
+    # the weight-only TMA kernel's tile / split choice (CPU): 256-token tiles where they keep the SMs busy,
+    # 128 where 256 would leave a mostly idle second round, no split-K above M = 256 (the fp32 partials cost
+    # M x N x 8 bytes each), split-K for small M
+    from types import SimpleNamespace
+
+    from lowbit.kernels import gemm as G
+
+    monkeypatch.setattr(G, "_num_sms", lambda: 132)
+    monkeypatch.delenv("LOWBIT_TMA_W16", raising=False)
+
+    def plan(scheme, n, k, m):
+        return G.tma_w16_plan(SimpleNamespace(scheme=scheme, n=n, k=k), m)
+
+    assert (plan("int4", 29568, 8192, 4096).bt, plan("int4", 29568, 8192, 4096).splits) == (256, 1)
+    assert plan("int4", 5120, 2048, 1024).bt == 128  # 256: 160 tiles = 1.2 waves
+    assert plan("int4", 3584, 18944, 1024).bt == 256  # 112 tiles, one round, vs 224 = 1.7 rounds
+    assert plan("int4", 2048, 4096, 1024).splits == 1  # 128 tiles: no split-K at M = 1024
+    assert plan("fp8-block", 29568, 8192, 4096).bt == 128
+    p = plan("nvfp4", 2048, 4096, 256)
+    assert p.bt == 128 and p.splits > 1 and (p.splits - 1) * p.kps < 32 <= p.splits * p.kps
+    p = plan("int4", 4096, 14336, 16)
+    assert p.bt == 16 and (p.splits * 32 >= 2 * 132 or p.kps == 4)
+    for m in (1, 16, 17, 64, 65, 200, 1000, 5000):
+        p = plan("int4", 4096, 4096, m)
+        assert p.bt in (16, 32, 64, 128, 256) and p.bt >= min(m, 16) and (p.bt >= m or p.bt >= 128)
+        assert (p.splits - 1) * p.kps < 32 <= p.splits * p.kps
