@@ -315,7 +315,10 @@ def _tma_w16_kernel(scheme: str, group: int, stages: int, run: int, bt: int):
 
 
 def use_tma_w16(w: GpuWeight, rows: int) -> bool:
-    """Whether a dense weight-only GEMM goes to gemm_w16_tma_sm90 (fp8-block / nvfp4 / int4 on sm_90a, TMA-legal)."""
+    """Whether a dense weight-only GEMM goes to gemm_w16_tma_sm90 (fp8-block / nvfp4 / int4 on sm_90a, TMA-legal).
+
+    K >= 128: the kernel stages the scales of whole 128-K blocks (a block's first group is clamped to
+    K/G - 128/G, negative below one block); smaller K runs the other kernels."""
     import os
 
     if not _sm90_available() or os.environ.get("LOWBIT_GEMM_TMA", "1") == "0":
@@ -325,7 +328,7 @@ def use_tma_w16(w: GpuWeight, rows: int) -> bool:
     if w.scheme == "int4" and w.k % w.group_size:
         return False
     main = w.tensors["weight" if w.scheme == "fp8-block" else "weight_packed"]
-    return rows > 0 and w.k % 32 == 0 and main.data.ptr % 16 == 0
+    return rows > 0 and w.k >= 128 and w.k % 32 == 0 and main.data.ptr % 16 == 0
 
 
 def _launch_tma_w16(w: GpuWeight, x, y, rows: int) -> None:

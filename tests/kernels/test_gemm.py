@@ -259,3 +259,31 @@ def test_tma_w16_plan(monkeypatch):
         p = plan("int4", 4096, 4096, m)
         assert p.bt in (16, 32, 64, 128, 256) and p.bt >= min(m, 16) and (p.bt >= m or p.bt >= 128)
         assert (p.splits - 1) * p.kps < 32 <= p.splits * p.kps
+
+
+def test_use_tma_w16_guards(monkeypatch):
+    # CPU: which weights the weight-only TMA kernel takes (K >= 128 and K % 32 == 0, int4 K % G == 0, dense,
+    # 16-byte aligned), and LOWBIT_GEMM_TMA=0
+    from types import SimpleNamespace
+
+    from lowbit.kernels import gemm as G
+
+    monkeypatch.setattr(G, "_sm90_available", lambda: True)
+    monkeypatch.delenv("LOWBIT_GEMM_TMA", raising=False)
+
+    def weight(scheme, k, group=128, experts=None, ptr=4096):
+        main = "weight" if scheme == "fp8-block" else "weight_packed"
+        return SimpleNamespace(scheme=scheme, k=k, group_size=group, experts=experts,
+                               tensors={main: SimpleNamespace(data=SimpleNamespace(ptr=ptr))})
+
+    assert G.use_tma_w16(weight("int4", 256), 64)
+    assert G.use_tma_w16(weight("nvfp4", 1056), 1)
+    assert not G.use_tma_w16(weight("int4", 96, group=32), 64)  # K < 128
+    assert not G.use_tma_w16(weight("nvfp4", 64), 64)
+    assert not G.use_tma_w16(weight("int4", 320, group=128), 64)  # K % G
+    assert not G.use_tma_w16(weight("fp8-block", 200), 64)  # K % 32
+    assert not G.use_tma_w16(weight("fp8-block", 256, experts=4), 64)
+    assert not G.use_tma_w16(weight("fp8-block", 256, ptr=4104), 64)
+    assert not G.use_tma_w16(weight("bf16", 256), 64)
+    monkeypatch.setenv("LOWBIT_GEMM_TMA", "0")
+    assert not G.use_tma_w16(weight("int4", 256), 64)
