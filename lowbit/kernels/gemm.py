@@ -10,12 +10,14 @@ Paths (the weight is never repacked):
 Tiles, pipeline depth and split-K come from `_TILES` / `plan()` (a small table by M; split-K when the
 output tiles cannot fill the GPU). On sm_90a the 128-row tiles run the warpgroup-MMA twins
 (gemm_w16_sm90.cu / gemm_fp8_sm90.cu: wgmma, 4-stage cp.async ring, 128x128 tiles); LOWBIT_GEMM_SM90=0
-forces the mma.sync kernels. A dense W8A8 GEMM whose 128x128 output tiles fill every SM at least once
-runs gemm_fp8_tma_sm90.cu instead (persistent, a TMA producer warpgroup and two wgmma consumer
-warpgroups, 6-stage mbarrier ring), and a dense fp8-block / nvfp4 / int4 weight-only one gemm_w16_tma_sm90.cu
-(the same frame; the weight dequantized in registers as wgmma's A operand, y^T = W x^T);
-LOWBIT_GEMM_TMA=0 turns both off.
-`launch()` with groups= runs the same kernels over MoE rows sorted by expert.
+forces the mma.sync kernels.
+On sm_90a, dense GEMMs go to the TMA warp-specialized kernels first (LOWBIT_GEMM_TMA=0 turns them off):
+  W8A8 whose 128x128 output tiles fill every SM      gemm_fp8_tma_sm90.cu: persistent, a TMA producer
+                                                     warpgroup, two wgmma consumers, 6-stage mbarrier ring
+  fp8-block / nvfp4 / int4 weight-only, K >= 128     gemm_w16_tma_sm90.cu: the same frame, the weight
+                                                     dequantized in registers as wgmma's A operand
+                                                     (y^T = W x^T); tiles and split-K from tma_w16_plan()
+`launch()` with groups= runs the older kernels over MoE rows sorted by expert.
 """
 
 from __future__ import annotations
