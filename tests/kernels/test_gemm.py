@@ -287,3 +287,13 @@ def test_use_tma_w16_guards(monkeypatch):
     assert not G.use_tma_w16(weight("bf16", 256), 64)
     monkeypatch.setenv("LOWBIT_GEMM_TMA", "0")
     assert not G.use_tma_w16(weight("int4", 256), 64)
+
+
+def test_tma_map_arguments_are_checked():
+    # CPU: a tensor map needs a 16-byte aligned base and row stride; the error says which (before the driver)
+    from lowbit.kernels import tma
+
+    with pytest.raises(KernelError, match="16-byte aligned"):
+        tma.encode_2d(8, 128, 256, 128, 128)
+    with pytest.raises(KernelError, match="40 bytes a row"):
+        tma.encode_2d(4096, 128, 20, 128, 64, elem_bytes=2)
