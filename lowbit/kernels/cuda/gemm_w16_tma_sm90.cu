@@ -103,6 +103,30 @@ __device__ __forceinline__ uint32_t int4_pair(uint32_t x, uint32_t c2, uint32_t 
 }
 #endif
 
+// The A fragments of a 4-bit k-block (int4 and nvfp4 share the byte layout: two elements a byte, the low
+// nibble first): rows a = r0 and b = r0 + 8 of the raw W tile, 64 bytes a row at pa / pb. Step st's fragment
+// takes byte t of words 2st and 2st + 1 (k = 16st + 2t, 2t + 1 and 16st + 8 + 2t, 2t + 1); pair(x, row, st)
+// decodes the nibble pair in the low byte of x for row 0 (a) or 1 (b).
+template <class Pair>
+__device__ __forceinline__ void decode_4bit(uint32_t (&A)[8][4], const uint8_t* pa, const uint8_t* pb, int t,
+                                            Pair pair) {
+#pragma unroll
+    for (int h = 0; h < 4; ++h) {  // 16 bytes = words of steps 2h (x, y) and 2h + 1 (z, w)
+        const uint4 qa = *reinterpret_cast<const uint4*>(pa + 16 * h);
+        const uint4 qb = *reinterpret_cast<const uint4*>(pb + 16 * h);
+        const uint32_t wa[4] = {qa.x >> (8 * t), qa.y >> (8 * t), qa.z >> (8 * t), qa.w >> (8 * t)};
+        const uint32_t wb[4] = {qb.x >> (8 * t), qb.y >> (8 * t), qb.z >> (8 * t), qb.w >> (8 * t)};
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int st = 2 * h + e;
+            A[st][0] = pair(wa[2 * e], 0, st);
+            A[st][1] = pair(wb[2 * e], 1, st);
+            A[st][2] = pair(wa[2 * e + 1], 0, st);
+            A[st][3] = pair(wb[2 * e + 1], 1, st);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
     const void* __restrict__ map_x, const void* __restrict__ map_w, const void* __restrict__ wscale,
     const int* __restrict__ wzero, const float* __restrict__ wglobal, bf16* __restrict__ y,
@@ -218,23 +242,10 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
                     ca[q] = (0x4300u | za) * 0x10001u;
                     cb[q] = (0x4300u | zb) * 0x10001u;
                 }
-                const uint8_t* pa = w + r0 * WROW;
-                const uint8_t* pb = pa + 8 * WROW;
-#pragma unroll
-                for (int h = 0; h < 4; ++h) {  // 16 bytes = words of steps 2h (x, y) and 2h + 1 (z, w)
-                    const uint4 qa = *reinterpret_cast<const uint4*>(pa + 16 * h);
-                    const uint4 qb = *reinterpret_cast<const uint4*>(pb + 16 * h);
-                    const uint32_t wa[4] = {qa.x >> (8 * t), qa.y >> (8 * t), qa.z >> (8 * t), qa.w >> (8 * t)};
-                    const uint32_t wb[4] = {qb.x >> (8 * t), qb.y >> (8 * t), qb.z >> (8 * t), qb.w >> (8 * t)};
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int st = 2 * h + e, q = st * 16 / INT4_GROUP;  // the step's group in the block
-                        A[st][0] = int4_pair(wa[2 * e], ca[q], sa[q]);
-                        A[st][1] = int4_pair(wb[2 * e], cb[q], sb[q]);
-                        A[st][2] = int4_pair(wa[2 * e + 1], ca[q], sa[q]);
-                        A[st][3] = int4_pair(wb[2 * e + 1], cb[q], sb[q]);
-                    }
-                }
+                decode_4bit(A, w + r0 * WROW, w + (r0 + 8) * WROW, t, [&](uint32_t x, int row, int st) {
+                    const int q = st * 16 / INT4_GROUP;  // the step's group in the block
+                    return row ? int4_pair(x, cb[q], sb[q]) : int4_pair(x, ca[q], sa[q]);
+                });
 #elif SCHEME == 2
                 const int kg = K / 16, gi0 = min(kb * 8, kg - 8);
                 const uint8_t* pa8 = reinterpret_cast<const uint8_t*>(sc + r0 * SW) + (((size_t)na * kg + gi0) & 3);
@@ -251,23 +262,9 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
                     sa[q] = __byte_perm(s2, 0, 0x1010);
                     sb[q] = __byte_perm(s2, 0, 0x3232);
                 }
-                const uint8_t* pa = w + r0 * WROW;
-                const uint8_t* pb = pa + 8 * WROW;
-#pragma unroll
-                for (int h = 0; h < 4; ++h) {  // 16 bytes = steps 2h (bytes 0..7) and 2h + 1 (8..15)
-                    const uint4 qa = *reinterpret_cast<const uint4*>(pa + 16 * h);
-                    const uint4 qb = *reinterpret_cast<const uint4*>(pb + 16 * h);
-                    const uint32_t wa[4] = {qa.x >> (8 * t), qa.y >> (8 * t), qa.z >> (8 * t), qa.w >> (8 * t)};
-                    const uint32_t wb[4] = {qb.x >> (8 * t), qb.y >> (8 * t), qb.z >> (8 * t), qb.w >> (8 * t)};
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int st = 2 * h + e;  // step st = group st of the block
-                        A[st][0] = e2m1_pair(wa[2 * e], sa[st]);
-                        A[st][1] = e2m1_pair(wb[2 * e], sb[st]);
-                        A[st][2] = e2m1_pair(wa[2 * e + 1], sa[st]);
-                        A[st][3] = e2m1_pair(wb[2 * e + 1], sb[st]);
-                    }
-                }
+                decode_4bit(A, w + r0 * WROW, w + (r0 + 8) * WROW, t, [&](uint32_t x, int row, int st) {
+                    return e2m1_pair(x, row ? sb[st] : sa[st]);  // step st = group st of the block
+                });
 #else
                 const float s = __uint_as_float(sc[0]);
                 const uint8_t* pa = w + r0 * WROW;
