@@ -107,6 +107,14 @@ SM90_STAGES = 4
 SM90_W16 = (3, 2, 128)  # measured on H200 2026-11-26: (3, 2) 350-407 TFLOPS vs (4, 1) 270-290 for fp8 W8A16
 
 
+def _env_ints(name: str, default: tuple) -> tuple:
+    """A comma-separated list of ints from the environment (benchmark / test overrides), else default."""
+    import os
+
+    v = os.environ.get(name)
+    return tuple(int(p) for p in v.split(",")) if v else default
+
+
 @functools.lru_cache(maxsize=None)
 def _sm90_available() -> bool:
     import os
@@ -120,10 +128,8 @@ SM90_FP8 = (2, 1, 4)
 
 @functools.lru_cache(maxsize=None)
 def _sm90_fp8_cfg() -> tuple[int, int, int]:
-    import os
 
-    v = os.environ.get("LOWBIT_SM90_FP8")
-    return tuple(int(p) for p in v.split(",")) if v else SM90_FP8
+    return _env_ints("LOWBIT_SM90_FP8", SM90_FP8)
 
 
 def effective_bm(kind: str, t: Tile) -> int:
@@ -135,10 +141,8 @@ def effective_bm(kind: str, t: Tile) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _sm90_w16_cfg() -> tuple[int, int, int]:
-    import os
 
-    v = os.environ.get("LOWBIT_SM90_W16")
-    cfg = tuple(int(p) for p in v.split(",")) if v else SM90_W16
+    cfg = _env_ints("LOWBIT_SM90_W16", SM90_W16)
     return (cfg + (128,))[:3]
 
 
@@ -176,16 +180,21 @@ def _sm90_kernel(kind: str, scheme_id: int = 0, group: int = 128):
     return f
 
 
+def _tma_on() -> bool:
+    """The TMA warp-specialized kernels: sm_90a, and not turned off with LOWBIT_GEMM_TMA=0."""
+    import os
+
+    return _sm90_available() and os.environ.get("LOWBIT_GEMM_TMA", "1") != "0"
+
+
 #: gemm_fp8_tma_sm90 configuration: (BN, stages, PIPE run length or 0, consumer warpgroups);
 #: LOWBIT_TMA_FP8="256,4,0,2" overrides (benchmarks)
 TMA_FP8 = (128, 6, 4, 2)
 
 
 def _tma_fp8_cfg() -> tuple[int, int, int, int]:
-    import os
 
-    v = os.environ.get("LOWBIT_TMA_FP8")
-    return tuple(int(p) for p in v.split(",")) if v else TMA_FP8
+    return _env_ints("LOWBIT_TMA_FP8", TMA_FP8)
 
 
 def _tma_fp8_smem(bn: int, stages: int, ncw: int) -> int:
@@ -207,11 +216,8 @@ def _tma_fp8_tiles(rows: int, n: int) -> int:
 
 def use_tma_fp8(w: GpuWeight, rows: int, splits: int, gate=None, groups=None) -> bool:
     """Whether a W8A8 launch goes to gemm_fp8_tma_sm90 (dense, no split-K, tiles >= SMs, TMA-legal)."""
-    import os
 
-    if groups is not None or gate is not None or splits != 1 or not _sm90_available():
-        return False
-    if os.environ.get("LOWBIT_GEMM_TMA", "1") == "0":
+    if groups is not None or gate is not None or splits != 1 or not _tma_on():
         return False
     wq = w.tensors["weight"]
     return w.k % 16 == 0 and wq.data.ptr % 16 == 0 and _tma_fp8_tiles(rows, w.n) >= _num_sms()
@@ -269,13 +275,11 @@ def tma_w16_plan(w: GpuWeight, rows: int) -> W16Plan:
     last token tile counted as waste); K is split only while the tiles fill less than one wave and M <= 256,
     since the fp32 partials cost M x N x 8 bytes of traffic per split.
     LOWBIT_TMA_W16="stages,run,tokens[,splits]" overrides (benchmarks, tests)."""
-    import os
 
     nk = -(-w.k // 128)
     nt = -(-w.n // 128)
-    v = os.environ.get("LOWBIT_TMA_W16")
-    if v:
-        parts = [int(p) for p in v.split(",")]
+    parts = _env_ints("LOWBIT_TMA_W16", ())
+    if parts:
         stages, run, bt = parts[:3]
         splits = parts[3] if len(parts) > 3 else 0
     else:
@@ -321,9 +325,8 @@ def use_tma_w16(w: GpuWeight, rows: int) -> bool:
 
     K >= 128: the kernel stages the scales of whole 128-K blocks (a block's first group is clamped to
     K/G - 128/G, negative below one block); smaller K runs the other kernels."""
-    import os
 
-    if not _sm90_available() or os.environ.get("LOWBIT_GEMM_TMA", "1") == "0":
+    if not _tma_on():
         return False
     if w.scheme not in ("fp8-block", "nvfp4", "int4") or w.experts is not None:
         return False
