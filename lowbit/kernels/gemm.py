@@ -128,7 +128,6 @@ SM90_FP8 = (2, 1, 4)
 
 @functools.lru_cache(maxsize=None)
 def _sm90_fp8_cfg() -> tuple[int, int, int]:
-
     return _env_ints("LOWBIT_SM90_FP8", SM90_FP8)
 
 
@@ -141,7 +140,6 @@ def effective_bm(kind: str, t: Tile) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _sm90_w16_cfg() -> tuple[int, int, int]:
-
     cfg = _env_ints("LOWBIT_SM90_W16", SM90_W16)
     return (cfg + (128,))[:3]
 
@@ -193,7 +191,6 @@ TMA_FP8 = (128, 6, 4, 2)
 
 
 def _tma_fp8_cfg() -> tuple[int, int, int, int]:
-
     return _env_ints("LOWBIT_TMA_FP8", TMA_FP8)
 
 
@@ -216,7 +213,6 @@ def _tma_fp8_tiles(rows: int, n: int) -> int:
 
 def use_tma_fp8(w: GpuWeight, rows: int, splits: int, gate=None, groups=None) -> bool:
     """Whether a W8A8 launch goes to gemm_fp8_tma_sm90 (dense, no split-K, tiles >= SMs, TMA-legal)."""
-
     if groups is not None or gate is not None or splits != 1 or not _tma_on():
         return False
     wq = w.tensors["weight"]
