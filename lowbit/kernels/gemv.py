@@ -20,7 +20,7 @@ from lowbit.kernels.weights import GpuWeight
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
 #: compile-time knobs of cuda/common.cuh (see its header) and their defaults
-TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0, "GEMV_MAXREG": 0}
+TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0, "GEMV_MAXREG": 0, "GEMV_XL1PF": 0}
 #: per weight scheme: the knobs measured best on H200 (benchmarks/gemv_variants.py, RESULTS.md); the env
 #: variables LOWBIT_<KNOB> (LOWBIT_GEMV_UNROLL=3 ...) override them for experiments.
 COMPILE_TUNING = {"bf16": {"GEMV_MIN_BLOCKS": 3, "GEMV_UNROLL": 2}, "fp8-block": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2},
@@ -33,6 +33,14 @@ UNROLL = 2  # the planner's minimum work per warp (iterations), whatever the com
 #: ~67 % (benchmarks/RESULTS.md, 2026-11-27 07:19 session): the per-element mma / x-fragment work and the
 #: register-held loads limit them more than the decode arithmetic.
 VARIANTS = {"fp8-block": ({"GEMV_MAXREG": 96},)}
+#: the TMA-fed dense GEMV build (cuda/common.cuh, gemv_tma_body): a ring of GEMV_TMA stages in shared memory
+#: filled by the bulk tensor copy, GEMV_TMA_SIDE stages of scales ahead in registers. Its configs enter the
+#: first-call autotuner as (row tiles, 1, splits, TMA_VARIANT). LOWBIT_GEMV_TMA=0 leaves it out;
+#: LOWBIT_GEMV_TMA="S,side,min_blocks" overrides the build.
+TMA_BUILD = {"GEMV_TMA": 4, "GEMV_TMA_SIDE": 2, "GEMV_MIN_BLOCKS": 2, "GEMV_XL1PF": 0}
+TMA_VARIANT = -1
+#: (row tiles, splits) of the TMA build that the autotuner tries
+TMA_CANDIDATES = ((8, 1), (8, 2), (8, 4), (4, 1), (4, 2), (4, 4), (4, 8))
 
 
 def compile_defines(scheme: str, variant: int = 0) -> dict:
@@ -41,9 +49,31 @@ def compile_defines(scheme: str, variant: int = 0) -> dict:
     d = {"GEMV_WARPS": WARPS}
     for knob, default in TUNABLES.items():
         d[knob] = int(os.environ.get("LOWBIT_" + knob, COMPILE_TUNING[scheme].get(knob, default)))
-    if variant:
+    if variant == TMA_VARIANT:
+        d.update(tma_build())
+    elif variant:
         d.update(VARIANTS[scheme][variant - 1])
     return d
+
+
+def tma_build() -> dict:
+    """TMA_BUILD with the LOWBIT_GEMV_TMA override ("S,side,min_blocks[,xl1pf,maxreg]"); {} where it is off."""
+    env = os.environ.get("LOWBIT_GEMV_TMA", "")
+    if env == "0":
+        return {}
+    if not env:
+        return dict(TMA_BUILD)
+    try:
+        vals = [int(v) for v in env.split(",")]
+    except ValueError:
+        raise KernelError(f"LOWBIT_GEMV_TMA={env!r}: expected 0 or 'stages,side,min_blocks[,xl1pf,maxreg]' integers") from None
+    return {**TMA_BUILD, **dict(zip(("GEMV_TMA", "GEMV_TMA_SIDE", "GEMV_MIN_BLOCKS", "GEMV_XL1PF", "GEMV_TMA_MAXREG"), vals))}
+
+
+def tma_smem_bytes(scheme: str, row_tiles: int) -> int:
+    """Dynamic shared memory of a TMA GEMV CTA: stages x unroll x [16 * row tiles rows x 64 bytes] + alignment."""
+    d = compile_defines(scheme, TMA_VARIANT)
+    return d["GEMV_TMA"] * d["GEMV_UNROLL"] * 16 * row_tiles * 64 + 1024
 
 
 TUNE = os.environ.get("LOWBIT_GEMV_TUNE", "1") != "0"
@@ -341,6 +371,9 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
 
     def launch(cfg):  # (row tiles, warps along K, splits[, build variant])
         wr, wk, s = cfg[:3]
+        if len(cfg) > 3 and cfg[3] == TMA_VARIANT:
+            _launch_tma(w, name, args, x, m, mt, wr, s, group, dev)
+            return
         if not 1 <= s <= 65535 or not 1 <= wr * wk <= WARPS:
             raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
         f = fn if len(cfg) == 3 or cfg[3] == 0 else _planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev, cfg[3])[0]
@@ -351,17 +384,61 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
 
     planned = (pr, pk, ps)
     if cta is not None or splits is not None or variant:
-        if not 0 <= variant <= len(VARIANTS.get(w.scheme, ())):
+        if variant == TMA_VARIANT and not use_tma(w, dev):
+            raise KernelError(f"{w.name}: the TMA GEMV needs sm_90+, rows a multiple of 16 bytes and "
+                              f"LOWBIT_GEMV_TMA not 0")
+        if not (0 <= variant <= len(VARIANTS.get(w.scheme, ())) or variant == TMA_VARIANT):
             raise KernelError(f"{w.name}: variant {variant} is not a build of {w.scheme} (see gemv.VARIANTS)")
         cfg = (*(cta or (pr, pk)), splits or ps, variant)
     elif TUNE and w.n * w.k >= TUNE_MIN_ELEMENTS:
-        def extra():  # the other builds' planned configs and TUNE_CANDIDATES
+        def extra():  # the other builds' planned configs and TUNE_CANDIDATES, the TMA build's candidates
             vs = range(1, len(VARIANTS.get(w.scheme, ())) + 1)
+            tma = [(wr, 1, s, TMA_VARIANT) for wr, s in TMA_CANDIDATES] if use_tma(w, dev) else []
             return [(*_planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev, v)[1:], v) for v in vs] + \
-                [(*c, v) for v in vs for c in TUNE_CANDIDATES]
+                [(*c, v) for v in vs for c in TUNE_CANDIDATES] + tma
 
         cfg = _autotune((fn, w.n, w.k, dev), launch, planned, extra)
     else:
         cfg = planned
     launch(cfg)
     return y
+
+
+def use_tma(w: GpuWeight, dev: int) -> bool:
+    """Whether the TMA build may run w: on, sm_90 or later, rows a multiple of 16 bytes (the tensor map's stride)."""
+    import cupy
+
+    return (bool(tma_build()) and int(cupy.cuda.Device(dev).compute_capability) >= 90
+            and (w.k * _BITS[w.scheme] // 8) % 16 == 0)
+
+
+_BITS = {"bf16": 16, "fp8-block": 8, "nvfp4": 4, "int4": 4}
+
+
+@functools.lru_cache(maxsize=256)
+def _tma_fn(file: str, name: str, defines: tuple, dev: int):
+    """A TMA GEMV kernel with its dynamic shared-memory limit raised once to the largest CTA's need."""
+    from lowbit.kernels.compile import get_function
+
+    d = dict(defines)
+    fn = get_function(file, name, d)
+    fn.max_dynamic_shared_size_bytes = d["GEMV_TMA"] * d["GEMV_UNROLL"] * 16 * WARPS * 64 + 1024
+    return fn
+
+
+def _launch_tma(w: GpuWeight, name: str, args: tuple, x, m: int, mt: int, wr: int, s: int, group: int, dev: int):
+    """One launch of the TMA build: CTAs of wr consumer warps + a producer warp, grid (ceil(tiles / wr), s)."""
+    from lowbit.kernels.tma import tensor_map_2d
+
+    if not 1 <= wr <= WARPS or not 1 <= s <= 65535:
+        raise KernelError(f"TMA GEMV: row tiles {wr} must be in 1..{WARPS} and splits {s} in 1..65535")
+    defines = tuple(sorted(compile_defines(w.scheme, TMA_VARIANT).items()))
+    fn = _tma_fn(_FILES[w.scheme], name.replace("gemv_", "gemv_tma_", 1), defines, dev)
+    smem = tma_smem_bytes(w.scheme, wr)
+    wt = args[0]
+    wmap = tensor_map_2d(wt.view(np.uint8).reshape(w.n, -1), 16 * wr, 64, swizzle=0)
+    tiles = -(-w.n // 16)
+    ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
+    launch_kernel(fn, (-(-tiles // wr), s), ((wr + 1) * 32,),
+                  (wmap, *args, ws, cnt, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group)),
+                  shared_mem=smem)

@@ -77,6 +77,36 @@ def test_every_build_variant(scheme, act, m, n, k, cta, splits):
         _run(scheme, n, k, m, act, splits=splits, cta=cta, variant=v)
 
 
+TMA_CASES = [("bf16", "bf16", {}), ("fp8-block", "bf16", {}), ("fp8-block", "fp8", {}), ("nvfp4", "bf16", {}),
+             ("nvfp4", "nvfp4", {}), ("int4", "bf16", {"group_size": 128}),
+             ("int4", "bf16", {"group_size": 128, "asymmetric": True}), ("int4", "bf16", {"group_size": 32}),
+             ("int4", "bf16", {"group_size": 64, "asymmetric": True})]
+
+
+@pytest.mark.parametrize("scheme,act,opts", TMA_CASES)
+@pytest.mark.parametrize("m", [1, 8, 13])
+@pytest.mark.parametrize("n,k,cta,splits", [(300, 1024, (8, 1), 1), (131, 29568, (4, 1), 5), (1000, 640, (4, 1), 3),
+                                            (77, 4096, (1, 1), 2), (2048, 1536, (8, 1), 7)])
+def test_tma_build(scheme, act, opts, m, n, k, cta, splits):
+    """The TMA-fed GEMV (gemv_tma_body): ragged N (rows past N zero-filled by the copy engine), K tails inside a
+    stage and a stage past the split's end, split-K, every policy."""
+    from lowbit.kernels import gemv as G
+
+    if k % opts.get("group_size", 1):
+        pytest.skip("K not a multiple of G")
+    _run(scheme, n, k, m, act, splits=splits, cta=cta, variant=G.TMA_VARIANT, **opts)
+
+
+@pytest.mark.parametrize("stages,side", [(2, 1), (3, 3), (6, 2)])
+def test_tma_build_ring_depths(monkeypatch, stages, side):
+    """Other ring and side-ring depths (the producer wraps the ring many times; the side loop's unroll)."""
+    from lowbit.kernels import gemv as G
+
+    monkeypatch.setenv("LOWBIT_GEMV_TMA", f"{stages},{side},1")
+    for scheme, act, opts in TMA_CASES[::2]:
+        _run(scheme, 200, 8192, 3, act, splits=1, cta=(2, 1), variant=G.TMA_VARIANT, **opts)
+
+
 def test_error_is_small_not_just_bounded():
     """The bound is not vacuous: relative to max|y| the fp8 W8A16 error is at bf16 output level."""
     assert _run("fp8-block", 256, 4096, 4) < 2.0**-7

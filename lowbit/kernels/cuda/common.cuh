@@ -45,6 +45,12 @@
 // (measured: expert ids read with __ldg came back stale -> illegal addresses in graph decode). x through
 // L2 only (ld.global.cg) measured 15-40 % slower at M = 8 (every warp re-reads x): hence L1.
 //
+// x in L1. Without a prefetch, the loads of x at use missed L1 often enough to be the 4-bit GEMVs' largest
+// stall: ncu on the H200 (8192x29568, M = 1) put 40 % of nvfp4's stall samples on the first use of a
+// just-loaded x pair. The fast loop therefore prefetches each lane's x line for the stage GEMV_XL1PF stages
+// ahead into L1 (one prefetch per lane, iteration and token tile), after the PDL wait only: a line
+// prefetched before it could hold the previous kernel's stale x.
+//
 // Preconditions (checked by the Python launcher, lowbit/kernels/gemv.py): pointers to contiguous device
 // arrays; 1 <= M <= 8*MT; cnt zeroed before first use (it is self-resetting) and not shared by two
 // launches running at the same time.
@@ -81,6 +87,15 @@
 // GEMV_XPREFETCH: 1 = x pairs are loaded with the weights one stage ahead (registers), 0 = at use (L1)
 #ifndef GEMV_XPREFETCH
 #define GEMV_XPREFETCH 0
+#endif
+// GEMV_TMA: S > 0 = also build the TMA-fed dense GEMVs (gemv_tma_*, see gemv_tma_body) with an S-stage ring
+#ifndef GEMV_TMA
+#define GEMV_TMA 0
+#endif
+// GEMV_XL1PF: D > 0 = the fast loop prefetches the x lines of the stage D stages ahead into L1
+// (prefetch.global.L1, no register), so the loads at use hit L1; 0 = off. See "x in L1" above.
+#ifndef GEMV_XL1PF
+#define GEMV_XL1PF 1
 #endif
 
 namespace lb {
@@ -125,6 +140,14 @@ __device__ __forceinline__ Args expert_args(Args a, const uint8_t* w, const void
 }
 
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
+
+// A 2-byte read-only load, zero-extended in the load itself (a 16-bit load through __ldg is widened by a
+// separate instruction right after it, which makes the warp wait for the load there).
+__device__ __forceinline__ uint32_t ldg_u16(const void* p) {
+  uint32_t v;
+  asm("ld.global.nc.u16 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
 
 __device__ __forceinline__ uint4 zero4() { return make_uint4(0u, 0u, 0u, 0u); }
 
@@ -193,6 +216,18 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a
   if constexpr (F16) LB_MMA_16816("f16");
   else LB_MMA_16816("bf16");
 #undef LB_MMA_16816
+}
+
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
+// Prefetch into L1 the lane's x of iterations [it0, it0 + U) that lie below it_fast (see "x in L1").
+template <int EC, int MT, int U>
+__device__ __forceinline__ void prefetch_x(const uint16_t* const (&xr)[MT], int it0, int it_fast) {
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      if (xr[mt] != nullptr && it0 + u < it_fast) prefetch_l1(xr[mt] + (long)(it0 + u) * 4 * EC);
 }
 
 // All mmas of one chunk: A = rows g (RA) and g+8 (RB), B = the token tile(s) X[mt] (bf16 or, F16, f16 pairs).
@@ -377,26 +412,28 @@ __device__ __forceinline__ void load_stage_fast(const P& pa, const P& pb, const 
   }
 }
 
-// One iteration's math (entry u of a stage, iteration it): decode, mma, per-iteration partial scaling.
-template <class P, int MT, int U, bool FAST>
-__device__ __forceinline__ void compute_one(const Args& a, const P& pa, const P& pb, const Stage<P, MT, U>& st,
-                                            const uint16_t* const (&xr)[MT], int g, int t, int it, int u,
-                                            float (&acc)[MT][4]) {
+// The lane's x pairs of iteration it for every token tile, permuted to the policy's k-slot order.
+template <class P, int MT, bool FAST>
+__device__ __forceinline__ void load_x_chunk(const Args& a, const uint16_t* const (&xr)[MT], int g, int t, int it,
+                                             uint32_t (&X)[MT][P::EC / 2]) {
   constexpr int EC = P::EC, NP = EC / 2;
-  uint32_t X[MT][NP], RA[NP], RB[NP];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
-#if GEMV_XPREFETCH
-#pragma unroll
-    for (int i = 0; i < NP; ++i) X[mt][i] = st.X[u][mt][i];
-#else
     if (FAST) load_x_fast<NP>(xr[mt], (long)it * 4 * EC, X[mt]);
     else load_x<NP>(a, g + 8 * mt, (it * 4 + t) * EC, X[mt]);
-#endif
     P::xperm(X[mt]);
   }
-  pa.decode(st.wa[u], st.sa[u], RA);
-  pb.decode(st.wb[u], st.sb[u], RB);
+}
+
+// One iteration's math: decode rows a and b (chunks wa, wb with side data sa, sb), mma, partial scaling.
+template <class P, int MT>
+__device__ __forceinline__ void math_chunk(const P& pa, const P& pb, const uint4& wa, const uint4& wb,
+                                           const typename P::Side& sa, const typename P::Side& sb,
+                                           const uint32_t (&X)[MT][P::EC / 2], float (&acc)[MT][4]) {
+  constexpr int NP = P::EC / 2;
+  uint32_t RA[NP], RB[NP];
+  pa.decode(wa, sa, RA);
+  pb.decode(wb, sb, RB);
   if constexpr (P::PARTIAL) {
     float part[MT][4];
 #pragma unroll
@@ -404,10 +441,29 @@ __device__ __forceinline__ void compute_one(const Args& a, const P& pa, const P&
 #pragma unroll
       for (int i = 0; i < 4; ++i) part[mt][i] = 0.f;
     mma_chunk<NP, MT, P::F16>(part, RA, RB, X);
-    pa.partial(acc, part, st.sa[u], st.sb[u]);
+    pa.partial(acc, part, sa, sb);
   } else {
     mma_chunk<NP, MT, P::F16>(acc, RA, RB, X);
   }
+}
+
+// One iteration's math (entry u of a stage, iteration it): x, decode, mma, per-iteration partial scaling.
+template <class P, int MT, int U, bool FAST>
+__device__ __forceinline__ void compute_one(const Args& a, const P& pa, const P& pb, const Stage<P, MT, U>& st,
+                                            const uint16_t* const (&xr)[MT], int g, int t, int it, int u,
+                                            float (&acc)[MT][4]) {
+  uint32_t X[MT][P::EC / 2];
+#if GEMV_XPREFETCH
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < P::EC / 2; ++i) X[mt][i] = st.X[u][mt][i];
+    P::xperm(X[mt]);
+  }
+#else
+  load_x_chunk<P, MT, FAST>(a, xr, g, t, it, X);
+#endif
+  math_chunk<P, MT>(pa, pb, st.wa[u], st.wb[u], st.sa[u], st.sb[u], X, acc);
 }
 
 template <class P, int MT, int U, bool FAST>
@@ -460,9 +516,16 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
 #endif
     load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it_beg, cur);
     lb_pdl_wait();  // the first weights are in flight; x (an earlier kernel's output) is read from here on
+#if GEMV_XL1PF && !GEMV_XPREFETCH
+#pragma unroll
+    for (int d = 1; d < GEMV_XL1PF; ++d) prefetch_x<EC, MT, U>(xr, it_beg + d * U, it_fast);
+#endif
     for (int it0 = it_beg; it0 < it_fast; it0 += U) {
       Stage<P, MT, U> nxt;
       if (it0 + U < it_fast) load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it0 + U, nxt);
+#if GEMV_XL1PF && !GEMV_XPREFETCH
+      prefetch_x<EC, MT, U>(xr, it0 + GEMV_XL1PF * U, it_fast);
+#endif
       compute_stage<P, MT, U, true>(a, pa, pb, cur, xr, g, t, it0, it_fast, acc);
       cur = nxt;
     }
@@ -495,6 +558,156 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
 }
 
 }  // namespace lb
+
+#if GEMV_TMA
+#include "tma_sm90.cuh"
+namespace lb {
+// TMA-fed dense GEMV (built when GEMV_TMA = S > 0; gemv_tma_* kernels). Bytes in flight, not arithmetic,
+// bound the register-buffered loop above: ncu on the H200 (8192x29568, M = 1) showed the 4-bit GEMVs at 14
+// warps an SM (128 registers) with ~2 KB of weight in flight per warp, half of what bf16 keeps in flight at
+// 23 warps, and at half its bandwidth. Here the weights stream into a shared-memory ring that does not
+// cost registers:
+//  - a CTA = wr_n consumer warps (a 16-row tile each, R = 16 * wr_n rows) + one producer warp (the last);
+//  - the producer's lane 0 fills a ring of S stages; a stage = GEMV_UNROLL iterations = U boxes of
+//    [R rows x 64 bytes] (one iteration's 4 lanes x 16 bytes of every row) loaded by the bulk tensor copy
+//    from the map over the weight bytes [N, row_bytes] (zero-filled past N and past the row);
+//  - smem stage layout [u][row][64 bytes]: a quarter-warp reads rows g, g + 1 at 64-byte pitch: the 8
+//    lanes cover 128 contiguous bytes, no bank conflict without a swizzle;
+//  - consumers wait full[s], copy their chunks to registers, release the stage (one arrive per warp on
+//    empty[s]) and run the same decode and mma as the loop above; their side data (scales) is loaded
+//    from global memory GEMV_TMA_SIDE stages ahead into a register ring (the loop is unrolled by it).
+// The producer issues its copies before the PDL wait (weights depend on nothing earlier); consumers wait
+// before reading x. wk = 1 (no K split inside a CTA); K splits across CTAs (grid y) as in the dense GEMV.
+// Every consumer warp walks every stage (even one whose rows lie past N) so the producer's empty
+// barriers complete.
+#ifndef GEMV_TMA_SIDE
+#define GEMV_TMA_SIDE 2
+#endif
+template <class P, int MT>
+__device__ __forceinline__ void gemv_tma_body(const Args& a, const void* wmap) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int EC = P::EC, KI = 4 * EC, U = GEMV_UNROLL, S = GEMV_TMA, D = GEMV_TMA_SIDE;
+  extern __shared__ uint8_t tma_smem_raw[];
+  __shared__ __align__(8) uint64_t bars[2 * S];
+  uint8_t* ring = tma_smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(tma_smem_raw) & 1023)) & 1023);
+  const uint32_t full0 = (uint32_t)__cvta_generic_to_shared(bars), empty0 = full0 + 8 * S;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wr_n = (blockDim.x >> 5) - 1;
+  const int R = 16 * wr_n, row_cta = blockIdx.x * R;
+  const int iters = (a.k + KI - 1) / KI;
+  const int s_beg = (int)((long)iters * blockIdx.y / a.splits);
+  const int it_end = (int)((long)iters * (blockIdx.y + 1) / a.splits);
+  const int nst = (it_end - s_beg + U - 1) / U;
+  const uint32_t box = (uint32_t)R * 64;
+  if (threadIdx.x == 0) ring_init(full0, empty0, S, 1, wr_n);
+  __syncthreads();
+  lb_pdl_trigger();
+  if (warp == wr_n) {  // the producer
+    if (lane == 0) {
+      tma_map_acquire(wmap);
+      for (int st = 0; st < nst; ++st) {
+        const uint32_t s = st % S, ph = (st / S) & 1;
+        const int it0 = s_beg + st * U, nb = min(U, it_end - it0);
+        mbar_wait(empty0 + 8 * s, ph ^ 1);
+        mbar_arrive_expect_tx(full0 + 8 * s, nb * box);
+        for (int u = 0; u < nb; ++u)
+          tma_load_2d((uint32_t)__cvta_generic_to_shared(ring + (s * U + u) * box), wmap, (it0 + u) * 64, row_cta,
+                      full0 + 8 * s);
+      }
+    }
+    lb_pdl_wait();
+    return;
+  }
+  const int g = lane >> 2, t = lane & 3;
+  const int row0 = row_cta + 16 * warp, ra = row0 + g, rb = ra + 8;
+  const int rca = min(ra, a.n - 1), rcb = min(rb, a.n - 1);
+  const Place pl{row0, blockIdx.x * wr_n + warp, (int)blockIdx.y, a.splits, (int)blockIdx.y, 1.f, row0 < a.n};
+  const P p(a, row0);
+  const int fast_end = min(a.k / KI, it_end);  // iterations below it: chunks and x inside K
+  float acc[MT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
+  const uint16_t* xr[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) xr[mt] = g + 8 * mt < a.m ? a.x + (long)(g + 8 * mt) * a.k + t * EC : nullptr;
+  typename P::Side sa[D][U], sb[D][U];
+  auto load_side = [&](typename P::Side (&da)[U], typename P::Side (&db)[U], int st) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int it = s_beg + st * U + u, k0 = (it * 4 + t) * EC;
+      if (it < fast_end) {
+        da[u] = p.side_fast(rca, k0);
+        db[u] = p.side_fast(rcb, k0);
+      } else {
+        da[u] = p.side(ra, k0);
+        db[u] = p.side(rb, k0);
+      }
+    }
+  };
+#pragma unroll
+  for (int d = 0; d < D; ++d)
+    if (d < nst) load_side(sa[d], sb[d], d);
+  lb_pdl_wait();  // x (an earlier kernel's output) is read from here on
+#if GEMV_XL1PF
+#pragma unroll
+  for (int d = 0; d < GEMV_XL1PF; ++d) prefetch_x<EC, MT, U>(xr, s_beg + d * U, fast_end);
+#endif
+  const uint8_t* mine = ring + (16 * warp + g) * 64 + t * 16;
+  for (int st0 = 0; st0 < nst; st0 += D) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const int st = st0 + d;
+      if (st >= nst) break;
+      const uint32_t s = st % S;
+      mbar_wait(full0 + 8 * s, (st / S) & 1);
+      Stage<P, MT, U> cur;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        cur.wa[u] = *reinterpret_cast<const uint4*>(mine + (s * U + u) * box);
+        cur.wb[u] = *reinterpret_cast<const uint4*>(mine + (s * U + u) * box + 8 * 64);
+        cur.sa[u] = sa[d][u];
+        cur.sb[u] = sb[d][u];
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty0 + 8 * s);
+      // reloading the side registers before this stage's math (measured: after it, the TMA build of every
+      // scheme was 5-20 % slower on the H200)
+      if (st + D < nst) load_side(sa[d], sb[d], st + D);
+      const int it0 = s_beg + st * U;
+#if GEMV_XL1PF
+      prefetch_x<EC, MT, U>(xr, it0 + GEMV_XL1PF * U, fast_end);
+#endif
+      if (it0 + U <= fast_end) compute_stage<P, MT, U, true>(a, p, p, cur, xr, g, t, it0, it_end, acc);
+      else compute_stage<P, MT, U, false>(a, p, p, cur, xr, g, t, it0, it_end, acc);
+    }
+  }
+  epilogue<P, MT, DENSE>(a, p, p, acc, pl, warp, 0, wr_n);
+#endif
+}
+}  // namespace lb
+
+// The TMA-fed dense GEMV of a policy: the dense argument list after the weight's tensor map (device memory).
+// GEMV_TMA_MAXREG: N > 0 = at most N registers a thread (__maxnreg__) instead of the launch bound's cap
+#ifndef GEMV_TMA_MAXREG
+#define GEMV_TMA_MAXREG 0
+#endif
+#if GEMV_TMA_MAXREG
+#define LB_GEMV_TMA_BOUNDS __maxnreg__(GEMV_TMA_MAXREG)
+#else
+#define LB_GEMV_TMA_BOUNDS __launch_bounds__((GEMV_WARPS + 1) * 32, GEMV_MIN_BLOCKS)
+#endif
+#define LB_GEMV_TMA_KERNEL(NAME, POLICY, MT)                                                              \
+  extern "C" __global__ void LB_GEMV_TMA_BOUNDS                                                           \
+      NAME(const void* wmap, const uint8_t* w, const void* s, const int* z, const float* gscale,           \
+           const uint16_t* x, const float* xs, uint16_t* y, float* ws, int* cnt, int n, int k, int m,      \
+           int splits, int group) {                                                                       \
+    const lb::Args a{w, s, z, gscale, x, xs, y, ws, cnt, n, k, m, splits, group, 1};                       \
+    lb::gemv_tma_body<POLICY, MT>(a, wmap);                                                               \
+  }
+#else
+#define LB_GEMV_TMA_KERNEL(NAME, POLICY, MT)
+#endif
 
 // One extern "C" kernel per (policy, token tiles), with the argument list every launcher passes.
 #define LB_GEMV_KERNEL(NAME, POLICY, MT)                                                              \

@@ -27,4 +27,6 @@ struct PolicyBF16 {
 
 LB_GEMV_KERNEL(gemv_bf16_m8, PolicyBF16, 1)
 LB_GEMV_KERNEL(gemv_bf16_m16, PolicyBF16, 2)
+LB_GEMV_TMA_KERNEL(gemv_tma_bf16_m8, PolicyBF16, 1)
+LB_GEMV_TMA_KERNEL(gemv_tma_bf16_m16, PolicyBF16, 2)
 LB_GEMV_MOE_KERNELS(bf16, PolicyBF16)

@@ -18,6 +18,13 @@
 #include "gemv_grouped.cuh"
 #include "xperm4.cuh"
 
+namespace lb {
+// The lane's zero point (stored, +8) in a word of 8 rows' zero points: the lane's rows are row0 + g (+ 8)
+// with row0 a multiple of 8, so row % 8 == g (rows clamped to N - 1 in the fast loop may read another
+// row's zero point: their outputs are never written).
+__device__ __forceinline__ uint32_t zero_point(uint32_t zw) { return (zw >> (4 * ((threadIdx.x & 31) >> 2))) & 0xfu; }
+}  // namespace lb
+
 struct PolicyInt4 {
   static constexpr int EC = 32, BITS = 4;
   static constexpr bool PARTIAL = false, F16 = false;
@@ -27,8 +34,10 @@ struct PolicyInt4 {
   __device__ PolicyInt4(const lb::Args& a, int)
       : s(static_cast<const uint16_t*>(a.s)), z(a.z), n(a.n), groups(a.k / a.group), group(a.group) {}
   __device__ static void xperm(uint32_t (&X)[EC / 2]) { lb::xperm_pairs4<EC / 2>(X); }
+  // Raw words as loaded: converting them where they are loaded would make the warp wait for the load there,
+  // a stage early (ncu, H200: a third of the int4 GEMV's stall samples sat on such conversions).
   struct Side {
-    uint32_t sc, zp;  // the chunk's group scale (bf16 bits) and zero point (stored, +8)
+    uint32_t sc, zw;  // the chunk's group scale (bf16 bits) and the zero-point word (8 lanes' rows; 0x88888888 if none)
   };
   // The group index is clamped, not branched on: past K x is zero, so any in-range scale gives 0 there
   // (q - zp is finite); no read leaves the scale / zero-point tensors.
@@ -36,12 +45,11 @@ struct PolicyInt4 {
   // row < N and k0 inside K
   __device__ Side side_fast(int row, int k0) const {
     const int gi = k0 / group;
-    uint32_t zp = 8u;
-    if (z != nullptr) zp = ((uint32_t)__ldg(z + (long)(row >> 3) * groups + gi) >> (4 * (row & 7))) & 0xfu;
-    return {(uint32_t)__ldg(s + (long)row * groups + gi), zp};
+    const uint32_t zw = z != nullptr ? (uint32_t)__ldg(z + (long)(row >> 3) * groups + gi) : 0x88888888u;
+    return {lb::ldg_u16(s + (long)row * groups + gi), zw};
   }
   __device__ void decode(const uint4& raw, const Side& sd, uint32_t (&A)[EC / 2]) const {
-    const uint32_t sc = sd.sc, zp = sd.zp;
+    const uint32_t sc = sd.sc, zp = lb::zero_point(sd.zw);
     const uint32_t sc2 = sc | (sc << 16), c2 = (0x4300u | zp) * 0x10001u;
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
@@ -67,20 +75,19 @@ struct PolicyInt4G128 {
   __device__ PolicyInt4G128(const lb::Args& a, int)
       : s(static_cast<const uint16_t*>(a.s)), z(a.z), n(a.n), groups(a.k / 128) {}
   __device__ static void xperm(uint32_t (&X)[EC / 2]) { lb::xperm_pairs4<EC / 2>(X); }
-  struct Side {
-    float sc;  // the row's group scale of the iteration (one 128-group: k0 / 128 is the same for the 4 lanes)
-    uint32_t zp;
+  struct Side {  // raw words, converted at use (see PolicyInt4::Side)
+    uint32_t sc;  // the row's group scale of the iteration, bf16 bits (one 128-group: the same for the 4 lanes)
+    uint32_t zw;  // the zero-point word (0x88888888 if none)
   };
   __device__ Side side(int row, int k0) const { return side_fast(min(row, n - 1), min(k0, (groups - 1) * 128)); }
   // row < N and k0 inside K
   __device__ Side side_fast(int row, int k0) const {
     const int gi = k0 / 128;
-    uint32_t zp = 8u;
-    if (z != nullptr) zp = ((uint32_t)__ldg(z + (long)(row >> 3) * groups + gi) >> (4 * (row & 7))) & 0xfu;
-    return {__uint_as_float((uint32_t)__ldg(s + (long)row * groups + gi) << 16), zp};
+    const uint32_t zw = z != nullptr ? (uint32_t)__ldg(z + (long)(row >> 3) * groups + gi) : 0x88888888u;
+    return {lb::ldg_u16(s + (long)row * groups + gi), zw};
   }
   __device__ void decode(const uint4& raw, const Side& sd, uint32_t (&A)[EC / 2]) const {
-    const uint32_t zp = sd.zp;
+    const uint32_t zp = lb::zero_point(sd.zw);
     const uint32_t c2 = (0x4300u | zp) * 0x10001u;
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
@@ -90,7 +97,7 @@ struct PolicyInt4G128 {
   }
   template <int MT>
   __device__ void partial(float (&acc)[MT][4], const float (&part)[MT][4], const Side& da, const Side& db) const {
-    const float sa = da.sc, sb = db.sc;
+    const float sa = __uint_as_float(da.sc << 16), sb = __uint_as_float(db.sc << 16);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       acc[mt][0] += part[mt][0] * sa; acc[mt][1] += part[mt][1] * sa;
@@ -104,5 +111,9 @@ LB_GEMV_KERNEL(gemv_int4_m8, PolicyInt4, 1)
 LB_GEMV_KERNEL(gemv_int4_m16, PolicyInt4, 2)
 LB_GEMV_KERNEL(gemv_int4g128_m8, PolicyInt4G128, 1)
 LB_GEMV_KERNEL(gemv_int4g128_m16, PolicyInt4G128, 2)
+LB_GEMV_TMA_KERNEL(gemv_tma_int4_m8, PolicyInt4, 1)
+LB_GEMV_TMA_KERNEL(gemv_tma_int4_m16, PolicyInt4, 2)
+LB_GEMV_TMA_KERNEL(gemv_tma_int4g128_m8, PolicyInt4G128, 1)
+LB_GEMV_TMA_KERNEL(gemv_tma_int4g128_m16, PolicyInt4G128, 2)
 LB_GEMV_MOE_KERNELS(int4, PolicyInt4)
 LB_GEMV_MOE_KERNELS(int4g128, PolicyInt4G128)

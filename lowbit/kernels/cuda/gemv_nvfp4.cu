@@ -40,12 +40,12 @@ struct PolicyNVFP4 {
   __device__ Side side(int row, int k0) const {
     const long base = (long)min(row, n - 1) * groups;
     const int g0 = min(k0 / 16, groups - 1), g1 = min(k0 / 16 + 1, groups - 1);
-    if ((groups & 1) == 0 && g1 == g0 + 1) return {(uint32_t)__ldg(reinterpret_cast<const uint16_t*>(s + base + g0))};
+    if ((groups & 1) == 0 && g1 == g0 + 1) return {lb::ldg_u16(s + base + g0)};
     return {(uint32_t)__ldg(s + base + g0) | ((uint32_t)__ldg(s + base + g1) << 8)};
   }
   // In range (row < N, the chunk inside K, hence K % 32 == 0 and `groups` even): one 2-byte load.
   __device__ Side side_fast(int row, int k0) const {
-    return {(uint32_t)__ldg(reinterpret_cast<const uint16_t*>(s + (long)row * groups + k0 / 16))};
+    return {lb::ldg_u16(s + (long)row * groups + k0 / 16)};
   }
   __device__ void decode(const uint4& raw, const Side& sd, uint32_t (&A)[EC / 2]) const {
     const uint32_t sc0 = scale2((uint8_t)(sd.two & 0xffu));
@@ -70,4 +70,8 @@ LB_GEMV_KERNEL(gemv_nvfp4_m8, PolicyNVFP4<false>, 1)
 LB_GEMV_KERNEL(gemv_nvfp4_m16, PolicyNVFP4<false>, 2)
 LB_GEMV_KERNEL(gemv_nvfp4_a4_m8, PolicyNVFP4<true>, 1)
 LB_GEMV_KERNEL(gemv_nvfp4_a4_m16, PolicyNVFP4<true>, 2)
+LB_GEMV_TMA_KERNEL(gemv_tma_nvfp4_m8, PolicyNVFP4<false>, 1)
+LB_GEMV_TMA_KERNEL(gemv_tma_nvfp4_m16, PolicyNVFP4<false>, 2)
+LB_GEMV_TMA_KERNEL(gemv_tma_nvfp4_a4_m8, PolicyNVFP4<true>, 1)
+LB_GEMV_TMA_KERNEL(gemv_tma_nvfp4_a4_m16, PolicyNVFP4<true>, 2)
 LB_GEMV_MOE_KERNELS(nvfp4, PolicyNVFP4<false>)
