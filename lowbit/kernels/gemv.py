@@ -323,7 +323,7 @@ def fastest_config(launch, cands, flush, reps: int = 7):
 
 def _autotune(key, launch, planned, extra=lambda: ()) -> tuple:
     """Time the planner's config, TUNE_CANDIDATES and extra() (configs of other builds, with their variant
-    index) once per (kernel, N, K, device), keep the fastest.
+    index) once per (kernel, N, K, device, M > 1), keep the fastest.
 
     The kernel's speed depends on DRAM locality and issue rate in ways the occupancy model misses; a
     measurement on the real weight (L2 flushed between runs) settles it. Runs once, at the first call.
@@ -397,7 +397,9 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
             return [(*_planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev, v)[1:], v) for v in vs] + \
                 [(*c, v) for v in vs for c in TUNE_CANDIDATES] + tma
 
-        cfg = _autotune((fn, w.n, w.k, dev), launch, planned, extra)
+        # tuned apart for M = 1 and M > 1: the TMA build won at M = 1 on 29568x8192 and lost at M = 8
+        # (bf16 152.7 us against 122.3 at M = 1, when M = 8 reused the M = 1 choice; H200, 2026-11-27)
+        cfg = _autotune((fn, w.n, w.k, dev, m > 1), launch, planned, extra)
     else:
         cfg = planned
     launch(cfg)
