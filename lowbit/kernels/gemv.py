@@ -5,6 +5,9 @@ act: "bf16" (weight-only; every scheme), "fp8" (fp8-block W8A8: x quantized to E
 channels), "nvfp4" (nvfp4 W4A4: x quantized to NVFP4, per-16 E4M3 scales, dynamic per-token global).
 Launch: CTAs of (row tiles x warps along K) warps, grid (ceil(N/(16*row tiles)), splits); `plan_launch`
 picks the CTA shape and the split-K factor (deterministic reductions) so the weight spreads evenly.
+Above TUNE_MIN_ELEMENTS the first call of a shape (M = 1 and M > 1 apart) times the planner's config, other
+configs and builds (VARIANTS; on sm_90+ the TMA-fed build, gemv_tma_*: one producer warp streams the weight
+through a shared-memory ring with the bulk tensor copy) and keeps the fastest.
 """
 
 from __future__ import annotations

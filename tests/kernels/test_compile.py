@@ -12,6 +12,9 @@ from lowbit.kernels.compile import CUDA_DIR, nvcc_command
 
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
 ARCHS = ("sm_90a", "sm_120a")
+#: the dense GEMVs' TMA build (gemv_tma_* kernels, off in the standalone defaults)
+TMA_FILES = [p for p in CU_FILES if p.name in ("gemv_bf16.cu", "gemv_fp8.cu", "gemv_nvfp4.cu", "gemv_int4.cu")]
+TMA_BUILD = ("-DGEMV_TMA=4",)
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 
@@ -21,12 +24,12 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("cubin")
 
     def build(job):
-        path, arch = job
-        cmd = nvcc_command(path, arch, out / f"{path.stem}.{arch}.cubin")
+        path, arch, extra = job
+        cmd = nvcc_command(path, arch, out / f"{path.stem}.{arch}{extra}.cubin") + list(extra)
         p = subprocess.run(cmd, capture_output=True, text=True)
         return job, p.returncode, p.stderr
 
-    jobs = [(p, a) for p in CU_FILES for a in ARCHS]
+    jobs = [(p, a, ()) for p in CU_FILES for a in ARCHS] + [(p, a, TMA_BUILD) for p in TMA_FILES for a in ARCHS]
     with ThreadPoolExecutor(max_workers=4) as ex:
         return {job: (rc, err) for job, rc, err in ex.map(build, jobs)}
 
@@ -39,8 +42,15 @@ def test_there_are_gemv_kernels():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("path", CU_FILES, ids=lambda p: p.name)
 def test_compiles_standalone(results, path, arch):
-    rc, err = results[(path, arch)]
+    rc, err = results[(path, arch, ())]
     assert rc == 0, f"{path.name} ({arch}) failed:\n{err}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("path", TMA_FILES, ids=lambda p: p.name)
+def test_tma_build_compiles(results, path, arch):
+    rc, err = results[(path, arch, TMA_BUILD)]
+    assert rc == 0, f"{path.name} -DGEMV_TMA=4 ({arch}) failed:\n{err}"
 
 
 @pytest.mark.parametrize("path", [p for p in CU_FILES if p.name.startswith("gemv_")], ids=lambda p: p.name)

@@ -117,3 +117,23 @@ def test_fastest_config_times_round_robin_after_an_untimed_pass(monkeypatch):
     assert launched == ["a", "b", "c"]  # the untimed pass, duplicates dropped
     assert timed == ["a", "b", "c"] * 3
     assert best == "b"  # medians: a 5, b 1, c 3
+
+
+def test_tma_build_knobs_and_shared_memory(monkeypatch):
+    """The TMA build's defines (TMA_BUILD, LOWBIT_GEMV_TMA override or off) and its ring's shared memory."""
+    from lowbit.kernels import gemv as G
+
+    monkeypatch.delenv("LOWBIT_GEMV_TMA", raising=False)
+    d = G.compile_defines("nvfp4", G.TMA_VARIANT)
+    assert d["GEMV_TMA"] == G.TMA_BUILD["GEMV_TMA"] and d["GEMV_UNROLL"] == G.COMPILE_TUNING["nvfp4"]["GEMV_UNROLL"]
+    assert G.compile_defines("nvfp4")["GEMV_MIN_BLOCKS"] == G.COMPILE_TUNING["nvfp4"]["GEMV_MIN_BLOCKS"]
+    # stages x unroll x [16 rows per tile x 64 bytes] + 1 KB of alignment slack
+    assert G.tma_smem_bytes("int4", 8) == G.TMA_BUILD["GEMV_TMA"] * d["GEMV_UNROLL"] * 16 * 8 * 64 + 1024
+    monkeypatch.setenv("LOWBIT_GEMV_TMA", "6,3,1")
+    assert G.tma_build() == {**G.TMA_BUILD, "GEMV_TMA": 6, "GEMV_TMA_SIDE": 3, "GEMV_MIN_BLOCKS": 1}
+    assert G.tma_smem_bytes("int4", 4) == 6 * d["GEMV_UNROLL"] * 16 * 4 * 64 + 1024
+    monkeypatch.setenv("LOWBIT_GEMV_TMA", "0")
+    assert G.tma_build() == {}
+    monkeypatch.setenv("LOWBIT_GEMV_TMA", "four")
+    with pytest.raises(KernelError, match="LOWBIT_GEMV_TMA"):
+        G.tma_build()

@@ -15,7 +15,10 @@
 // Measured on H200 and dropped (benchmarks/RESULTS.md): bulk-copy (cp.async.bulk) shared-memory rings
 // per warp, a single register ring refilled per iteration, and a thread-private cp.async (LDGSTS) ring of
 // 3-8 stages in dynamic shared memory (every scheme capped near 2 TB/s, bf16 included): all slower than
-// the two register buffers.
+// the two register buffers. A CTA-wide ring filled by the bulk TENSOR copy (one
+// 2-D box of [rows x 64 bytes] per iteration, a producer warp) is the separate TMA build below
+// (gemv_tma_body): faster for fp8 and bf16 on large shapes, slower for the 4-bit schemes; the autotuner
+// picks per shape.
 //
 // Math. The chunk is decoded to bf16 pairs (f16 for W8A8: P::F16) and fed to the tensor cores with
 // mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32: A = 16 W rows x 16 k-slots, B = 16 k-slots x 8 tokens,
@@ -45,11 +48,12 @@
 // (measured: expert ids read with __ldg came back stale -> illegal addresses in graph decode). x through
 // L2 only (ld.global.cg) measured 15-40 % slower at M = 8 (every warp re-reads x): hence L1.
 //
-// x in L1. Without a prefetch, the loads of x at use missed L1 often enough to be the 4-bit GEMVs' largest
-// stall: ncu on the H200 (8192x29568, M = 1) put 40 % of nvfp4's stall samples on the first use of a
-// just-loaded x pair. The fast loop therefore prefetches each lane's x line for the stage GEMV_XL1PF stages
-// ahead into L1 (one prefetch per lane, iteration and token tile), after the PDL wait only: a line
-// prefetched before it could hold the previous kernel's stale x.
+// x in L1 (GEMV_XL1PF, off). ncu on the H200 (8192x29568, M = 1) put 40 % of nvfp4's stall samples on the
+// first use of a just-loaded x pair, so the fast loops can prefetch each lane's x line GEMV_XL1PF stages
+// ahead into L1 (one prefetch.global.L1 per lane, iteration and token tile, after the PDL wait only: a line
+// prefetched before it could hold the previous kernel's stale x). Measured in the same runs: no gain for
+// any scheme at M = 1 (1-3 % slower) and 5-20 % slower at M = 8, in both this loop and the TMA build. The
+// stall samples had moved, not the time: what bounds the loop is the bytes in flight (see the TMA build).
 //
 // Preconditions (checked by the Python launcher, lowbit/kernels/gemv.py): pointers to contiguous device
 // arrays; 1 <= M <= 8*MT; cnt zeroed before first use (it is self-resetting) and not shared by two
@@ -95,7 +99,7 @@
 // GEMV_XL1PF: D > 0 = the fast loop prefetches the x lines of the stage D stages ahead into L1
 // (prefetch.global.L1, no register), so the loads at use hit L1; 0 = off. See "x in L1" above.
 #ifndef GEMV_XL1PF
-#define GEMV_XL1PF 1
+#define GEMV_XL1PF 0
 #endif
 
 namespace lb {
@@ -562,11 +566,10 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
 #if GEMV_TMA
 #include "tma_sm90.cuh"
 namespace lb {
-// TMA-fed dense GEMV (built when GEMV_TMA = S > 0; gemv_tma_* kernels). Bytes in flight, not arithmetic,
-// bound the register-buffered loop above: ncu on the H200 (8192x29568, M = 1) showed the 4-bit GEMVs at 14
-// warps an SM (128 registers) with ~2 KB of weight in flight per warp, half of what bf16 keeps in flight at
-// 23 warps, and at half its bandwidth. Here the weights stream into a shared-memory ring that does not
-// cost registers:
+// TMA-fed dense GEMV (built when GEMV_TMA = S > 0; gemv_tma_* kernels). ncu on the H200 (8192x29568, M = 1)
+// showed the register-buffered loop above at 14-16 warps an SM (123-128 registers), each with ~2 KB of
+// weight in flight, against bf16's 23 warps; most stall samples were long-scoreboard waits. Here the
+// weights stream into a shared-memory ring that costs no registers:
 //  - a CTA = wr_n consumer warps (a 16-row tile each, R = 16 * wr_n rows) + one producer warp (the last);
 //  - the producer's lane 0 fills a ring of S stages; a stage = GEMV_UNROLL iterations = U boxes of
 //    [R rows x 64 bytes] (one iteration's 4 lanes x 16 bytes of every row) loaded by the bulk tensor copy
@@ -580,6 +583,12 @@ namespace lb {
 // before reading x. wk = 1 (no K split inside a CTA); K splits across CTAs (grid y) as in the dense GEMV.
 // Every consumer warp walks every stage (even one whose rows lie past N) so the producer's empty
 // barriers complete.
+// Measured (H200, 2026-11-27, same-run A/B against the loop above, benchmarks/gemv_tma_ab.py): fp8 W8A16
+// 69 us against 79-84 at 8192x29568 and 29568x8192 (82-83 % of copy), W8A8 75 against 83 at 8192x29568,
+// bf16 123 against 129-134 there; slower at 4096-sized shapes and for nvfp4 and int4 everywhere (int4
+// 8192x29568: 60-66 us against 57). The 4-bit consumers are capped at 96 registers here (spilling 20-80
+// bytes) and sync on the ring; __maxnreg__(112), 6 stages, 3-stage side rings and x prefetches were all
+// slower. So the autotuner (lowbit/kernels/gemv.py) times this build beside the other and keeps the faster.
 #ifndef GEMV_TMA_SIDE
 #define GEMV_TMA_SIDE 2
 #endif
