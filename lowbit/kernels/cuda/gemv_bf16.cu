@@ -8,6 +8,7 @@
 // Reference: lowbit.verify.reference.gemv_reference("bf16") = float64 x @ W^T.
 #include "common.cuh"
 #include "gemv_grouped.cuh"
+#include "gemv_tma.cuh"
 
 struct PolicyBF16 {
   static constexpr int EC = 8, BITS = 16;

@@ -17,6 +17,7 @@
 // lowbit.verify.reference.quantize_act_fp8).
 #include "common.cuh"
 #include "gemv_grouped.cuh"
+#include "gemv_tma.cuh"
 
 template <bool A8>
 struct PolicyFP8 {

@@ -16,6 +16,7 @@
 // Reference: formats.int4.dequantize + float64 matmul.
 #include "common.cuh"
 #include "gemv_grouped.cuh"
+#include "gemv_tma.cuh"
 #include "xperm4.cuh"
 
 namespace lb {

@@ -13,6 +13,7 @@
 // Reference: formats.nvfp4.dequantize + float64 matmul (A4: reference.quantize_act_nvfp4 for x).
 #include "common.cuh"
 #include "gemv_grouped.cuh"
+#include "gemv_tma.cuh"
 #include "xperm4.cuh"
 
 template <bool A4>
