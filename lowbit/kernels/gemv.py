@@ -26,7 +26,8 @@ WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
 TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0, "GEMV_MAXREG": 0, "GEMV_XL1PF": 0}
 #: per weight scheme: the knobs measured best on H200 (benchmarks/gemv_variants.py, RESULTS.md); the env
 #: variables LOWBIT_<KNOB> (LOWBIT_GEMV_UNROLL=3 ...) override them for experiments.
-COMPILE_TUNING = {"bf16": {"GEMV_MIN_BLOCKS": 3, "GEMV_UNROLL": 2}, "fp8-block": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2},
+COMPILE_TUNING = {"bf16": {"GEMV_MIN_BLOCKS": 3, "GEMV_UNROLL": 2},
+                  "fp8-block": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2},
                   "nvfp4": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2}, "int4": {"GEMV_MIN_BLOCKS": 2, "GEMV_UNROLL": 2}}
 UNROLL = 2  # the planner's minimum work per warp (iterations), whatever the compile-time unroll
 #: further builds of a scheme's dense GEMVs that the first-call autotuner also times (knobs over the
@@ -36,10 +37,10 @@ UNROLL = 2  # the planner's minimum work per warp (iterations), whatever the com
 #: ~67 % (benchmarks/RESULTS.md, 2026-11-27 07:19 session): the per-element mma / x-fragment work and the
 #: register-held loads limit them more than the decode arithmetic.
 VARIANTS = {"fp8-block": ({"GEMV_MAXREG": 96},)}
-#: the TMA-fed dense GEMV build (cuda/common.cuh, gemv_tma_body): a ring of GEMV_TMA stages in shared memory
-#: filled by the bulk tensor copy, GEMV_TMA_SIDE stages of scales ahead in registers. Its configs enter the
-#: first-call autotuner as (row tiles, 1, splits, TMA_VARIANT). LOWBIT_GEMV_TMA=0 leaves it out;
-#: LOWBIT_GEMV_TMA="S,side,min_blocks" overrides the build.
+#: the TMA-fed dense GEMV build (cuda/gemv_tma.cuh): a ring of GEMV_TMA stages in shared memory filled by the
+#: bulk tensor copy, GEMV_TMA_SIDE stages of scales ahead in registers. Its configs enter the first-call
+#: autotuner as (row tiles, 1, splits, TMA_VARIANT). LOWBIT_GEMV_TMA=0 leaves it out;
+#: LOWBIT_GEMV_TMA="S,side,min_blocks[,xl1pf,maxreg]" overrides the build (experiments).
 TMA_BUILD = {"GEMV_TMA": 4, "GEMV_TMA_SIDE": 2, "GEMV_MIN_BLOCKS": 2, "GEMV_XL1PF": 0}
 TMA_VARIANT = -1
 #: (row tiles, splits) of the TMA build that the autotuner tries
@@ -69,13 +70,18 @@ def tma_build() -> dict:
     try:
         vals = [int(v) for v in env.split(",")]
     except ValueError:
-        raise KernelError(f"LOWBIT_GEMV_TMA={env!r}: expected 0 or 'stages,side,min_blocks[,xl1pf,maxreg]' integers") from None
-    return {**TMA_BUILD, **dict(zip(("GEMV_TMA", "GEMV_TMA_SIDE", "GEMV_MIN_BLOCKS", "GEMV_XL1PF", "GEMV_TMA_MAXREG"), vals))}
+        raise KernelError(f"LOWBIT_GEMV_TMA={env!r}: expected 0 or 'stages,side,min_blocks[,xl1pf,maxreg]' "
+                          "integers") from None
+    return {**TMA_BUILD, **dict(zip(_TMA_KNOBS, vals))}
 
 
-def tma_smem_bytes(scheme: str, row_tiles: int) -> int:
-    """Dynamic shared memory of a TMA GEMV CTA: stages x unroll x [16 * row tiles rows x 64 bytes] + alignment."""
-    d = compile_defines(scheme, TMA_VARIANT)
+_TMA_KNOBS = ("GEMV_TMA", "GEMV_TMA_SIDE", "GEMV_MIN_BLOCKS", "GEMV_XL1PF", "GEMV_TMA_MAXREG")
+
+
+def tma_smem_bytes(scheme: str, row_tiles: int, defines: dict | None = None) -> int:
+    """Dynamic shared memory of a TMA GEMV CTA: stages x unroll x [16 * row tiles rows x 64 bytes] + alignment
+    (defines: the build's, compile_defines(scheme, TMA_VARIANT) if not given)."""
+    d = defines or compile_defines(scheme, TMA_VARIANT)
     return d["GEMV_TMA"] * d["GEMV_UNROLL"] * 16 * row_tiles * 64 + 1024
 
 
@@ -375,7 +381,7 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
     def launch(cfg):  # (row tiles, warps along K, splits[, build variant])
         wr, wk, s = cfg[:3]
         if len(cfg) > 3 and cfg[3] == TMA_VARIANT:
-            _launch_tma(w, name, args, x, m, mt, wr, s, group, dev)
+            _launch_tma(w, name, args, m, mt, wr, s, group, dev)
             return
         if not 1 <= s <= 65535 or not 1 <= wr * wk <= WARPS:
             raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
@@ -425,21 +431,20 @@ def _tma_fn(file: str, name: str, defines: tuple, dev: int):
     """A TMA GEMV kernel with its dynamic shared-memory limit raised once to the largest CTA's need."""
     from lowbit.kernels.compile import get_function
 
-    d = dict(defines)
-    fn = get_function(file, name, d)
-    fn.max_dynamic_shared_size_bytes = d["GEMV_TMA"] * d["GEMV_UNROLL"] * 16 * WARPS * 64 + 1024
+    fn = get_function(file, name, dict(defines))
+    fn.max_dynamic_shared_size_bytes = tma_smem_bytes("", WARPS, dict(defines))
     return fn
 
 
-def _launch_tma(w: GpuWeight, name: str, args: tuple, x, m: int, mt: int, wr: int, s: int, group: int, dev: int):
+def _launch_tma(w: GpuWeight, name: str, args: tuple, m: int, mt: int, wr: int, s: int, group: int, dev: int):
     """One launch of the TMA build: CTAs of wr consumer warps + a producer warp, grid (ceil(tiles / wr), s)."""
     from lowbit.kernels.tma import tensor_map_2d
 
     if not 1 <= wr <= WARPS or not 1 <= s <= 65535:
         raise KernelError(f"TMA GEMV: row tiles {wr} must be in 1..{WARPS} and splits {s} in 1..65535")
-    defines = tuple(sorted(compile_defines(w.scheme, TMA_VARIANT).items()))
-    fn = _tma_fn(_FILES[w.scheme], name.replace("gemv_", "gemv_tma_", 1), defines, dev)
-    smem = tma_smem_bytes(w.scheme, wr)
+    d = compile_defines(w.scheme, TMA_VARIANT)
+    fn = _tma_fn(_FILES[w.scheme], name.replace("gemv_", "gemv_tma_", 1), tuple(sorted(d.items())), dev)
+    smem = tma_smem_bytes(w.scheme, wr, d)
     wt = args[0]
     wmap = tensor_map_2d(wt.view(np.uint8).reshape(w.n, -1), 16 * wr, 64, swizzle=0)
     tiles = -(-w.n // 16)
