@@ -23,7 +23,7 @@ from lowbit.kernels.weights import GpuWeight
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
 #: compile-time knobs of cuda/common.cuh (see its header) and their defaults
-TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0, "GEMV_MAXREG": 0, "GEMV_XL1PF": 0}
+TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0, "GEMV_MAXREG": 0}
 #: per weight scheme: the knobs measured best on H200 (benchmarks/gemv_variants.py, RESULTS.md); the env
 #: variables LOWBIT_<KNOB> (LOWBIT_GEMV_UNROLL=3 ...) override them for experiments.
 COMPILE_TUNING = {"bf16": {"GEMV_MIN_BLOCKS": 3, "GEMV_UNROLL": 2},
@@ -40,8 +40,8 @@ VARIANTS = {"fp8-block": ({"GEMV_MAXREG": 96},)}
 #: the TMA-fed dense GEMV build (cuda/gemv_tma.cuh): a ring of GEMV_TMA stages in shared memory filled by the
 #: bulk tensor copy, GEMV_TMA_SIDE stages of scales ahead in registers. Its configs enter the first-call
 #: autotuner as (row tiles, 1, splits, TMA_VARIANT). LOWBIT_GEMV_TMA=0 leaves it out;
-#: LOWBIT_GEMV_TMA="S,side,min_blocks[,xl1pf,maxreg]" overrides the build (experiments).
-TMA_BUILD = {"GEMV_TMA": 4, "GEMV_TMA_SIDE": 2, "GEMV_MIN_BLOCKS": 2, "GEMV_XL1PF": 0}
+#: LOWBIT_GEMV_TMA="S,side,min_blocks" overrides the build (experiments).
+TMA_BUILD = {"GEMV_TMA": 4, "GEMV_TMA_SIDE": 2, "GEMV_MIN_BLOCKS": 2}
 TMA_VARIANT = -1
 #: (row tiles, splits) of the TMA build that the autotuner tries
 TMA_CANDIDATES = ((8, 1), (8, 2), (8, 4), (4, 1), (4, 2), (4, 4), (4, 8))
@@ -61,7 +61,7 @@ def compile_defines(scheme: str, variant: int = 0) -> dict:
 
 
 def tma_build() -> dict:
-    """TMA_BUILD with the LOWBIT_GEMV_TMA override ("S,side,min_blocks[,xl1pf,maxreg]"); {} where it is off."""
+    """TMA_BUILD with the LOWBIT_GEMV_TMA override ("S,side,min_blocks"); {} where it is off."""
     env = os.environ.get("LOWBIT_GEMV_TMA", "")
     if env == "0":
         return {}
@@ -70,12 +70,12 @@ def tma_build() -> dict:
     try:
         vals = [int(v) for v in env.split(",")]
     except ValueError:
-        raise KernelError(f"LOWBIT_GEMV_TMA={env!r}: expected 0 or 'stages,side,min_blocks[,xl1pf,maxreg]' "
+        raise KernelError(f"LOWBIT_GEMV_TMA={env!r}: expected 0 or 'stages,side,min_blocks' "
                           "integers") from None
     return {**TMA_BUILD, **dict(zip(_TMA_KNOBS, vals))}
 
 
-_TMA_KNOBS = ("GEMV_TMA", "GEMV_TMA_SIDE", "GEMV_MIN_BLOCKS", "GEMV_XL1PF", "GEMV_TMA_MAXREG")
+_TMA_KNOBS = ("GEMV_TMA", "GEMV_TMA_SIDE", "GEMV_MIN_BLOCKS")
 
 
 def tma_smem_bytes(scheme: str, row_tiles: int, defines: dict | None = None) -> int:
@@ -419,11 +419,9 @@ def use_tma(w: GpuWeight, dev: int) -> bool:
     """Whether the TMA build may run w: on, sm_90 or later, rows a multiple of 16 bytes (the tensor map's stride)."""
     import cupy
 
+    main = w.tensors.get("weight", w.tensors.get("weight_packed"))
     return (bool(tma_build()) and int(cupy.cuda.Device(dev).compute_capability) >= 90
-            and (w.k * _BITS[w.scheme] // 8) % 16 == 0)
-
-
-_BITS = {"bf16": 16, "fp8-block": 8, "nvfp4": 4, "int4": 4}
+            and (main.nbytes // w.n) % 16 == 0)
 
 
 @functools.lru_cache(maxsize=256)

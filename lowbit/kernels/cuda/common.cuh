@@ -46,10 +46,10 @@
 // (measured: expert ids read with __ldg came back stale -> illegal addresses in graph decode). x through
 // L2 only (ld.global.cg) measured 15-40 % slower at M = 8 (every warp re-reads x): hence L1.
 //
-// x in L1 (GEMV_XL1PF, off). ncu (H200, 8192x29568, M = 1) put 40 % of nvfp4's stall samples on the first use
-// of a just-loaded x pair; prefetching each lane's x line into L1 stages ahead (after the PDL wait: earlier, a
-// line could hold the previous kernel's stale x) measured no gain at M = 1 and 5-20 % loss at M = 8, in this
-// loop and the TMA build: the samples moved, the time did not (RESULTS.md, 2026-11-27 from 10:00 UTC).
+// x in L1: ncu (H200, 8192x29568, M = 1) put 40 % of nvfp4's stall samples on the first use of a just-loaded
+// x pair, but prefetching each lane's x line into L1 stages ahead (prefetch.global.L1, after the PDL wait)
+// measured no gain at M = 1 and 5-20 % loss at M = 8, in this loop and the TMA build: the samples moved, the
+// time did not (RESULTS.md, 2026-11-27 from 10:00 UTC). Removed.
 //
 // Preconditions (checked by the Python launcher, lowbit/kernels/gemv.py): pointers to contiguous device
 // arrays; 1 <= M <= 8*MT; cnt zeroed before first use (it is self-resetting) and not shared by two
@@ -88,11 +88,6 @@
 // GEMV_XPREFETCH: 1 = x pairs are loaded with the weights one stage ahead (registers), 0 = at use (L1)
 #ifndef GEMV_XPREFETCH
 #define GEMV_XPREFETCH 0
-#endif
-// GEMV_XL1PF: D > 0 = the fast loop prefetches the x lines of the stage D stages ahead into L1
-// (prefetch.global.L1, no register), so the loads at use hit L1; 0 = off. See "x in L1" above.
-#ifndef GEMV_XL1PF
-#define GEMV_XL1PF 0
 #endif
 
 namespace lb {
@@ -198,18 +193,6 @@ __device__ __forceinline__ void load_x_fast(const uint16_t* xr, long off, uint32
     const uint4 v = __ldca(reinterpret_cast<const uint4*>(xr + off) + i);
     X[4 * i] = v.x; X[4 * i + 1] = v.y; X[4 * i + 2] = v.z; X[4 * i + 3] = v.w;
   }
-}
-
-__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
-
-// Prefetch into L1 the lane's x of iterations [it0, it0 + U) that lie below it_fast (see "x in L1").
-template <int EC, int MT, int U>
-__device__ __forceinline__ void prefetch_x(const uint16_t* const (&xr)[MT], int it0, int it_fast) {
-#pragma unroll
-  for (int u = 0; u < U; ++u)
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-      if (xr[mt] != nullptr && it0 + u < it_fast) prefetch_l1(xr[mt] + (long)(it0 + u) * 4 * EC);
 }
 
 // Where one warp's work lands: the row tile (its first row row0 and, for the split-K workspace, an index
@@ -445,16 +428,9 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
 #endif
     load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it_beg, cur);
     lb_pdl_wait();  // the first weights are in flight; x (an earlier kernel's output) is read from here on
-#if GEMV_XL1PF && !GEMV_XPREFETCH
-#pragma unroll
-    for (int d = 1; d < GEMV_XL1PF; ++d) prefetch_x<EC, MT, U>(xr, it_beg + d * U, it_fast);
-#endif
     for (int it0 = it_beg; it0 < it_fast; it0 += U) {
       Stage<P, MT, U> nxt;
       if (it0 + U < it_fast) load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it0 + U, nxt);
-#if GEMV_XL1PF && !GEMV_XPREFETCH
-      prefetch_x<EC, MT, U>(xr, it0 + GEMV_XL1PF * U, it_fast);
-#endif
       compute_stage<P, MT, U, true>(a, pa, pb, cur, xr, g, t, it0, it_fast, acc);
       cur = nxt;
     }

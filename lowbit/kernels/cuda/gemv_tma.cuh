@@ -13,7 +13,7 @@
 #include "tma_sm90.cuh"
 namespace lb {
 // TMA-fed dense GEMV (built when GEMV_TMA = S > 0; gemv_tma_* kernels). ncu on the H200 (8192x29568, M = 1)
-// showed the register-buffered loop above at 14-16 warps an SM (123-128 registers), each with ~2 KB of
+// showed the register-buffered loop (common.cuh) at 14-16 warps an SM (123-128 registers), each with ~2 KB of
 // weight in flight, against bf16's 23 warps; most stall samples were long-scoreboard waits. Here the
 // weights stream into a shared-memory ring that costs no registers:
 //  - a CTA = wr_n consumer warps (a 16-row tile each, R = 16 * wr_n rows) + one producer warp (the last);
@@ -23,13 +23,13 @@ namespace lb {
 //  - smem stage layout [u][row][64 bytes]: a quarter-warp reads rows g, g + 1 at 64-byte pitch: the 8
 //    lanes cover 128 contiguous bytes, no bank conflict without a swizzle;
 //  - consumers wait full[s], copy their chunks to registers, release the stage (one arrive per warp on
-//    empty[s]) and run the same decode and mma as the loop above; their side data (scales) is loaded
+//    empty[s]) and run the same decode and mma as that loop; their side data (scales) is loaded
 //    from global memory GEMV_TMA_SIDE stages ahead into a register ring (the loop is unrolled by it).
 // The producer issues its copies before the PDL wait (weights depend on nothing earlier); consumers wait
 // before reading x. wk = 1 (no K split inside a CTA); K splits across CTAs (grid y) as in the dense GEMV.
 // Every consumer warp walks every stage (even one whose rows lie past N) so the producer's empty
 // barriers complete.
-// Measured (H200, 2026-11-27, same-run A/B against the loop above, benchmarks/gemv_tma_ab.py): fp8 W8A16
+// Measured (H200, 2026-11-27, same-run A/B against the register loop, benchmarks/gemv_tma_ab.py): fp8 W8A16
 // 69 us against 79-84 at 8192x29568 and 29568x8192 (82-83 % of copy), W8A8 75 against 83 at 8192x29568,
 // bf16 123 against 129-134 there; slower at 4096-sized shapes and for nvfp4 and int4 everywhere (int4
 // 8192x29568: 60-66 us against 57). The 4-bit consumers are capped at 96 registers here (spilling 20-80
@@ -104,10 +104,6 @@ __device__ __forceinline__ void gemv_tma_body(const Args& a, const void* wmap) {
   for (int d = 0; d < D; ++d)
     if (d < nst) load_side(sa[d], sb[d], d);
   lb_pdl_wait();  // x (an earlier kernel's output) is read from here on
-#if GEMV_XL1PF
-#pragma unroll
-  for (int d = 0; d < GEMV_XL1PF; ++d) prefetch_x<EC, MT, U>(xr, s_beg + d * U, fast_end);
-#endif
   const uint8_t* mine = ring + (16 * warp + g) * 64 + t * 16;
   for (int st0 = 0; st0 < nst; st0 += D) {
 #pragma unroll
@@ -130,9 +126,6 @@ __device__ __forceinline__ void gemv_tma_body(const Args& a, const void* wmap) {
       // scheme was 5-20 % slower on the H200)
       if (st + D < nst) load_side(sa[d], sb[d], st + D);
       const int it0 = s_beg + st * U;
-#if GEMV_XL1PF
-      prefetch_x<EC, MT, U>(xr, it0 + GEMV_XL1PF * U, fast_end);
-#endif
       if (it0 + U <= fast_end) compute_stage<P, MT, U, true>(a, p, p, cur, xr, g, t, it0, it_end, acc);
       else compute_stage<P, MT, U, false>(a, p, p, cur, xr, g, t, it0, it_end, acc);
     }
@@ -143,17 +136,8 @@ __device__ __forceinline__ void gemv_tma_body(const Args& a, const void* wmap) {
 }  // namespace lb
 
 // The TMA-fed dense GEMV of a policy: the dense argument list after the weight's tensor map (device memory).
-// GEMV_TMA_MAXREG: N > 0 = at most N registers a thread (__maxnreg__) instead of the launch bound's cap
-#ifndef GEMV_TMA_MAXREG
-#define GEMV_TMA_MAXREG 0
-#endif
-#if GEMV_TMA_MAXREG
-#define LB_GEMV_TMA_BOUNDS __maxnreg__(GEMV_TMA_MAXREG)
-#else
-#define LB_GEMV_TMA_BOUNDS __launch_bounds__((GEMV_WARPS + 1) * 32, GEMV_MIN_BLOCKS)
-#endif
 #define LB_GEMV_TMA_KERNEL(NAME, POLICY, MT)                                                              \
-  extern "C" __global__ void LB_GEMV_TMA_BOUNDS                                                           \
+  extern "C" __global__ void __launch_bounds__((GEMV_WARPS + 1) * 32, GEMV_MIN_BLOCKS)                    \
       NAME(const void* wmap, const uint8_t* w, const void* s, const int* z, const float* gscale,           \
            const uint16_t* x, const float* xs, uint16_t* y, float* ws, int* cnt, int n, int k, int m,      \
            int splits, int group) {                                                                       \
