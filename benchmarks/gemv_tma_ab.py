@@ -53,7 +53,8 @@ def main() -> None:
                 res = []
                 for b in builds:
                     os.environ["LOWBIT_GEMV_TMA"] = b
-                    for wr, s in cands:
+                    tw = G.compile_defines(scheme, G.TMA_VARIANT)["GEMV_WARPS"]
+                    for wr, s in [c for c in cands if c[0] <= tw]:
                         us = time_rotating(lambda i: G.gemv(ws[i], x, act=act, cta=(wr, 1), splits=s,
                                                             variant=G.TMA_VARIANT), len(ws), ctx.iters)
                         res.append((us, b, wr, s))

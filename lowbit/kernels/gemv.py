@@ -38,10 +38,15 @@ UNROLL = 2  # the planner's minimum work per warp (iterations), whatever the com
 #: register-held loads limit them more than the decode arithmetic.
 VARIANTS = {"fp8-block": ({"GEMV_MAXREG": 96},)}
 #: the TMA-fed dense GEMV build (cuda/gemv_tma.cuh): a ring of GEMV_TMA stages in shared memory filled by the
-#: bulk tensor copy, GEMV_TMA_SIDE stages of scales ahead in registers. Its configs enter the first-call
-#: autotuner as (row tiles, 1, splits, TMA_VARIANT). LOWBIT_GEMV_TMA=0 leaves it out;
-#: LOWBIT_GEMV_TMA="S,side,min_blocks" overrides the build (experiments).
-TMA_BUILD = {"GEMV_TMA": 4, "GEMV_TMA_SIDE": 2, "GEMV_MIN_BLOCKS": 2}
+#: bulk tensor copy, GEMV_TMA_SIDE stages of scales ahead in registers, each stage released after its math
+#: (GEMV_TMA_LATE). Its configs enter the first-call autotuner as (row tiles, 1, splits, TMA_VARIANT).
+#: LOWBIT_GEMV_TMA=0 leaves it out; LOWBIT_GEMV_TMA="S,side,min_blocks[,unroll[,late[,warps]]]" overrides
+#: the build (experiments). Measured on H200 (benchmarks/RESULTS.md, 2026-11-27 from 11:30 UTC): releasing
+#: after the math made W8A8 29568x8192 74 us against 84 and nothing slower; bf16 at 4 iterations a stage
+#: made 14336x4096 34.6 us against 37.8 (the other schemes spill there and are 1.5-2x slower).
+TMA_BUILD = {"GEMV_TMA": 4, "GEMV_TMA_SIDE": 2, "GEMV_MIN_BLOCKS": 2, "GEMV_TMA_LATE": 1}
+#: per weight scheme, on top of TMA_BUILD
+TMA_TUNING = {"bf16": {"GEMV_UNROLL": 4}}
 TMA_VARIANT = -1
 #: (row tiles, splits) of the TMA build that the autotuner tries
 TMA_CANDIDATES = ((8, 1), (8, 2), (8, 4), (4, 1), (4, 2), (4, 4), (4, 8))
@@ -54,28 +59,30 @@ def compile_defines(scheme: str, variant: int = 0) -> dict:
     for knob, default in TUNABLES.items():
         d[knob] = int(os.environ.get("LOWBIT_" + knob, COMPILE_TUNING[scheme].get(knob, default)))
     if variant == TMA_VARIANT:
-        d.update(tma_build())
+        d.update(tma_build(scheme))
     elif variant:
         d.update(VARIANTS[scheme][variant - 1])
     return d
 
 
-def tma_build() -> dict:
-    """TMA_BUILD with the LOWBIT_GEMV_TMA override ("S,side,min_blocks"); {} where it is off."""
+def tma_build(scheme: str = "") -> dict:
+    """TMA_BUILD with the scheme's TMA_TUNING and the LOWBIT_GEMV_TMA override
+    ("S,side,min_blocks[,unroll[,late[,warps]]]") on top; {} where it is off."""
     env = os.environ.get("LOWBIT_GEMV_TMA", "")
     if env == "0":
         return {}
+    d = {**TMA_BUILD, **TMA_TUNING.get(scheme, {})}
     if not env:
-        return dict(TMA_BUILD)
+        return d
     try:
         vals = [int(v) for v in env.split(",")]
     except ValueError:
-        raise KernelError(f"LOWBIT_GEMV_TMA={env!r}: expected 0 or 'stages,side,min_blocks' "
+        raise KernelError(f"LOWBIT_GEMV_TMA={env!r}: expected 0 or 'stages,side,min_blocks[,unroll[,late[,warps]]]' "
                           "integers") from None
-    return {**TMA_BUILD, **dict(zip(_TMA_KNOBS, vals))}
+    return {**d, **dict(zip(_TMA_KNOBS, vals))}
 
 
-_TMA_KNOBS = ("GEMV_TMA", "GEMV_TMA_SIDE", "GEMV_MIN_BLOCKS")
+_TMA_KNOBS = ("GEMV_TMA", "GEMV_TMA_SIDE", "GEMV_MIN_BLOCKS", "GEMV_UNROLL", "GEMV_TMA_LATE", "GEMV_WARPS")
 
 
 def tma_smem_bytes(scheme: str, row_tiles: int, defines: dict | None = None) -> int:
@@ -402,7 +409,8 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
     elif TUNE and w.n * w.k >= TUNE_MIN_ELEMENTS:
         def extra():  # the other builds' planned configs and TUNE_CANDIDATES, the TMA build's candidates
             vs = range(1, len(VARIANTS.get(w.scheme, ())) + 1)
-            tma = [(wr, 1, s, TMA_VARIANT) for wr, s in TMA_CANDIDATES] if use_tma(w, dev) else []
+            tw = compile_defines(w.scheme, TMA_VARIANT).get("GEMV_WARPS", WARPS)
+            tma = [(wr, 1, s, TMA_VARIANT) for wr, s in TMA_CANDIDATES if wr <= tw] if use_tma(w, dev) else []
             return [(*_planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev, v)[1:], v) for v in vs] + \
                 [(*c, v) for v in vs for c in TUNE_CANDIDATES] + tma
 
@@ -430,7 +438,7 @@ def _tma_fn(file: str, name: str, defines: tuple, dev: int):
     from lowbit.kernels.compile import get_function
 
     fn = get_function(file, name, dict(defines))
-    fn.max_dynamic_shared_size_bytes = tma_smem_bytes("", WARPS, dict(defines))
+    fn.max_dynamic_shared_size_bytes = tma_smem_bytes("", dict(defines)["GEMV_WARPS"], dict(defines))
     return fn
 
 
@@ -438,9 +446,9 @@ def _launch_tma(w: GpuWeight, name: str, args: tuple, m: int, mt: int, wr: int, 
     """One launch of the TMA build: CTAs of wr consumer warps + a producer warp, grid (ceil(tiles / wr), s)."""
     from lowbit.kernels.tma import tensor_map_2d
 
-    if not 1 <= wr <= WARPS or not 1 <= s <= 65535:
-        raise KernelError(f"TMA GEMV: row tiles {wr} must be in 1..{WARPS} and splits {s} in 1..65535")
     d = compile_defines(w.scheme, TMA_VARIANT)
+    if not 1 <= wr <= d["GEMV_WARPS"] or not 1 <= s <= 65535:
+        raise KernelError(f"TMA GEMV: row tiles {wr} must be in 1..{d['GEMV_WARPS']} and splits {s} in 1..65535")
     fn = _tma_fn(_FILES[w.scheme], name.replace("gemv_", "gemv_tma_", 1), tuple(sorted(d.items())), dev)
     smem = tma_smem_bytes(w.scheme, wr, d)
     wt = args[0]
