@@ -81,12 +81,19 @@ def _module(file: str, flags: tuple[str, ...], arch: str, device_id: int):
 
 
 def get_function(file: str, name: str, defines: dict | None = None):
-    """The kernel `name` (extern "C") of cuda/`file`, compiled for the current device."""
+    """The kernel `name` (extern "C") of cuda/`file`, compiled for the current device (cached: one object
+    per kernel, build and device, so attributes set on it persist and a call costs a dict lookup)."""
     import cupy
 
-    dev = cupy.cuda.Device()
-    mod = _module(file, _define_flags(defines), device_arch(), dev.id)
-    return mod.get_function(name)
+    return _function(file, name, _define_flags(defines), cupy.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _function(file: str, name: str, flags: tuple[str, ...], device_id: int):
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        return _module(file, flags, device_arch(), device_id).get_function(name)
 
 
 def nvcc_command(path: Path, arch: str, out: Path) -> list[str]:

@@ -256,9 +256,9 @@ class W16Plan:
 BT256_GAIN = 1.2
 
 
-def _wave_eff(units: int) -> float:
+def _wave_eff(units: int, sms: int) -> float:
     """Busy fraction of the SMs over the rounds a persistent grid needs for `units` work units."""
-    waves = units / _num_sms()
+    waves = units / sms
     return waves / math.ceil(waves)
 
 
@@ -270,11 +270,17 @@ def tma_w16_plan(w: GpuWeight, rows: int) -> W16Plan:
     keeps the SMs busier over the persistent rounds (256 counted BT256_GAIN faster, the padding of a ragged
     last token tile counted as waste); K is split only while the tiles fill less than one wave and M <= 256,
     since the fp32 partials cost M x N x 8 bytes of traffic per split.
-    LOWBIT_TMA_W16="stages,run,tokens[,splits]" overrides (benchmarks, tests)."""
+    LOWBIT_TMA_W16="stages,run,tokens[,splits]" overrides (benchmarks, tests). Cached (a call's host cost)."""
+    import os
 
-    nk = -(-w.k // 128)
-    nt = -(-w.n // 128)
-    parts = _env_ints("LOWBIT_TMA_W16", ())
+    return _w16_plan(w.scheme, w.n, w.k, rows, os.environ.get("LOWBIT_TMA_W16", ""), _num_sms())
+
+
+@functools.lru_cache(maxsize=4096)
+def _w16_plan(scheme: str, n: int, k: int, rows: int, env: str, sms: int) -> W16Plan:
+    nk = -(-k // 128)
+    nt = -(-n // 128)
+    parts = tuple(int(p) for p in env.split(",")) if env else ()
     if parts:
         stages, run, bt = parts[:3]
         splits = parts[3] if len(parts) > 3 else 0
@@ -284,17 +290,17 @@ def tma_w16_plan(w: GpuWeight, rows: int) -> W16Plan:
         else:
             def score(b: int) -> float:
                 m_tiles = -(-rows // b)
-                return _wave_eff(m_tiles * nt) * rows / (m_tiles * b) * (BT256_GAIN if b == 256 else 1.0)
+                return _wave_eff(m_tiles * nt, sms) * rows / (m_tiles * b) * (BT256_GAIN if b == 256 else 1.0)
 
-            bt = max((128, 256) if w.scheme != "fp8-block" else (128,), key=score)
-        stages, run, splits = TMA_W16_STAGES[(w.scheme, bt)], TMA_W16_RUN, 0
+            bt = max((128, 256) if scheme != "fp8-block" else (128,), key=score)
+        stages, run, splits = TMA_W16_STAGES[(scheme, bt)], TMA_W16_RUN, 0
     if not splits:
         tiles = -(-rows // bt) * nt
         splits = 1
-        if rows <= 64 and tiles < _num_sms():
-            splits = max(1, min(nk // 4, -(-2 * _num_sms() // tiles)))
-        elif rows <= 256 and tiles < _num_sms():
-            splits = max(1, min(nk // 4, -(-_num_sms() // tiles)))
+        if rows <= 64 and tiles < sms:
+            splits = max(1, min(nk // 4, -(-2 * sms // tiles)))
+        elif rows <= 256 and tiles < sms:
+            splits = max(1, min(nk // 4, -(-sms // tiles)))
     kps = -(-nk // splits)
     return W16Plan(stages, run, bt, -(-nk // kps), kps)
 
@@ -462,8 +468,45 @@ def gemm_takes(w: GpuWeight) -> bool:
     return w.scheme == "bf16" or w.k % 32 == 0
 
 
+#: M up to this always runs the GEMV kernels (lowbit.kernels.gemv): at M = 4 they beat the GEMM on every bench
+#: shape and scheme (H200, 2026-11-27: e.g. nvfp4 72b mlp.up 68 us against 132, int4 Qwen3 qkv 9.5 against 14.1)
+GEMV_ALWAYS_M = 8
+_SMALL_M_CHOICE: dict = {}
+
+
+def small_m_uses_gemv(w: GpuWeight, x, act: str, y) -> bool:
+    """Whether this call (M <= 16) runs the GEMV kernels rather than the GEMM: always up to GEMV_ALWAYS_M; for
+    M = 9..16 the faster of the two, timed once per (scheme, act, N, K, device) on this call's operands. At
+    M = 16 neither wins everywhere (H200, 2026-11-27, GPU time: int4 72b mlp.up GEMM 82 us, GEMV 103; nvfp4
+    the same shape GEMM 132, GEMV 102; GEMV ahead on every 7b and Qwen3 shape). LOWBIT_GEMM_GEMV=0: never."""
+    import os
+
+    import cupy
+
+    from lowbit.kernels import gemv as G
+
+    m = x.shape[0]
+    if m > G.MAX_M or os.environ.get("LOWBIT_GEMM_GEMV", "1") == "0":
+        return False
+    if m <= GEMV_ALWAYS_M:
+        return True
+    key = (w.scheme, act, w.n, w.k, cupy.cuda.Device().id)
+    if key not in _SMALL_M_CHOICE:
+        def run(path):
+            if path == "gemv":
+                G.gemv(w, x, act=act, out=y)
+            else:
+                _gemm_kernels(w, x, act, y)
+
+        flush = cupy.empty(64 << 20, dtype=cupy.uint8)
+        _SMALL_M_CHOICE[key] = G.fastest_config(run, ["gemv", "gemm"], flush) == "gemv"
+        del flush
+    return _SMALL_M_CHOICE[key]
+
+
 def gemm(w: GpuWeight, x, act: str = "bf16", out=None):
-    """y bf16 [M, N] = x bf16 [M, K] @ W^T. act: "bf16" (weight-only) or "fp8" (fp8-block W8A8)."""
+    """y bf16 [M, N] = x bf16 [M, K] @ W^T. act: "bf16" (weight-only) or "fp8" (fp8-block W8A8). M <= 16 may
+    run the GEMV kernels (small_m_uses_gemv)."""
     import cupy
 
     if w.experts is not None:
@@ -479,6 +522,18 @@ def gemm(w: GpuWeight, x, act: str = "bf16", out=None):
     y = out if out is not None else cupy.empty((m, w.n), x.dtype)
     if m == 0:
         return y
+    if small_m_uses_gemv(w, x, act, y):
+        from lowbit.kernels.gemv import gemv
+
+        return gemv(w, x, act=act, out=y)
+    return _gemm_kernels(w, x, act, y)
+
+
+def _gemm_kernels(w: GpuWeight, x, act: str, y):
+    """The GEMM proper (no GEMV dispatch), into y."""
+    import cupy
+
+    m = x.shape[0]
     if w.scheme == "bf16" and act == "bf16":
         return cupy.matmul(x, w.tensors["weight"].T, out=y)
     if act == "bf16" and use_tma_w16(w, m):

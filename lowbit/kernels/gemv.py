@@ -109,7 +109,11 @@ def _bf16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def check_activation(x, k: int, name: str = "x", max_m: int = 16) -> int:
+#: the most rows (tokens) a GEMV call takes (two 8-token mma tiles)
+MAX_M = 16
+
+
+def check_activation(x, k: int, name: str = "x", max_m: int = MAX_M) -> int:
     """Validate x (cupy bf16 [M, K], C-contiguous, 16-byte aligned, current device); return M."""
     import cupy
 

@@ -1,4 +1,6 @@
-"""`linear(w, x)`: y = x @ W^T for any batch, picking the kernel: GEMV for M <= 16, GEMM above.
+"""`linear(w, x)`: y = x @ W^T for any batch, picking the kernel: GEMV for M <= 8, GEMM above (which itself
+runs the GEMV for M <= 16 where that measured faster: gemm.small_m_uses_gemv), the GEMV also for M <= 16
+where the GEMM has no kernel (W4A4 activations, K % 32 != 0).
 
 x is bf16 [..., K] (leading dims are flattened into M); the result is bf16 [..., N]. When
 `lowbit.kernels.gemm` is not importable, or its kernels cannot take the weight's K (K % 32 != 0 for a
@@ -10,10 +12,10 @@ from __future__ import annotations
 import logging
 
 from lowbit.errors import KernelError
+from lowbit.kernels.gemv import MAX_M as GEMV_MAX_M
 from lowbit.kernels.weights import GpuWeight
 
 log = logging.getLogger(__name__)
-GEMV_MAX_M = 16
 _warned = False
 
 
@@ -34,15 +36,15 @@ def linear(w: GpuWeight, x, act: str = "bf16", out=None):
     lead = tuple(x.shape[:-1])
     x2 = x.reshape(-1, w.k)
     m = x2.shape[0]
-    if m <= GEMV_MAX_M:
+    try:
+        from lowbit.kernels.gemm import GEMV_ALWAYS_M, gemm, gemm_takes
+    except ImportError:
+        gemm = None
+    has_gemm = gemm is not None and act in ("bf16", "fp8") and gemm_takes(w)
+    if m <= GEMV_MAX_M and (not has_gemm or m <= GEMV_ALWAYS_M):
         from lowbit.kernels.gemv import gemv
 
         y = gemv(w, x2, act=act, out=out)
     else:
-        try:
-            from lowbit.kernels.gemm import gemm, gemm_takes
-        except ImportError:
-            y = _fallback(w, x2)
-        else:
-            y = gemm(w, x2, act=act) if gemm_takes(w) else _fallback(w, x2)
+        y = gemm(w, x2, act=act) if has_gemm else _fallback(w, x2)
     return y.reshape(lead + (w.n,))

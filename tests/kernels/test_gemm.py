@@ -34,6 +34,12 @@ def _weight(scheme, opts, n, k, seed):
     return to_gpu(scheme, t, name=f"test.{scheme}", **opts), gc.dense_weight(scheme, t)
 
 
+@pytest.fixture(autouse=True)
+def _gemm_kernels_at_small_m(monkeypatch):
+    """These tests cover the GEMM kernels themselves at every M: gemm() must not hand M <= 16 to the GEMV."""
+    monkeypatch.setenv("LOWBIT_GEMM_GEMV", "0")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("scheme,opts,acts", CASES)
 @pytest.mark.parametrize("m,n,k", [(1, 200, 256), (16, 384, 1024), (33, 200, 160), (64, 136, 512),
@@ -297,3 +303,26 @@ def test_tma_map_arguments_are_checked():
         tma.encode_2d(8, 128, 256, 128, 128)
     with pytest.raises(KernelError, match="40 bytes a row"):
         tma.encode_2d(4096, 128, 20, 128, 64, elem_bytes=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,act", [("fp8-block", "fp8"), ("fp8-block", "bf16"), ("int4", "bf16"),
+                                        ("bf16", "bf16")])
+def test_small_m_runs_the_gemv(monkeypatch, scheme, act):
+    """gemm() at M <= GEMV_ALWAYS_M is exactly gemv(); at M = 9..16 it runs whichever was measured faster for the
+    shape (and stays within the bound); LOWBIT_GEMM_GEMV=0 keeps the GEMM kernels."""
+    import cupy
+
+    from lowbit.kernels import gemm as G
+    from lowbit.kernels.gemv import gemv
+
+    monkeypatch.setenv("LOWBIT_GEMM_GEMV", "1")
+    w, dense = _weight(scheme, {}, 384, 1024, seed=11)
+    x = cupy.asarray(gc.random_bf16(np.random.default_rng(4), (G.GEMV_ALWAYS_M, w.k)))
+    assert cupy.array_equal(G.gemm(w, x, act=act), gemv(w, x, act=act))
+    G._SMALL_M_CHOICE.clear()
+    r = gc.check_gemm(w, dense, 13, act=act, seed=5)
+    assert r.passed, r
+    assert len(G._SMALL_M_CHOICE) == 1
+    monkeypatch.setenv("LOWBIT_GEMM_GEMV", "0")
+    assert not G.small_m_uses_gemv(w, x, act, cupy.empty((x.shape[0], w.n), x.dtype))
