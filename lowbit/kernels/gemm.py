@@ -468,42 +468,6 @@ def gemm_takes(w: GpuWeight) -> bool:
     return w.scheme == "bf16" or w.k % 32 == 0
 
 
-#: M up to this always runs the GEMV kernels (lowbit.kernels.gemv): at M = 4 they beat the GEMM on every bench
-#: shape and scheme (H200, 2026-11-27: e.g. nvfp4 72b mlp.up 68 us against 132, int4 Qwen3 qkv 9.5 against 14.1)
-GEMV_ALWAYS_M = 8
-_SMALL_M_CHOICE: dict = {}
-
-
-def small_m_uses_gemv(w: GpuWeight, x, act: str, y) -> bool:
-    """Whether this call (M <= 16) runs the GEMV kernels rather than the GEMM: always up to GEMV_ALWAYS_M; for
-    M = 9..16 the faster of the two, timed once per (scheme, act, N, K, device) on this call's operands. At
-    M = 16 neither wins everywhere (H200, 2026-11-27, GPU time: int4 72b mlp.up GEMM 82 us, GEMV 103; nvfp4
-    the same shape GEMM 132, GEMV 102; GEMV ahead on every 7b and Qwen3 shape). LOWBIT_GEMM_GEMV=0: never."""
-    import os
-
-    import cupy
-
-    from lowbit.kernels import gemv as G
-
-    m = x.shape[0]
-    if m > G.MAX_M or os.environ.get("LOWBIT_GEMM_GEMV", "1") == "0":
-        return False
-    if m <= GEMV_ALWAYS_M:
-        return True
-    key = (w.scheme, act, w.n, w.k, cupy.cuda.Device().id)
-    if key not in _SMALL_M_CHOICE:
-        def run(path):
-            if path == "gemv":
-                G.gemv(w, x, act=act, out=y)
-            else:
-                _gemm_kernels(w, x, act, y)
-
-        flush = cupy.empty(64 << 20, dtype=cupy.uint8)
-        _SMALL_M_CHOICE[key] = G.fastest_config(run, ["gemv", "gemm"], flush) == "gemv"
-        del flush
-    return _SMALL_M_CHOICE[key]
-
-
 def gemm(w: GpuWeight, x, act: str = "bf16", out=None):
     """y bf16 [M, N] = x bf16 [M, K] @ W^T. act: "bf16" (weight-only) or "fp8" (fp8-block W8A8). M <= 16 may
     run the GEMV kernels (small_m_uses_gemv)."""
@@ -522,6 +486,8 @@ def gemm(w: GpuWeight, x, act: str = "bf16", out=None):
     y = out if out is not None else cupy.empty((m, w.n), x.dtype)
     if m == 0:
         return y
+    from lowbit.kernels.linear import small_m_uses_gemv
+
     if small_m_uses_gemv(w, x, act, y):
         from lowbit.kernels.gemv import gemv
 

@@ -314,15 +314,16 @@ def test_small_m_runs_the_gemv(monkeypatch, scheme, act):
     import cupy
 
     from lowbit.kernels import gemm as G
+    from lowbit.kernels import linear as L
     from lowbit.kernels.gemv import gemv
 
     monkeypatch.setenv("LOWBIT_GEMM_GEMV", "1")
     w, dense = _weight(scheme, {}, 384, 1024, seed=11)
-    x = cupy.asarray(gc.random_bf16(np.random.default_rng(4), (G.GEMV_ALWAYS_M, w.k)))
+    x = cupy.asarray(gc.random_bf16(np.random.default_rng(4), (L.GEMV_ALWAYS_M, w.k)))
     assert cupy.array_equal(G.gemm(w, x, act=act), gemv(w, x, act=act))
-    G._SMALL_M_CHOICE.clear()
+    L._SMALL_M_CHOICE.clear()
     r = gc.check_gemm(w, dense, 13, act=act, seed=5)
     assert r.passed, r
-    assert len(G._SMALL_M_CHOICE) == 1
+    assert len(L._SMALL_M_CHOICE) == 1
     monkeypatch.setenv("LOWBIT_GEMM_GEMV", "0")
-    assert not G.small_m_uses_gemv(w, x, act, cupy.empty((x.shape[0], w.n), x.dtype))
+    assert not L.small_m_uses_gemv(w, x, act, cupy.empty((x.shape[0], w.n), x.dtype))
