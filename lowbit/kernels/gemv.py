@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from lowbit.errors import KernelError
+from lowbit.kernels import device_buffers
 from lowbit.kernels.launch import launch as launch_kernel
 from lowbit.kernels.weights import GpuWeight
 
@@ -42,12 +43,11 @@ VARIANTS = {"fp8-block": ({"GEMV_MAXREG": 96},)}
 #: (GEMV_TMA_LATE). Its configs enter the first-call autotuner as (row tiles, 1, splits, TMA_VARIANT).
 #: LOWBIT_GEMV_TMA=0 leaves it out; LOWBIT_GEMV_TMA="S,side,min_blocks[,unroll[,late[,warps]]]" overrides
 #: the build (experiments). Measured on H200 (benchmarks/RESULTS.md, 2026-11-27 from 11:30 UTC): releasing
-#: after the math made W8A8 29568x8192 74 us against 84 and nothing slower. bf16 at 4 iterations a stage made
-#: 14336x4096 34.6 us against 37.8, but the runtime's six-model decode sequence (benchmarks/decode.py) then
-#: hit an illegal address in Mixtral (not reproduced with 2 iterations; not understood), so it is not used.
+#: after the math made W8A8 29568x8192 74 us against 84 and nothing slower; bf16 at 4 iterations a stage
+#: made 14336x4096 34.6 us against 37.8 (the other schemes spill there and are 1.5-2x slower).
 TMA_BUILD = {"GEMV_TMA": 4, "GEMV_TMA_SIDE": 2, "GEMV_MIN_BLOCKS": 2, "GEMV_TMA_LATE": 1}
-#: per weight scheme, on top of TMA_BUILD (none today; see above)
-TMA_TUNING: dict = {}
+#: per weight scheme, on top of TMA_BUILD
+TMA_TUNING = {"bf16": {"GEMV_UNROLL": 4}}
 TMA_VARIANT = -1
 #: (row tiles, splits) of the TMA build that the autotuner tries
 TMA_CANDIDATES = ((8, 1), (8, 2), (8, 4), (4, 1), (4, 2), (4, 4), (4, 8))
@@ -205,21 +205,15 @@ def plan_launch(n: int, k: int, scheme: str, sm_count: int, regs: int = 128) -> 
 
 
 class _Workspace:
-    """Per-device split-K scratch: fp32 partials and self-resetting int32 counters (zeroed once)."""
+    """Per-device split-K scratch: fp32 partials and self-resetting int32 counters (zeroed once). Both only
+    grow and are never freed (device_buffers.Retained: CUDA graphs keep the addresses they were captured with)."""
 
     def __init__(self):
-        self.ws = {}
-        self.cnt = {}
+        self.ws = device_buffers.Retained(np.float32, minimum=1 << 16)
+        self.cnt = device_buffers.Retained(np.int32, zeroed=True, minimum=4096)
 
     def get(self, dev: int, floats: int, tiles: int):
-        import cupy
-
-        if self.ws.get(dev) is None or self.ws[dev].size < floats:
-            self.ws[dev] = cupy.empty(max(floats, 1 << 16), dtype=cupy.float32)
-        if self.cnt.get(dev) is None or self.cnt[dev].size < tiles:
-            cupy.cuda.Device().synchronize()
-            self.cnt[dev] = cupy.zeros(max(tiles, 4096), dtype=cupy.int32)
-        return self.ws[dev], self.cnt[dev]
+        return self.ws.get(dev, floats), self.cnt.get(dev, tiles)
 
 
 _WS = _Workspace()

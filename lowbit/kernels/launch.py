@@ -17,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import struct
+import threading
 
 import numpy as np
 
@@ -38,9 +40,10 @@ class _LaunchConfig(ctypes.Structure):
                 ("attrs", ctypes.POINTER(_LaunchAttribute)), ("numAttrs", ctypes.c_uint)]
 
 
-_CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.uint32): ctypes.c_uint32,
-           np.dtype(np.int64): ctypes.c_int64, np.dtype(np.uint64): ctypes.c_uint64,
-           np.dtype(np.float32): ctypes.c_float}
+#: each kernel argument fills one 8-byte slot of a packed buffer (struct format, little-endian)
+_SLOTS = {np.dtype(np.int32): "i4x", np.dtype(np.uint32): "I4x", np.dtype(np.int64): "q", np.dtype(np.uint64): "Q",
+          np.dtype(np.float32): "f4x"}
+_MAX_ARGS = 64
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,13 +73,54 @@ def pdl_enabled() -> bool:
             and _pdl_device(cupy.cuda.Device().id))
 
 
-def _arg(a):
-    if isinstance(a, np.generic) and a.dtype in _CTYPES:
-        return _CTYPES[a.dtype](a.item())
+_SLOT_OF_TYPE = {np.dtype(t).type: f for t, f in _SLOTS.items()}
+
+
+def _slot(a) -> tuple[str, int | float]:
+    """(struct format of the argument's 8-byte slot, its value): a cupy array passes its device pointer, a numpy
+    scalar its value at its own width."""
+    f = _SLOT_OF_TYPE.get(type(a))
+    if f is not None:
+        return f, a.item()
     if type(a).__module__.startswith("cupy") and hasattr(getattr(a, "data", None), "ptr"):  # cupy.ndarray
-        return ctypes.c_void_p(a.data.ptr)
+        return "Q", a.data.ptr
     raise KernelError(f"kernel argument of type {type(a).__name__} {getattr(a, 'dtype', '')}: pass a cupy array "
                       "or a numpy int32/uint32/int64/uint64/float32 scalar")
+
+
+class _Packer(threading.local):
+    """Per thread: the argument buffer (8-byte slots), the pointer to each slot that cuLaunchKernelEx reads,
+    the PDL attribute and a launch config, built once (building them per launch cost ~45 us of the ~55 us a
+    launch took on the host; H200 device machine, 2026-11-27)."""
+
+    def __init__(self):
+        self.buf = ctypes.create_string_buffer(8 * _MAX_ARGS)
+        base = ctypes.addressof(self.buf)
+        self.params = (ctypes.c_void_p * _MAX_ARGS)(*[base + 8 * i for i in range(_MAX_ARGS)])
+        self.attr = _LaunchAttribute()
+        self.attr.id = _PROGRAMMATIC_STREAM_SERIALIZATION
+        self.attr.value = 1  # programmaticStreamSerializationAllowed
+        self.cfg = _LaunchConfig()
+        self.cfg.attrs = ctypes.pointer(self.attr)
+        self.cfg.numAttrs = 1
+        self.formats: dict[tuple, str] = {}
+
+
+_PACKER = _Packer()
+
+
+def pack(args) -> ctypes.Array:
+    """Write args into this thread's slot buffer; returns the slot pointers (valid until the next pack)."""
+    p = _PACKER
+    if len(args) > _MAX_ARGS:
+        raise KernelError(f"{len(args)} kernel arguments: at most {_MAX_ARGS}")
+    slots = [_slot(a) for a in args]
+    key = tuple(f for f, _ in slots)
+    fmt = p.formats.get(key)
+    if fmt is None:
+        fmt = p.formats[key] = "<" + "".join(key)
+    struct.pack_into(fmt, p.buf, 0, *[v for _, v in slots])
+    return p.params
 
 
 def _dims(d) -> tuple[int, int, int]:
@@ -92,14 +136,12 @@ def launch(fn, grid, block, args, shared_mem: int = 0) -> None:
         return
     import cupy
 
-    vals = [_arg(a) for a in args]
-    params = (ctypes.c_void_p * max(1, len(vals)))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in vals])
-    attr = _LaunchAttribute()
-    attr.id = _PROGRAMMATIC_STREAM_SERIALIZATION
-    attr.value = 1  # programmaticStreamSerializationAllowed
-    (gx, gy, gz), (bx, by, bz) = _dims(grid), _dims(block)
-    cfg = _LaunchConfig(gx, gy, gz, bx, by, bz, int(shared_mem), cupy.cuda.get_current_stream().ptr,
-                        ctypes.pointer(attr), 1)
+    params = pack(args)
+    cfg = _PACKER.cfg
+    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = _dims(grid)
+    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = _dims(block)
+    cfg.sharedMemBytes = int(shared_mem)
+    cfg.hStream = cupy.cuda.get_current_stream().ptr
     err = _driver()(ctypes.byref(cfg), func.ptr, params, None)
     if err != 0:
         raise KernelError(f"cuLaunchKernelEx failed with CUresult {err} (grid {grid}, block {block}, "

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lowbit.errors import KernelError
+from lowbit.kernels import device_buffers, moe_router
 from lowbit.kernels import gemm as _gemm
-from lowbit.kernels import moe_router
 from lowbit.kernels.compile import get_function
 from lowbit.kernels.launch import launch
 from lowbit.kernels.weights import GpuWeight, to_gpu
@@ -347,7 +347,7 @@ def _decode_fused(x, router_w, ew: MoeWeights, top_k: int, norm: str, norm_topk_
     e, i_dim = ew.num_experts, ew.intermediate
     dev = cupy.cuda.Device().id
     if dev not in _BARRIERS:
-        _BARRIERS[dev] = cupy.zeros(2, cupy.uint32)  # arrival count, generation (self-resetting)
+        _BARRIERS[dev] = device_buffers.zeros(2, cupy.uint32)  # arrival count, generation (self-resetting)
     smem = max(t * h_dim, t * top_k * i_dim) * 2
     f = _decode_kernel("moe_decode_fused", _gemm.SCHEME_IDS[ew.scheme], ew.gate.group_size, 96 * 1024)
     logits = cupy.empty((t, e), cupy.float32)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lowbit.errors import KernelError
+from lowbit.kernels import device_buffers
 from lowbit.kernels.compile import get_function
 from lowbit.kernels.launch import launch
 
@@ -86,7 +87,7 @@ def _counter():
 
     dev = cupy.cuda.Device().id
     if dev not in _COUNTERS:
-        _COUNTERS[dev] = cupy.zeros(1, cupy.uint32)  # router_fused's ticket; the last block resets it
+        _COUNTERS[dev] = device_buffers.zeros(1, cupy.uint32)  # router_fused's ticket; the last block resets it
     return _COUNTERS[dev]
 
 

@@ -4,6 +4,9 @@
 elements with the CUDA driver's cuTensorMapEncodeTiled (through ctypes: cupy does not wrap it), the 128-byte
 swizzle (or 64, or none), zero fill outside the array, and returns the 128-byte map in device memory (a cupy
 uint8 array) for the kernel to take by pointer (tma_sm90.cuh), cached by (pointer, shape, box, swizzle).
+The device copies live in a `device_buffers.MapArena`: never freed and never evicted, because a captured
+CUDA graph holds a map's address for as long as it lives (an LRU of 1024 maps, allocated from whatever pool
+was current, once handed such an address back to other data).
 """
 
 from __future__ import annotations
@@ -53,17 +56,22 @@ def encode_2d(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int, elem
     return ctypes.string_at(addr, 128)
 
 
-def _to_device(raw: bytes):
-    import cupy
-    import numpy as np
-
-    return cupy.asarray(np.frombuffer(raw, np.uint8))
+_ARENA = None
+_MAPS: dict = {}
 
 
-@functools.lru_cache(maxsize=1024)
 def _cached_map(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int, elem_bytes: int, swizzle: int,
                 device: int):
-    return _to_device(encode_2d(ptr, rows, cols, box_rows, box_cols, elem_bytes, swizzle))
+    global _ARENA
+    key = (ptr, rows, cols, box_rows, box_cols, elem_bytes, swizzle, device)
+    m = _MAPS.get(key)
+    if m is None:
+        from lowbit.kernels.device_buffers import MapArena
+
+        if _ARENA is None:
+            _ARENA = MapArena()
+        m = _MAPS[key] = _ARENA.put(device, encode_2d(ptr, rows, cols, box_rows, box_cols, elem_bytes, swizzle))
+    return m
 
 
 def tensor_map_2d(array, box_rows: int, box_cols: int, swizzle: int = 128):

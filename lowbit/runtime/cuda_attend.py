@@ -234,8 +234,10 @@ class Attention:
         one pair per shape, shared by every layer (the attention launches of a step run one after another)."""
         key = (heads, splits, d, self.cp.cuda.Device().id)
         if key not in self._split_bufs:
-            self._split_bufs[key] = (self.cp.empty(heads * splits * (d + 2), dtype=self.cp.float32),
-                                     self.cp.zeros(heads, dtype=self.cp.int32))
+            from lowbit.kernels import device_buffers  # not from the graph decoder's pool (see that module)
+
+            self._split_bufs[key] = (device_buffers.empty(heads * splits * (d + 2), np.float32),
+                                     device_buffers.zeros(heads, np.int32))
         return self._split_bufs[key]
 
     def attend(self, q, k_cache, v_cache, pos, span: int, scale: float, window: int | None, bf16: bool = False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import weakref
 
 import numpy as np
 
@@ -262,6 +263,9 @@ class CudaOps:
             return self.decoder.step(model, token, pos)
 
 
+_GRAPH_POOLS: list = []
+
+
 class _GraphDecoder:
     """The one-token forward with token and position in device buffers, replayed as one CUDA graph per
     context bucket (capture=True) or run eagerly through the very same code (capture=False)."""
@@ -273,7 +277,12 @@ class _GraphDecoder:
         self.tok = cupy.zeros(1, cupy.int64)
         self.pos = cupy.zeros(1, cupy.int32)
         self.graphs: dict[int, tuple] = {}
-        self.pool = cupy.cuda.MemoryPool()          # private: graph temporaries are never handed out again
+        # private: graph temporaries are never handed out again. A pool frees its memory under every array
+        # still pointing into it when it is collected, so pools are kept for the whole process (anything a
+        # warm-up left cached stays valid); a dead decoder's unused blocks go back to the device.
+        self.pool = cupy.cuda.MemoryPool()
+        _GRAPH_POOLS.append(self.pool)
+        weakref.finalize(self, self.pool.free_all_blocks)
         self.stream = cupy.cuda.Stream(non_blocking=True)
 
     def step(self, model, token: int, pos: int):

@@ -129,10 +129,9 @@ def test_tma_build_knobs_and_shared_memory(monkeypatch):
     assert G.compile_defines("nvfp4")["GEMV_MIN_BLOCKS"] == G.COMPILE_TUNING["nvfp4"]["GEMV_MIN_BLOCKS"]
     # stages x unroll x [16 rows per tile x 64 bytes] + 1 KB of alignment slack
     assert G.tma_smem_bytes("int4", 8) == G.TMA_BUILD["GEMV_TMA"] * d["GEMV_UNROLL"] * 16 * 8 * 64 + 1024
-    # per-scheme tuning on top of TMA_BUILD
-    monkeypatch.setattr(G, "TMA_TUNING", {"bf16": {"GEMV_UNROLL": 4}})
+    # per-scheme tuning on top of TMA_BUILD (bf16: 4 iterations a stage)
     db = G.compile_defines("bf16", G.TMA_VARIANT)
-    assert db["GEMV_UNROLL"] == 4 and db["GEMV_TMA_LATE"] == 1
+    assert db["GEMV_UNROLL"] == G.TMA_TUNING["bf16"]["GEMV_UNROLL"] == 4 and db["GEMV_TMA_LATE"] == 1
     assert G.tma_smem_bytes("bf16", 8) == G.TMA_BUILD["GEMV_TMA"] * 4 * 16 * 8 * 64 + 1024
     monkeypatch.setenv("LOWBIT_GEMV_TMA", "6,3,1")
     assert G.tma_build() == {**G.TMA_BUILD, "GEMV_TMA": 6, "GEMV_TMA_SIDE": 3, "GEMV_MIN_BLOCKS": 1}

@@ -16,12 +16,28 @@ def test_dims_and_bad_arguments():
     assert launch._dims((3,)) == (3, 1, 1)
     assert launch._dims((2, 5)) == (2, 5, 1)
     assert launch._dims(7) == (7, 1, 1)
-    for v in (np.int32(3), np.uint32(3), np.int64(-3), np.uint64(3), np.float32(1.5)):
-        assert launch._arg(v).value == v.item()
     with pytest.raises(KernelError, match="numpy int32"):
-        launch._arg(3)  # a Python int has no width: the kernel would read garbage
+        launch._slot(3)  # a Python int has no width: the kernel would read garbage
     with pytest.raises(KernelError, match="cupy array"):
-        launch._arg(np.zeros(3, np.float32))
+        launch._slot(np.zeros(3, np.float32))
+
+
+def test_pack_puts_each_argument_in_its_own_slot():
+    """What cuLaunchKernelEx reads: params[i] points at argument i, stored at its own width."""
+    import ctypes
+    import struct
+
+    from lowbit.kernels import launch
+
+    args = (np.int32(-3), np.uint32(7), np.int64(-(1 << 40)), np.uint64(1 << 63), np.float32(1.5), np.int32(9))
+    params = launch.pack(args)
+    got = [struct.unpack(f, ctypes.string_at(params[i], struct.calcsize(f)))[0]
+           for i, f in enumerate(("<i", "<I", "<q", "<Q", "<f", "<i"))]
+    assert got == [a.item() for a in args]
+    params = launch.pack((np.float32(2.0),))  # a second pack overwrites the slots
+    assert struct.unpack("<f", ctypes.string_at(params[0], 4))[0] == 2.0
+    with pytest.raises(KernelError, match="at most"):
+        launch.pack((np.int32(0),) * (launch._MAX_ARGS + 1))
 
 
 def _chain(scheme, graph: bool, n_steps: int = 24):

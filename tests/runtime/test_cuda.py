@@ -75,3 +75,28 @@ def test_cuda_graph_decode_logits_match_cpu(tiny_ckpt, token_ids, arch):
     assert eng.ops.decoder.capture and eng.ops.decoder.graphs
     err = np.abs(np.stack(got) - ref[9:]).max() / np.abs(ref).max()
     assert err < 3e-2, f"{arch}: graph decode vs cpu max relative logit error {err:.2e}"
+
+
+def test_graph_decode_after_another_model_was_dropped(tiny_ckpt, tmp_path_factory, token_ids):
+    """Kernel caches filled during one model's graph warm-up must stay valid for the next model in the process
+    (they once lived in the first decoder's private pool and were freed with it)."""
+    import gc
+
+    from lowbit.runtime import cuda_ops
+
+    first = Engine(checkpoint(tiny_ckpt, tmp_path_factory, "qwen3_moe", "fp8-block", {}), device="cuda",
+                   max_context=64)
+    first.generate(token_ids(first.cfg.vocab, 5, seed=1), SamplingParams(), max_new_tokens=8)
+    pool = first.ops.decoder.pool
+    assert first.ops.decoder.graphs
+    del first
+    gc.collect()
+    assert pool in cuda_ops._GRAPH_POOLS  # kept alive (its unused blocks went back to the device)
+    path = checkpoint(tiny_ckpt, tmp_path_factory, "mixtral", "int4", {"group_size": 64})
+    runs = []
+    for graph in (True, False):
+        eng = Engine(path, device="cuda", max_context=64, cuda_graph=graph)
+        runs.append(eng.generate(token_ids(eng.cfg.vocab, 6, seed=2), SamplingParams(), max_new_tokens=24).output_ids)
+        if graph:
+            assert eng.ops.decoder.capture and eng.ops.decoder.graphs
+    assert runs[0] == runs[1]
