@@ -5,10 +5,11 @@ belongs to the pool, and when the pool is collected its memory is cudaFree'd und
 pointing into it. The runtime's graph decoder allocates from a pool of its own (cupy.cuda.using_allocator)
 while it warms up and captures a decode step, and that is exactly when the kernels' module-level caches
 (split-K workspaces and counters, router and barrier counters, TMA tensor maps) are first filled. A cache
-entry made there outlived its pool: the next model in the process then got a workspace, a counter or a
-tensor map in freed memory that had since been handed to its own weights (an illegal address in Mixtral
-after three other models, 2026-11-27). Every cache allocates here instead: straight from the driver
-(`cupy.cuda.Memory`), whatever allocator is current, alive as long as the array is.
+entry made there could outlive its pool, and the next model in the process would then get a workspace, a
+counter or a tensor map in freed memory. (This was first suspected of the illegal address in the six-model
+decode sequence; that crash outlived this fix: benchmarks/decode_sequence_crash.py.) Every cache allocates
+here instead: straight from the driver (`cupy.cuda.Memory`), whatever allocator is current, alive as long
+as the array is.
 
 Rules for a cache of device memory (every module of lowbit.kernels and lowbit.runtime follows them):
   - allocate with `empty` / `zeros` below, never with cupy.empty inside a cache;

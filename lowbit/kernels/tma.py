@@ -15,6 +15,7 @@ import ctypes
 import functools
 
 from lowbit.errors import KernelError
+from lowbit.kernels.device_buffers import MapArena
 
 _DTYPE = {1: 0, 2: 1}  # element bytes -> CU_TENSOR_MAP_DATA_TYPE_UINT8 / UINT16
 _SWIZZLE = {0: 0, 64: 2, 128: 3}  # CU_TENSOR_MAP_SWIZZLE_NONE / 64B / 128B
@@ -56,20 +57,15 @@ def encode_2d(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int, elem
     return ctypes.string_at(addr, 128)
 
 
-_ARENA = None
+_ARENA = MapArena()
 _MAPS: dict = {}
 
 
 def _cached_map(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int, elem_bytes: int, swizzle: int,
                 device: int):
-    global _ARENA
     key = (ptr, rows, cols, box_rows, box_cols, elem_bytes, swizzle, device)
     m = _MAPS.get(key)
     if m is None:
-        from lowbit.kernels.device_buffers import MapArena
-
-        if _ARENA is None:
-            _ARENA = MapArena()
         m = _MAPS[key] = _ARENA.put(device, encode_2d(ptr, rows, cols, box_rows, box_cols, elem_bytes, swizzle))
     return m
 
