@@ -1,6 +1,6 @@
 """Batch-1 decode benchmark of the runtime: GPU (random weights, real shapes) and CPU (SmolLM2).
 
-GPU:  python benchmarks/decode.py gpu [--out results.json]
+GPU:  python benchmarks/decode.py gpu [--tokens N]
       SmolLM2-135M shapes in bf16/fp8-block/nvfp4/int4 next to transformers eager BF16 (same shapes,
       random weights, same GPU, same run); Qwen3-30B-A3B fp8-block; Mixtral-8x7B nvfp4 and int4.
 CPU:  python benchmarks/decode.py cpu CKPT [--threads N]

@@ -6,10 +6,10 @@ pointing into it. The runtime's graph decoder allocates from a pool of its own (
 while it warms up and captures a decode step, and that is exactly when the kernels' module-level caches
 (split-K workspaces and counters, router and barrier counters, TMA tensor maps) are first filled. A cache
 entry made there could outlive its pool, and the next model in the process would then get a workspace, a
-counter or a tensor map in freed memory. (This was first suspected of the illegal address in the six-model
-decode sequence; that crash outlived this fix: benchmarks/decode_sequence_crash.py.) Every cache allocates
-here instead: straight from the driver (`cupy.cuda.Memory`), whatever allocator is current, alive as long
-as the array is.
+counter or a tensor map in freed memory. (This was first suspected of the illegal address in the multi-model
+decode sequence; that crash had another cause, scale reads past a tensor's end: lowbit.kernels.weights.TAIL_BYTES.)
+Every cache allocates here instead: straight from the driver (`cupy.cuda.Memory`), whatever allocator is
+current, alive as long as the array is.
 
 Rules for a cache of device memory (every module of lowbit.kernels and lowbit.runtime follows them):
   - allocate with `empty` / `zeros` below, never with cupy.empty inside a cache;

@@ -14,6 +14,11 @@ checks them against that layout and copies them to the current device unchanged:
                weight_scale      bf16   [N, K/G]
                weight_zero_point int32  [ceil(N/8), K/G] (asymmetric only)
 
+Every scale and zero-point tensor on the GPU is followed by at least TAIL_BYTES bytes of its own allocation
+(TAILED): some kernels read whole aligned words past a row's last scale (gemm_w16_tma_sm90.cu's scale copies),
+and past the tensor's last row that must stay inside the allocation (compute-sanitizer caught the read on an
+int4 weight of 9 groups a row).
+
 NO repack happens: the GEMV kernels read the on-disk layouts directly (the only conversion is a dtype cast of
 non-f32 fp8 scales to f32). A leading expert dimension E is allowed on every tensor (stacked MoE
 experts: all tensors [E, ...], nvfp4 global scale [E] or [E, 1]); `GpuWeight.expert(i)` is a zero-copy view.
@@ -43,6 +48,34 @@ _GPU_DTYPES = {
 }
 
 
+#: bytes of the allocation every scale / zero-point tensor keeps past its end (never used; module docstring)
+TAIL_BYTES = 16
+#: the tensors kernels read in whole aligned words that may run past their end. The packed weights are not
+#: among them (rows of 16-byte multiples, or TMA, which bounds-checks), and padding them would copy
+#: gigabytes at load (compute-sanitizer memcheck over every scheme's GEMV, GEMM and MoE kernels found reads
+#: past the end of scale tensors only)
+TAILED = ("weight_scale", "weight_scale_inv", "weight_zero_point", "weight_global_scale")
+
+
+def _tail_room(a) -> int:
+    """Bytes of a's allocation past a's end (cupy pool blocks are rounded up to 512 bytes)."""
+    mem = a.data.mem
+    return int(mem.ptr + mem.size - (a.data.ptr + a.nbytes))
+
+
+def with_tail(a):
+    """a itself where its allocation runs >= TAIL_BYTES past its end, else a contiguous copy in one that does
+    (zeroed tail). Host arrays and non-contiguous views are returned as they are."""
+    if not type(a).__module__.startswith("cupy") or not a.flags.c_contiguous or _tail_room(a) >= TAIL_BYTES:
+        return a
+    import cupy
+
+    buf = cupy.zeros(a.nbytes + TAIL_BYTES, cupy.uint8)
+    out = buf[:a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 @dataclass
 class GpuWeight:
     """One quantized linear (or a stack of E experts) resident on the GPU, in the on-disk layout."""
@@ -54,6 +87,9 @@ class GpuWeight:
     opts: dict = field(default_factory=dict)  # int4: group_size, asymmetric
     experts: int | None = None  # leading expert dim E, or None for one linear
     name: str = "weight"  # for error messages
+
+    def __post_init__(self):
+        self.tensors = {s: with_tail(t) if s in TAILED else t for s, t in self.tensors.items()}
 
     @property
     def group_size(self) -> int:

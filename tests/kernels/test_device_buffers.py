@@ -87,3 +87,39 @@ def test_kernel_caches_take_nothing_from_the_current_pool(monkeypatch):
     assert tma.tensor_map_2d(w, 128, 64, swizzle=0) is m  # cached, never evicted
     assert not bool(cnt.any()) and not bool(cnt2.any()) and int(c[0]) == 0
     assert ws2.size >= 1 << 22 and gemv._WS.ws.retired == [ws] and gemv._WS.cnt.retired == [cnt]
+
+
+def test_scale_tensors_keep_a_tail_inside_their_allocation():
+    """Kernels read scales in aligned words that can run up to 3 bytes past the tensor's end (the TMA GEMM's
+    scale copies; compute-sanitizer caught it on an int4 weight of 9 groups a row, and Mixtral nvfp4 prefill hit an
+    illegal address when such a tensor ended a cudaMalloc region): every scale tensor a GpuWeight holds keeps
+    TAIL_BYTES of its own allocation after it, whether it came from the host, from a cupy array that fills its
+    pool block exactly, or from stacking linears along N."""
+    import cupy
+    import ml_dtypes
+
+    from lowbit.formats import nvfp4
+    from lowbit.kernels import weights as W
+    from lowbit.runtime.cuda_ops import _stack_n
+
+    def room(a):
+        return a.data.mem.ptr + a.data.mem.size - (a.data.ptr + a.nbytes)
+
+    rng = np.random.default_rng(0)
+    n, k = 3072, 576  # int4, group 64: 9 groups a row; bf16 scales [3072, 9] = 55296 bytes = 108 pool units
+    host = {"weight_packed": rng.integers(-2**31, 2**31 - 1, (n, k // 8), dtype=np.int64).astype(np.int32),
+            "weight_scale": rng.standard_normal((n, k // 64)).astype(np.float32).astype(ml_dtypes.bfloat16)}
+    from_host = W.to_gpu("int4", host, group_size=64)
+    dev = {s: cupy.asarray(a) for s, a in host.items()}
+    assert room(dev["weight_scale"]) == 0  # the case the tail is for: the pool block ends with the tensor
+    from_dev = W.to_gpu("int4", dev, group_size=64)
+    for w in (from_host, from_dev):
+        assert room(w.tensors["weight_scale"]) >= W.TAIL_BYTES
+        np.testing.assert_array_equal(w.tensors["weight_scale"].get(), host["weight_scale"])
+    stacked = _stack_n([from_dev, from_host], "stacked")
+    assert room(stacked.tensors["weight_scale"]) >= W.TAIL_BYTES
+    q = nvfp4.quantize(rng.standard_normal((256, 512)).astype(np.float32))
+    experts = W.to_gpu("nvfp4", {s: cupy.asarray(np.stack([a.view(np.uint8) if a.dtype.itemsize == 1 else a] * 4))
+                                  for s, a in q.items() if s != "weight_shape"})
+    assert room(experts.tensors["weight_scale"]) >= W.TAIL_BYTES
+    assert experts.expert(3).tensors["weight_scale"].data.ptr == experts.tensors["weight_scale"][3].data.ptr  # a view

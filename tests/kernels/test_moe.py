@@ -71,6 +71,43 @@ def test_router_matches_reference(norm, norm_topk, t, e, k, h):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("t,e,k", [(1, 128, 8), (1, 8, 2), (5, 60, 4), (100, 128, 8)])
+def test_router_ids_stay_in_range_on_nan(t, e, k):
+    """NaN router logits (a diverged activation) rank as -inf: every id is a valid expert, distinct within its
+    token, and the finite logits still win in order. Before, a NaN left the argmax's sentinel 0x7fffffff as
+    an expert id, which the permutation and the expert GEMVs then indexed with (an illegal address)."""
+    import cupy
+
+    from lowbit.kernels import moe_router
+
+    rng = np.random.default_rng(t + e)
+    logits = rng.standard_normal((t, e)).astype(np.float32)
+    logits[:, ::2] = np.nan                       # half of every row NaN
+    if t > 1:
+        logits[1] = np.nan                        # and one row NaN throughout
+    paths = [moe_router.topk(cupy.asarray(logits), k, "qwen3", True)]
+    if t <= moe_router.LOGITS_KERNEL_MAX_T and e <= 256:
+        # the fused router (one block ranks a single token, warps rank several): NaN activations give NaN logits
+        h = 256
+        x = gc.random_bf16(rng, (t, h))
+        x[0, 0] = np.nan
+        if t > 1:
+            x[1] = np.nan
+        r = gc.random_bf16(rng, (e, h), 0.1)
+        ids_x, _ = moe_router.route(cupy.asarray(x), cupy.asarray(r), k, "mixtral", True)
+        ids_x = ids_x.get()
+        assert ((ids_x >= 0) & (ids_x < e)).all()
+        assert all(len(set(row)) == k for row in ids_x)
+    for ids, _ in paths:
+        ids = ids.get()
+        assert ((ids >= 0) & (ids < e)).all(), ids
+        assert all(len(set(row)) == k for row in ids)
+        finite = np.where(np.isnan(logits[0]), -np.inf, logits[0])
+        want = np.argsort(-finite, kind="stable")[:k]
+        np.testing.assert_array_equal(ids[0], want)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("delta_bf16", [True, False])
 @pytest.mark.parametrize("norm,norm_topk", [("mixtral", True), ("qwen3", True), ("qwen3", False)])
 @pytest.mark.parametrize("t,e,k,h", [(1, 128, 8, 2048), (1, 8, 2, 4096), (3, 60, 4, 256), (1, 128, 8, 5120),

@@ -7,6 +7,14 @@
 #define MAXV 8  // logits per lane: E <= 32 * MAXV
 #endif
 
+// A NaN logit ranks as -inf: NaN compares false with everything, so without this the argmax below keeps its
+// sentinel index 0x7fffffff and an out-of-range expert id reaches the permutation and the expert GEMVs
+// (an illegal address). Every id written is in [0, E) whatever the logits hold.
+// (a bit test: fast-math builds may fold v != v away)
+__device__ __forceinline__ float nan_to_ninf(float v) {
+    return (__float_as_uint(v) & 0x7fffffffu) > 0x7f800000u ? -INFINITY : v;
+}
+
 // top-k of one token's logits by one warp (see the header for the normalisations)
 __device__ __forceinline__ void topk_token(const float* __restrict__ logits, int t, int E, int k, int norm, int renorm,
                                            int* __restrict__ ids, float* __restrict__ wts, int lane) {
@@ -16,7 +24,7 @@ __device__ __forceinline__ void topk_token(const float* __restrict__ logits, int
 #pragma unroll
     for (int i = 0; i < MAXV; ++i) {
         const int e = lane + 32 * i;
-        v[i] = e < E ? __ldcg(logits + (size_t)t * E + e) : -INFINITY;
+        v[i] = e < E ? nan_to_ninf(__ldcg(logits + (size_t)t * E + e)) : -INFINITY;
         taken[i] = e >= E;
         mx = fmaxf(mx, v[i]);
     }

@@ -10,6 +10,7 @@
 //   (decode: one launch instead of add_rms_norm + router_fused); see the kernel.
 // router_topk: ids i32 [T, k], weights f32 [T, k] from logits f32 [T, E]; one warp per token,
 //   E <= 32*MAXV, k <= E. Top-k by repeated warp argmax (ties -> lower expert index).
+//   NaN logits rank as -inf (nan_to_ninf), so every id written is in [0, E) whatever the logits hold.
 //   norm 0 (Mixtral): softmax over the chosen k logits. norm 1 (Qwen3-MoE): softmax over all E, take
 //   the chosen probabilities, divided by their sum when norm_topk_prob (renorm) != 0.
 // moe_align: single block (1024 threads). From ids [n = T*k] and E: offs [E+1] (rows of expert e are
@@ -90,7 +91,7 @@ __device__ void topk_token_block(const float* __restrict__ logits, int t, int E,
     __shared__ float red[32];
     const int tid = threadIdx.x, E4 = (E + 3) / 4;
     __syncthreads();  // the shared arrays are reused token after token
-    for (int e = tid; e < 4 * E4; e += blockDim.x) lg[e] = e < E ? __ldcg(logits + (size_t)t * E + e) : -INFINITY;
+    for (int e = tid; e < 4 * E4; e += blockDim.x) lg[e] = e < E ? nan_to_ninf(__ldcg(logits + (size_t)t * E + e)) : -INFINITY;
     __syncthreads();
     float v = tid < E ? lg[tid] : -INFINITY;
     int r = 0;
