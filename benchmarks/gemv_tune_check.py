@@ -6,6 +6,7 @@ import sys
 import cupy
 
 from lowbit.kernels import gemv as G
+from lowbit.kernels.timing import time_config
 from lowbit.verify.bench import copies_for, device_info, time_rotating
 from lowbit.verify.bench_gemv import random_gpu_weight
 
@@ -19,6 +20,6 @@ flush = cupy.empty(64 << 20, dtype=cupy.uint8)
 G.gemv(ws[0], x)
 print(scheme, n, k, "tuned:", list(G._TUNED.items())[-1][1], "planned:", G._planned(G._FILES[scheme], f"gemv_{G._kernel_tag(w0, 'bf16')}_m8", n, k, scheme, 0)[1:])
 for cfg in dict.fromkeys([*G.TUNE_CANDIDATES]):
-    single = G._time_config(lambda c: G.gemv(ws[0], x, cta=c[:2], splits=c[2]), cfg, flush) * 1e3
+    single = time_config(lambda c: G.gemv(ws[0], x, cta=c[:2], splits=c[2]), cfg, flush) * 1e3
     rot = time_rotating(lambda i: G.gemv(ws[i], x, cta=cfg[:2], splits=cfg[2]), len(ws), 30)
     print(f"  {cfg}: autotune-style {single:.1f} us, rotating {rot:.1f} us, {100 * w0.nbytes() / rot / 1e3 / 4250:.0f}% of 4250 GB/s")

@@ -20,6 +20,7 @@ import numpy as np
 from lowbit.errors import KernelError
 from lowbit.kernels import device_buffers
 from lowbit.kernels.launch import launch as launch_kernel
+from lowbit.kernels.timing import fastest_config
 from lowbit.kernels.weights import GpuWeight
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
@@ -275,65 +276,6 @@ TUNE_CANDIDATES = ((1, 8, 1), (2, 4, 1), (1, 8, 2), (2, 4, 2), (4, 2, 2), (4, 1,
                    (1, 4, 4), (1, 2, 8), (2, 2, 4))
 TUNE_MIN_ELEMENTS = 1 << 20  # below this the planner's choice is kept (tuning would cost more than it saves)
 _TUNED: dict = {}
-
-
-_SPIN = r"""extern "C" __global__ void spin(long long cycles) {
-  const long long t0 = clock64();
-  while (clock64() - t0 < cycles) { }
-}"""
-
-
-@functools.lru_cache(maxsize=None)
-def _spin_kernel():
-    import cupy
-
-    return cupy.RawKernel(_SPIN, "spin")
-
-
-def _spin(us: float = 100.0) -> None:
-    """Keep the GPU busy for `us` so that the host's launch overhead is hidden from the event pair after it."""
-    import cupy
-
-    khz = cupy.cuda.Device().attributes["ClockRate"]
-    _spin_kernel()((1,), (1,), (np.int64(int(us * khz / 1e3)),))
-
-
-def _time_once(launch, cfg, flush) -> float:
-    """Milliseconds of one launch with the weight evicted from L2 first, as in a real decode step. The
-    launch is issued while the GPU spins, so the host's launch overhead (Python, driver; larger for some
-    configs than others) is not in the time: without the spin it was, and the tuner preferred cheap-to-
-    launch configs over fast ones."""
-    import cupy
-
-    flush.fill(0)
-    _spin()
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record()
-    launch(cfg)
-    end.record()
-    end.synchronize()
-    return cupy.cuda.get_elapsed_time(start, end)
-
-
-def _time_config(launch, cfg, flush, reps: int = 5) -> float:
-    times = sorted(_time_once(launch, cfg, flush) for _ in range(reps))
-    return times[len(times) // 2]
-
-
-def fastest_config(launch, cands, flush, reps: int = 7):
-    """The candidate launch config with the lowest median time. Every candidate runs once untimed, then they
-    are timed in turn, round-robin, so that drift over the tuning run (GPU clock, caches, first-use costs)
-    falls on every candidate alike. (Timing each candidate's repetitions back to back, the runtime's
-    Mixtral int4 expert down projection had been given a plan that ran 42 us where the sweep measured
-    29 us for the best one; H200, 2026-11-27.)"""
-    cands = list(dict.fromkeys(cands))
-    for c in cands:
-        launch(c)
-    times = {c: [] for c in cands}
-    for _ in range(reps):
-        for c in cands:
-            times[c].append(_time_once(launch, c, flush))
-    return min(cands, key=lambda c: sorted(times[c])[reps // 2])
 
 
 def _autotune(key, launch, planned, extra=lambda: ()) -> tuple:

@@ -13,6 +13,7 @@ import logging
 
 from lowbit.errors import KernelError
 from lowbit.kernels.gemv import MAX_M as GEMV_MAX_M
+from lowbit.kernels.timing import fastest_config
 from lowbit.kernels.weights import GpuWeight
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def small_m_uses_gemv(w: GpuWeight, x, act: str, y) -> bool:
                 _gemm_kernels(w, x, act, y)
 
         flush = cupy.empty(64 << 20, dtype=cupy.uint8)
-        _SMALL_M_CHOICE[key] = G.fastest_config(run, ["gemv", "gemm"], flush) == "gemv"
+        _SMALL_M_CHOICE[key] = fastest_config(run, ["gemv", "gemm"], flush) == "gemv"
         del flush
     return _SMALL_M_CHOICE[key]
 

@@ -33,6 +33,7 @@ from lowbit.kernels import device_buffers, moe_router
 from lowbit.kernels import gemm as _gemm
 from lowbit.kernels.compile import get_function
 from lowbit.kernels.launch import launch
+from lowbit.kernels.timing import fastest_config
 from lowbit.kernels.weights import GpuWeight, to_gpu
 
 DECODE_MAX_TOKENS = 4
@@ -237,9 +238,9 @@ def _decode_gemv(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None,
             cfg = planned  # timing is impossible inside a CUDA-graph capture
         else:
             flush = cupy.empty(64 << 20, dtype=cupy.uint8)
-            best_gu = _gemv.fastest_config(gate_up, [planned[0], *GATE_UP_CANDIDATES], flush)
+            best_gu = fastest_config(gate_up, [planned[0], *GATE_UP_CANDIDATES], flush)
             gate_up(best_gu)
-            best_dn = _gemv.fastest_config(down, [planned[1], *DOWN_CANDIDATES], flush)
+            best_dn = fastest_config(down, [planned[1], *DOWN_CANDIDATES], flush)
             cfg = _TUNED[key] = (best_gu, best_dn)
             del flush
     gate_up(cfg[0])

@@ -9,6 +9,7 @@ import pytest
 
 from lowbit.errors import KernelError
 from lowbit.formats import numerics, scheme_module
+from lowbit.kernels import gemm_tma as T
 from lowbit.verify import gemm_checks as gc
 
 CASES = [  # (scheme, opts, acts)
@@ -175,11 +176,11 @@ def test_gemm_fp8_tma_kernel(monkeypatch, cfg, m, n, k):
     monkeypatch.setattr(G, "_num_sms", lambda: 2)
     monkeypatch.setenv("LOWBIT_TMA_FP8", cfg)
     w, dense = _weight("fp8-block", {}, n, k, seed=m + k)
-    assert G.use_tma_fp8(w, m, G.plan("fp8", m, n, k)[1])
+    assert T.use_tma_fp8(w, m, G.plan("fp8", m, n, k)[1])
     for seed in (0, 1):
         _check_every_row(w, dense, m, "fp8", seed)
     monkeypatch.setenv("LOWBIT_GEMM_TMA", "0")
-    assert not G.use_tma_fp8(w, m, 1)
+    assert not T.use_tma_fp8(w, m, 1)
 
 
 W16_TMA_CASES = [  # (scheme, opts, LOWBIT_TMA_W16 or "default"): every scheme as launched, then the other
@@ -209,7 +210,7 @@ def test_gemm_w16_tma_kernel(monkeypatch, scheme, opts, cfg, m, n, k):
     if cfg != "default":
         monkeypatch.setenv("LOWBIT_TMA_W16", cfg)
     w, dense = _weight(scheme, opts, n, k, seed=m + k)
-    assert G.use_tma_w16(w, m)
+    assert T.use_tma_w16(w, m)
     for seed in (0, 1):
         _check_every_row(w, dense, m, "bf16", seed)
 
@@ -229,7 +230,7 @@ def test_gemm_w16_tma_split_k(monkeypatch, scheme, opts, m, n, k):
         pytest.skip("the TMA kernel needs sm_90a")
     monkeypatch.setattr(G, "_num_sms", lambda: 16)
     w, dense = _weight(scheme, opts, n, k, seed=m + k)
-    p = G.tma_w16_plan(w, m)
+    p = T.tma_w16_plan(w, m)
     nk = -(-k // 128)
     assert p.bt == next(b for b in (16, 32, 64, 128) if m <= b or b == 128)
     assert (p.splits - 1) * p.kps < nk <= p.splits * p.kps
@@ -250,7 +251,7 @@ def test_tma_w16_plan(monkeypatch):
     monkeypatch.delenv("LOWBIT_TMA_W16", raising=False)
 
     def plan(scheme, n, k, m):
-        return G.tma_w16_plan(SimpleNamespace(scheme=scheme, n=n, k=k), m)
+        return T.tma_w16_plan(SimpleNamespace(scheme=scheme, n=n, k=k), m)
 
     assert (plan("int4", 29568, 8192, 4096).bt, plan("int4", 29568, 8192, 4096).splits) == (256, 1)
     assert plan("int4", 5120, 2048, 1024).bt == 128  # 256: 160 tiles = 1.2 waves
@@ -282,17 +283,17 @@ def test_use_tma_w16_guards(monkeypatch):
         return SimpleNamespace(scheme=scheme, k=k, group_size=group, experts=experts,
                                tensors={main: SimpleNamespace(data=SimpleNamespace(ptr=ptr))})
 
-    assert G.use_tma_w16(weight("int4", 256), 64)
-    assert G.use_tma_w16(weight("nvfp4", 1056), 1)
-    assert not G.use_tma_w16(weight("int4", 96, group=32), 64)  # K < 128
-    assert not G.use_tma_w16(weight("nvfp4", 64), 64)
-    assert not G.use_tma_w16(weight("int4", 320, group=128), 64)  # K % G
-    assert not G.use_tma_w16(weight("fp8-block", 200), 64)  # K % 32
-    assert not G.use_tma_w16(weight("fp8-block", 256, experts=4), 64)
-    assert not G.use_tma_w16(weight("fp8-block", 256, ptr=4104), 64)
-    assert not G.use_tma_w16(weight("bf16", 256), 64)
+    assert T.use_tma_w16(weight("int4", 256), 64)
+    assert T.use_tma_w16(weight("nvfp4", 1056), 1)
+    assert not T.use_tma_w16(weight("int4", 96, group=32), 64)  # K < 128
+    assert not T.use_tma_w16(weight("nvfp4", 64), 64)
+    assert not T.use_tma_w16(weight("int4", 320, group=128), 64)  # K % G
+    assert not T.use_tma_w16(weight("fp8-block", 200), 64)  # K % 32
+    assert not T.use_tma_w16(weight("fp8-block", 256, experts=4), 64)
+    assert not T.use_tma_w16(weight("fp8-block", 256, ptr=4104), 64)
+    assert not T.use_tma_w16(weight("bf16", 256), 64)
     monkeypatch.setenv("LOWBIT_GEMM_TMA", "0")
-    assert not G.use_tma_w16(weight("int4", 256), 64)
+    assert not T.use_tma_w16(weight("int4", 256), 64)
 
 
 def test_tma_map_arguments_are_checked():

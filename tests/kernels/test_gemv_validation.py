@@ -103,7 +103,7 @@ def test_build_variants_add_their_knobs_on_top_of_the_default_build(monkeypatch)
 def test_fastest_config_times_round_robin_after_an_untimed_pass(monkeypatch):
     """Every candidate runs once untimed, then they are timed in turn (not one candidate's repetitions back
     to back), and the lowest median wins (one outlier does not decide)."""
-    from lowbit.kernels import gemv as G
+    from lowbit.kernels import timing
 
     launched, timed = [], []
     times = {"a": [5.0, 5.0, 5.0], "b": [1.0, 9.0, 1.0], "c": [3.0, 3.0, 3.0]}
@@ -112,8 +112,8 @@ def test_fastest_config_times_round_robin_after_an_untimed_pass(monkeypatch):
         timed.append(cfg)
         return times[cfg][sum(1 for c in timed if c == cfg) - 1]
 
-    monkeypatch.setattr(G, "_time_once", fake_time_once)
-    best = G.fastest_config(launched.append, ["a", "b", "c", "a"], flush=None, reps=3)
+    monkeypatch.setattr(timing, "time_once", fake_time_once)
+    best = timing.fastest_config(launched.append, ["a", "b", "c", "a"], flush=None, reps=3)
     assert launched == ["a", "b", "c"]  # the untimed pass, duplicates dropped
     assert timed == ["a", "b", "c"] * 3
     assert best == "b"  # medians: a 5, b 1, c 3
