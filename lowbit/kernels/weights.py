@@ -50,10 +50,11 @@ _GPU_DTYPES = {
 
 #: bytes of the allocation every scale / zero-point tensor keeps past its end (never used; module docstring)
 TAIL_BYTES = 16
-#: the tensors kernels read in whole aligned words that may run past their end. The packed weights are not
-#: among them (rows of 16-byte multiples, or TMA, which bounds-checks), and padding them would copy
-#: gigabytes at load (compute-sanitizer memcheck over every scheme's GEMV, GEMM and MoE kernels found reads
-#: past the end of scale tensors only)
+#: the tensors kernels read in whole aligned words that may run past their end. The packed weights are left
+#: out: their rows are 16-byte multiples or read through TMA (which bounds-checks), and padding them copied
+#: gigabytes at load. With the scales tailed, compute-sanitizer memcheck over the multi-model decode sequence
+#: (every scheme's GEMV, GEMM and MoE kernels; cupy's pool on, so only reads past a pool block show) found
+#: nothing more (H200, 2026-11-27).
 TAILED = ("weight_scale", "weight_scale_inv", "weight_zero_point", "weight_global_scale")
 
 
