@@ -28,6 +28,17 @@ def test_check_layout_accepts_stacked_experts():
     assert check_layout("nvfp4", stacked, {}) == (40, 256, 3)
 
 
+@pytest.mark.parametrize("scheme,opts", [("fp8-block", {}), ("nvfp4", {}), ("int4", {"group_size": 128}),
+                                         ("int4", {"group_size": 32, "asymmetric": True})])
+def test_every_scale_tensor_keeps_a_tail(scheme, opts):
+    """Every tensor of a layout besides the packed weight is one GpuWeight keeps TAIL_BYTES after (weights.TAILED):
+    a scheme's new side tensor cannot be left out of the contract the kernels' aligned scale reads rely on."""
+    from lowbit.kernels.weights import TAILED, _expected_layout
+
+    side = set(_expected_layout(scheme, 256, 512, opts)) - {"weight", "weight_packed"}
+    assert side and side <= set(TAILED)
+
+
 @pytest.mark.parametrize("scheme,suffix,bad", [
     ("fp8-block", "weight_scale_inv", np.ones((1, 1), np.float32)),
     ("nvfp4", "weight_scale", np.ones((40, 8), np.uint8)),
