@@ -6,8 +6,8 @@ scale words past the end of a scale tensor (compute-sanitizer memcheck found it)
 tail in its allocation (lowbit.kernels.weights.TAIL_BYTES); with it, 12 of 12 runs passed on the H200 (2026-11-27).
 Usage: python benchmarks/decode_sequence_crash.py [TOKENS] [config:scheme,...]   (one JSON line a model)
 RESET=1 zeroes the counters before each model. LAYERS=n caps every model at n layers (for compute-sanitizer runs:
-every layer has the same shapes, so an out-of-bounds access shows in the first). The run that found the bug and
-the one that cleared the fix (about 70 s on the H200 with the kernel cache warm):
+every layer has the same shapes, so an out-of-bounds access shows in the first). The run that cleared the fix
+(73 s on the H200, kernel cache warm; the one that found the bug had all layers, 2 tokens, LOWBIT_GEMV_TUNE=0):
     LAYERS=3 compute-sanitizer --tool memcheck --report-api-errors no python benchmarks/decode_sequence_crash.py 3"""
 
 import json
