@@ -90,7 +90,7 @@ def test_kernel_caches_take_nothing_from_the_current_pool(monkeypatch):
 
 
 def test_scale_tensors_keep_a_tail_inside_their_allocation():
-    """Kernels read scales in aligned words that can run up to 3 bytes past the tensor's end (the TMA GEMM's
+    """Kernels read scales in aligned words that can run a few bytes past the tensor's end (the TMA GEMM's
     scale copies; compute-sanitizer caught it on an int4 weight of 9 groups a row, and Mixtral nvfp4 prefill hit an
     illegal address when such a tensor ended a cudaMalloc region): every scale tensor a GpuWeight holds keeps
     TAIL_BYTES of its own allocation after it, whether it came from the host, from a cupy array that fills its

@@ -64,8 +64,9 @@
 // small-M launches were bound by that wait): int4: per W row the SW words covering its GPB bf16 group scales
 // of the block (the first may sit in the high half of its word), then per 8-row group the GPB zero-point
 // words; nvfp4: per row the 3 words covering its 8 e4m3 group scales; fp8: the one f32 block scale. The
-// aligned words can extend up to 3 bytes past a row's last scale, and past the tensor's end by as much: never
-// used, and inside the allocation because every GpuWeight tensor keeps TAIL_BYTES after it (weights.py).
+// aligned words can extend past a row's last scale (int4: up to 3 bytes; nvfp4: up to 4, 3 words for 8 bytes),
+// and past the tensor's end by as much: never used, and inside the allocation because every GpuWeight scale
+// tensor keeps TAIL_BYTES after it (weights.py).
 #if SCHEME == 3
 #define GPB (BK / INT4_GROUP)
 #define SW (GPB == 1 ? 1 : GPB == 2 ? 2 : 3)
