@@ -1,8 +1,11 @@
-"""Shared test setup: the `gpu` marker skips cleanly where there is no CUDA device."""
+"""Shared test setup: the `gpu` marker skips cleanly where there is no CUDA device; `tiny` builds tiny synthetic
+checkpoints in the real HF layout (sharded + index), once per session."""
 
 from __future__ import annotations
 
 import pytest
+
+from lowbit.synth import write_synthetic
 
 
 def _have_gpu() -> bool:
@@ -24,3 +27,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """tiny(arch, **kw) -> path of a tiny BF16 checkpoint (cached per arguments)."""
+    cache = {}
+
+    def make(arch: str, **kw):
+        key = (arch, tuple(sorted(kw.items())))
+        if key not in cache:
+            d = tmp_path_factory.mktemp(f"src_{arch}")
+            cache[key] = write_synthetic(d / "ckpt", arch, **kw)
+        return cache[key]
+
+    return make
