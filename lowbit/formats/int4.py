@@ -15,7 +15,7 @@ import numpy as np
 
 from lowbit.errors import SchemeError
 from lowbit.formats import numerics
-from lowbit.formats.schemes import INT4_GROUP_SIZES, SCHEMES
+from lowbit.formats.schemes import INT4_GROUP_SIZES, SCHEMES, compressed_tensors_config
 
 SPEC = SCHEMES["int4"]
 DEFAULT_GROUP = SPEC.block[1]
@@ -97,22 +97,7 @@ def dequantize(t: dict[str, np.ndarray]) -> np.ndarray:
 
 def config_fragment(ignore: list[str], *, group_size: int = DEFAULT_GROUP, asymmetric: bool = False,
                     **_opts) -> dict:
-    return {
-        "quant_method": "compressed-tensors",
-        "format": "pack-quantized",
-        "quantization_status": "compressed",
-        "global_compression_ratio": None,
-        "kv_cache_scheme": None,
-        "ignore": list(ignore),
-        "config_groups": {
-            "group_0": {
-                "targets": ["Linear"],
-                "weights": {
-                    "num_bits": 4, "type": "int", "symmetric": not asymmetric,
-                    "strategy": "group", "group_size": _check_group(group_size), "dynamic": False,
-                },
-                "input_activations": None,
-                "output_activations": None,
-            }
-        },
-    }
+    return compressed_tensors_config("int4", ignore, {
+        "num_bits": 4, "type": "int", "symmetric": not asymmetric,
+        "strategy": "group", "group_size": _check_group(group_size), "dynamic": False,
+    })

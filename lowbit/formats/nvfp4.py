@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from lowbit.formats import numerics
-from lowbit.formats.schemes import SCHEMES
+from lowbit.formats.schemes import SCHEMES, compressed_tensors_config
 
 SPEC = SCHEMES["nvfp4"]
 GROUP = SPEC.block[1]
@@ -73,22 +73,7 @@ def dequantize(t: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def config_fragment(ignore: list[str], **_opts) -> dict:
-    return {
-        "quant_method": "compressed-tensors",
-        "format": "nvfp4-pack-quantized",
-        "quantization_status": "compressed",
-        "global_compression_ratio": None,
-        "kv_cache_scheme": None,
-        "ignore": list(ignore),
-        "config_groups": {
-            "group_0": {
-                "targets": ["Linear"],
-                "weights": {
-                    "num_bits": 4, "type": "float", "symmetric": True,
-                    "strategy": "tensor_group", "group_size": GROUP, "dynamic": False,
-                },
-                "input_activations": None,
-                "output_activations": None,
-            }
-        },
-    }
+    return compressed_tensors_config("nvfp4", ignore, {
+        "num_bits": 4, "type": "float", "symmetric": True,
+        "strategy": "tensor_group", "group_size": GROUP, "dynamic": False,
+    })

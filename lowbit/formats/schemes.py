@@ -76,3 +76,24 @@ def get_spec(name: str) -> SchemeSpec:
         raise SchemeError(
             f"unknown scheme {name!r}: choose one of {', '.join(SCHEMES)}"
         ) from None
+
+
+def compressed_tensors_config(scheme: str, ignore: list[str], weights: dict) -> dict:
+    """The compressed-tensors `quantization_config` of a weight-only scheme (its format from the spec): one
+    config group over every Linear with `weights` as its weight arguments."""
+    return {
+        "quant_method": "compressed-tensors",
+        "format": SCHEMES[scheme].ct_format,
+        "quantization_status": "compressed",
+        "global_compression_ratio": None,
+        "kv_cache_scheme": None,
+        "ignore": list(ignore),
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": weights,
+                "input_activations": None,
+                "output_activations": None,
+            }
+        },
+    }
