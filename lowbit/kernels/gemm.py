@@ -214,18 +214,28 @@ def _weight_args(w: GpuWeight):
     raise KernelError(f"{w.name}: scheme {w.scheme!r} has no GEMM kernel")
 
 
-def quantize_act_fp8(x, a_rows=None, rows: int | None = None):
-    """x bf16 [*, K] -> (xq uint8 e4m3 [rows, K], xs f32 [ceil(K/128), rows]); row r reads x[a_rows[r]]."""
+def quantize_act_fp8(x, a_rows=None, rows: int | None = None, out=None):
+    """x bf16 [*, K] -> (xq uint8 e4m3 [rows, K], xs f32 [ceil(K/128), rows]); row r reads x[a_rows[r]].
+    out: an (xq, xs) pair of those shapes and dtypes to write into (tests poison them first)."""
     import cupy
 
     k = x.shape[1]
     rows = x.shape[0] if rows is None else rows
-    xq = cupy.empty((rows, k), cupy.uint8)
-    xs = cupy.empty((-(-k // 128), rows), cupy.float32)
-    warps = rows * (-(-k // 128))
-    if warps:
+    shapes = ((rows, k), (-(-k // 128), rows))
+    if out is None:
+        xq, xs = cupy.empty(shapes[0], cupy.uint8), cupy.empty(shapes[1], cupy.float32)
+    else:
+        xq, xs = out
+        if (xq.shape, xs.shape, xq.dtype, xs.dtype) != (*shapes, cupy.uint8, cupy.float32) or not (
+                xq.flags.c_contiguous and xs.flags.c_contiguous):
+            raise KernelError(f"quantize_act_fp8: out must be contiguous uint8 {shapes[0]} and float32 {shapes[1]}, "
+                              f"got {xq.dtype} {xq.shape} and {xs.dtype} {xs.shape}")
+    kb = -(-k // 128)
+    if rows and kb:  # a CTA: 2^lg k-blocks of 32 >> lg rows (gemm_fp8.cu)
+        lg = min(5, (kb - 1).bit_length())
         f = get_function("gemm_fp8.cu", "act_quant_fp8")
-        f((-(-warps // 8),), (256,), (x, _ptr(a_rows), np.int32(rows), np.int32(k), xq, xs))
+        f((-(-rows // (32 >> lg)), -(-kb // (1 << lg))), (256,),
+          (x, _ptr(a_rows), np.int32(rows), np.int32(k), np.int32(lg), xq, xs))
     return xq, xs
 
 

@@ -328,3 +328,33 @@ def test_small_m_runs_the_gemv(monkeypatch, scheme, act):
     assert len(L._SMALL_M_CHOICE) == 1
     monkeypatch.setenv("LOWBIT_GEMM_GEMV", "0")
     assert not L.small_m_uses_gemv(w, x, act, cupy.empty((x.shape[0], w.n), x.dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows,k", [(1, 128), (7, 224), (33, 1024), (129, 4160)])
+def test_gemm_act_quant_fp8_matches_numpy_bit_for_bit(rows, k):
+    """The W8A8 GEMM's activation quantizer (gemm_fp8.cu act_quant_fp8): codes and scales equal
+    gemm_checks.quantize_act_ref exactly, with partial last k-blocks (K % 128 = 96, 64), an all-zero block
+    (scale 1), a block of tiny values (the division fallback) and one of huge values, row counts that do not fill
+    a CTA, and the gathered form (a_rows) the MoE uses.
+    Outputs are NaN/0xFF-poisoned first: every code and scale must be written."""
+    import cupy
+
+    from lowbit.kernels.gemm import quantize_act_fp8
+
+    rng = np.random.default_rng(rows * 7919 + k)
+    x = numerics.to_bf16(rng.standard_normal((rows, k), dtype=np.float32) * np.float32(3.0))
+    x[rows // 2, : min(k, 128)] = 0  # one all-zero block
+    if k > 128:  # a block of tiny values (scale < 2^-60: the kernel's IEEE-division path) and one of huge values
+        x[0, 128:256] = numerics.to_bf16(x[0, 128:256].astype(np.float32) * np.float32(1e-30))
+        x[-1, 128:256] = numerics.to_bf16(x[-1, 128:256].astype(np.float32) * np.float32(1e30))
+    for a_rows in (None, rng.integers(0, rows, size=rows + 5).astype(np.int32)):
+        src = x if a_rows is None else x[a_rows]
+        q_ref, s_ref = gc.quantize_act_ref(src.astype(np.float32))
+        n = src.shape[0]
+        xq = cupy.full((n, k), 0x7F, cupy.uint8)  # e4m3 NaN
+        xs = cupy.full((-(-k // 128), n), np.nan, cupy.float32)
+        quantize_act_fp8(cupy.asarray(x), None if a_rows is None else cupy.asarray(a_rows), n, out=(xq, xs))
+        what = f"rows={rows} K={k} gather={a_rows is not None}"
+        assert np.array_equal(numerics.decode_e4m3(cupy.asnumpy(xq)), q_ref), what
+        assert np.array_equal(cupy.asnumpy(xs).T, s_ref), what

@@ -4,7 +4,12 @@
 //   xq e4m3 [rows, K], xs f32 [ceil(K/128), rows] (k-block major, so a tile's row scales are
 //   contiguous). Per row and 128-channel block: s = amax/448 (1 when amax == 0), q = e4m3_satfinite(x / s)
 //   (IEEE division, RNE), i.e. exactly lowbit.verify.gemm_checks.quantize_act_ref.
-//   Launch: one warp per (row, k-block), block 256, grid ceil(rows*kb/8).
+//   A half-warp per (row, k-block) "unit" (a lane: 8 elements, one 16-byte load, an 8-byte store). A CTA of
+//   256 threads holds 32 unit slots, 2^lg k-blocks (lg = log2 of the smallest power of two >= kb, at most 5)
+//   of 32 >> lg rows; half-warp h takes slots h and h + 16, both loads issued together. No integer division.
+//   Launch: block 256, grid (ceil(rows / (32 >> lg)), ceil(kb / 2^lg)). The earlier warp-per-unit version
+//   (8-byte loads, a 64-bit division per warp) ran at ~1.5 TB/s on H200 and cost up to 28 % of a W8A8 GEMM
+//   at K >= 4096 (benchmarks/RESULTS.md, session 11).
 //
 // gemm_fp8_kernel: y[M,N] = sum_kb (xq[:,kb] @ Wq[:,kb]^T) * xs[kb, m] * ws[n/128, kb], with W e4m3
 //   [E,N,K] and ws f32 [E, ceil(N/128), ceil(K/128)] as on disk (weight_scale_inv, a multiplier).
@@ -47,33 +52,77 @@ static_assert(BN <= 128, "a tile must sit inside one 128-row weight-scale block"
 constexpr int A_STAGE = BM * RST;
 constexpr int B_STAGE = BN * RST;
 
-extern "C" __global__ void act_quant_fp8(const bf16* __restrict__ x, const int* __restrict__ a_rows, int rows,
-                                         int K, uint8_t* __restrict__ xq, float* __restrict__ xs) {
-    const int kb = (K + 127) / 128;
-    const long long w = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
-    const int lane = threadIdx.x & 31;
-    if (w >= (long long)rows * kb) return;
-    const int r = (int)(w / kb), b = (int)(w % kb);
-    const int src = a_rows ? a_rows[r] : r;
-    const int k = b * 128 + lane * 4;
-    float v[4] = {0.f, 0.f, 0.f, 0.f};
-    if (k < K) {  // K % 32 == 0: a lane's 4 elements are all in range or all out
-        const uint2 raw = *reinterpret_cast<const uint2*>(x + (size_t)src * K + k);
-        const float2 a = __bfloat1622float2(*reinterpret_cast<const bf162*>(&raw.x));
-        const float2 c = __bfloat1622float2(*reinterpret_cast<const bf162*>(&raw.y));
-        v[0] = a.x; v[1] = a.y; v[2] = c.x; v[3] = c.y;
-    }
-    float m = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+// one unit (row r, k-block b) of act_quant_fp8 for this lane (lane16 of 16): load, amax over the half-warp,
+// scale, quantize, store (nothing when !ok: a unit past the end). `raw` was loaded by the caller (zeros past K).
+__device__ __forceinline__ void act_quant_unit(const uint4& raw, bool ok, bool in_k, int r, int b, int k, int rows, int K,
+                                               uint8_t* __restrict__ xq, float* __restrict__ xs, int lane16) {
+    float v[8];
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const bf162*>(&w[i]));
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+    }
+    float m = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) m = fmaxf(m, fabsf(v[i]));
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));  // within the half-warp
     float s = m / 448.0f;
     if (m == 0.f) s = 1.0f;
-    if (k < K) {
-        const __nv_fp8x2_storage_t lo = __nv_cvt_float2_to_fp8x2(make_float2(v[0] / s, v[1] / s), __NV_SATFINITE, __NV_E4M3);
-        const __nv_fp8x2_storage_t hi = __nv_cvt_float2_to_fp8x2(make_float2(v[2] / s, v[3] / s), __NV_SATFINITE, __NV_E4M3);
-        *reinterpret_cast<uint32_t*>(xq + (size_t)r * K + k) = (uint32_t)lo | ((uint32_t)hi << 16);
+    // v / s, correctly rounded, from one reciprocal per unit (Markstein: y = RN(1/s), q = RN(v y), r = v - s q
+    // exact by fma, RN(q + r y) = RN(v / s) when nothing over- or underflows: |v / s| <= 448, and s >= 2^-60
+    // keeps r normal). Smaller scales (amax < 2^-51) take the IEEE division. 8 divisions a lane made this
+    // kernel compute-bound.
+    const bool fast = s >= 0x1p-60f;  // the same for the whole half-warp
+    const float y = 1.0f / s;
+    auto quot = [&](float a) {
+        if (!fast) return a / s;
+        const float q0 = __fmul_rn(a, y);
+        return __fmaf_rn(__fmaf_rn(-s, q0, a), y, q0);
+    };
+    if (in_k) {
+        uint32_t q[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const __nv_fp8x2_storage_t lo = __nv_cvt_float2_to_fp8x2(make_float2(quot(v[4 * i]), quot(v[4 * i + 1])),
+                                                                     __NV_SATFINITE, __NV_E4M3);
+            const __nv_fp8x2_storage_t hi = __nv_cvt_float2_to_fp8x2(
+                make_float2(quot(v[4 * i + 2]), quot(v[4 * i + 3])), __NV_SATFINITE, __NV_E4M3);
+            q[i] = (uint32_t)lo | ((uint32_t)hi << 16);
+        }
+        *reinterpret_cast<uint2*>(xq + (size_t)r * K + k) = make_uint2(q[0], q[1]);
     }
-    if (lane == 0) xs[(size_t)b * rows + r] = s;
+    if (ok && lane16 == 0) xs[(size_t)b * rows + r] = s;
+}
+
+extern "C" __global__ void __launch_bounds__(256) act_quant_fp8(const bf16* __restrict__ x,
+                                                                 const int* __restrict__ a_rows, int rows, int K,
+                                                                 int lg, uint8_t* __restrict__ xq,
+                                                                 float* __restrict__ xs) {
+    const int kb = (K + 127) / 128;
+    const int lane16 = threadIdx.x & 15, hw = threadIdx.x >> 4;  // half-warp hw of 16 takes slots hw, hw + 16
+    uint4 raw[2];
+    int r[2], b[2], k[2];
+    bool ok[2], in_k[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {  // both loads in flight before either is used
+        const int slot = hw + 16 * j;
+        r[j] = blockIdx.x * (32 >> lg) + (slot >> lg);
+        b[j] = blockIdx.y * (1 << lg) + (slot & ((1 << lg) - 1));
+        ok[j] = r[j] < rows && b[j] < kb;
+        k[j] = b[j] * 128 + lane16 * 8;
+        in_k[j] = ok[j] && k[j] < K;  // K % 32 == 0: a lane's 8 elements are all in range or all out
+        raw[j] = make_uint4(0u, 0u, 0u, 0u);
+        if (in_k[j]) {
+            const int src = a_rows ? __ldg(a_rows + r[j]) : r[j];
+            raw[j] = __ldg(reinterpret_cast<const uint4*>(x + (size_t)src * K + k[j]));
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j)  // every lane runs both units (the shuffles need the whole warp); stores only for ok
+        act_quant_unit(raw[j], ok[j], in_k[j], r[j], b[j], k[j], rows, K, xq, xs, lane16);
 }
 
 extern "C" __global__ void __launch_bounds__(NT, 1) gemm_fp8_kernel(
