@@ -331,8 +331,9 @@ def test_small_m_runs_the_gemv(monkeypatch, scheme, act):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("slots", [2, 8])
 @pytest.mark.parametrize("rows,k", [(1, 128), (7, 224), (33, 1024), (129, 4160)])
-def test_gemm_act_quant_fp8_matches_numpy_bit_for_bit(rows, k):
+def test_gemm_act_quant_fp8_matches_numpy_bit_for_bit(monkeypatch, slots, rows, k):
     """The W8A8 GEMM's activation quantizer (gemm_fp8.cu act_quant_fp8): codes and scales equal
     gemm_checks.quantize_act_ref exactly, with partial last k-blocks (K % 128 = 96, 64), an all-zero block
     (scale 1), a block of tiny values (the division fallback) and one of huge values, row counts that do not fill
@@ -340,8 +341,10 @@ def test_gemm_act_quant_fp8_matches_numpy_bit_for_bit(rows, k):
     Outputs are NaN/0xFF-poisoned first: every code and scale must be written."""
     import cupy
 
+    from lowbit.kernels import gemm as G
     from lowbit.kernels.gemm import quantize_act_fp8
 
+    monkeypatch.setattr(G, "ACT_QUANT_U", slots)  # unit slots per half-warp (the CTA's row / k-block layout)
     rng = np.random.default_rng(rows * 7919 + k)
     x = numerics.to_bf16(rng.standard_normal((rows, k), dtype=np.float32) * np.float32(3.0))
     x[rows // 2, : min(k, 128)] = 0  # one all-zero block

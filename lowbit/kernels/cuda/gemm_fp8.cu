@@ -5,9 +5,9 @@
 //   contiguous). Per row and 128-channel block: s = amax/448 (1 when amax == 0), q = e4m3_satfinite(x / s)
 //   (IEEE division, RNE), i.e. exactly lowbit.verify.gemm_checks.quantize_act_ref.
 //   A half-warp per (row, k-block) "unit" (a lane: 8 elements, one 16-byte load, an 8-byte store). A CTA of
-//   256 threads holds 32 unit slots, 2^lg k-blocks (lg = log2 of the smallest power of two >= kb, at most 5)
-//   of 32 >> lg rows; half-warp h takes slots h and h + 16, both loads issued together. No integer division.
-//   Launch: block 256, grid (ceil(rows / (32 >> lg)), ceil(kb / 2^lg)). The earlier warp-per-unit version
+//   256 threads holds S = 16 * AQ_U unit slots, 2^lg k-blocks (lg = log2 of the smallest power of two >= kb,
+//   at most log2 S) of S >> lg rows; half-warp h takes slots h, h + 16, ..., its AQ_U loads issued together.
+//   No integer division. Launch: block 256, grid (ceil(rows / (S >> lg)), ceil(kb / 2^lg)). The earlier warp-per-unit version
 //   (8-byte loads, a 64-bit division per warp) ran at ~1.5 TB/s on H200 and cost up to 28 % of a W8A8 GEMM
 //   at K >= 4096 (benchmarks/RESULTS.md, session 11).
 //
@@ -97,19 +97,23 @@ __device__ __forceinline__ void act_quant_unit(const uint4& raw, bool ok, bool i
     if (ok && lane16 == 0) xs[(size_t)b * rows + r] = s;
 }
 
+#ifndef AQ_U
+#define AQ_U 2  // unit slots per half-warp of act_quant_fp8 (loads in flight per lane): 2 beat 4 and 8 (H200)
+#endif
 extern "C" __global__ void __launch_bounds__(256) act_quant_fp8(const bf16* __restrict__ x,
                                                                  const int* __restrict__ a_rows, int rows, int K,
                                                                  int lg, uint8_t* __restrict__ xq,
                                                                  float* __restrict__ xs) {
+    constexpr int S = 16 * AQ_U;
     const int kb = (K + 127) / 128;
-    const int lane16 = threadIdx.x & 15, hw = threadIdx.x >> 4;  // half-warp hw of 16 takes slots hw, hw + 16
-    uint4 raw[2];
-    int r[2], b[2], k[2];
-    bool ok[2], in_k[2];
+    const int lane16 = threadIdx.x & 15, hw = threadIdx.x >> 4;  // half-warp hw of 16 takes slots hw + 16 j
+    uint4 raw[AQ_U];
+    int r[AQ_U], b[AQ_U], k[AQ_U];
+    bool ok[AQ_U], in_k[AQ_U];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {  // both loads in flight before either is used
+    for (int j = 0; j < AQ_U; ++j) {  // every load in flight before any is used
         const int slot = hw + 16 * j;
-        r[j] = blockIdx.x * (32 >> lg) + (slot >> lg);
+        r[j] = blockIdx.x * (S >> lg) + (slot >> lg);
         b[j] = blockIdx.y * (1 << lg) + (slot & ((1 << lg) - 1));
         ok[j] = r[j] < rows && b[j] < kb;
         k[j] = b[j] * 128 + lane16 * 8;
@@ -121,7 +125,7 @@ extern "C" __global__ void __launch_bounds__(256) act_quant_fp8(const bf16* __re
         }
     }
 #pragma unroll
-    for (int j = 0; j < 2; ++j)  // every lane runs both units (the shuffles need the whole warp); stores only for ok
+    for (int j = 0; j < AQ_U; ++j)  // every lane runs every unit (the shuffles need the whole warp); stores if ok
         act_quant_unit(raw[j], ok[j], in_k[j], r[j], b[j], k[j], rows, K, xq, xs, lane16);
 }
 
