@@ -338,5 +338,7 @@ def _gemm_kernels(w: GpuWeight, x, act: str, y):
     if act == "bf16" and gemm_tma.use_tma_w16(w, m):
         gemm_tma.launch_tma_w16(w, x, y, m)
         return y
+    if act == "fp8" and w.scheme == "fp8-block" and gemm_tma.use_tma_fp8(w, m, 1):  # before gemm_fp8.cu's split-K plan
+        return launch(w, x, act, rows=m, y=y)
     t, splits, k_len = plan("fp8" if act == "fp8" else "w16", m, w.n, w.k)
     return launch(w, x, act, rows=m, y=y, tile=t, splits=splits, k_len=k_len)

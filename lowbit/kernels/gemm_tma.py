@@ -58,12 +58,27 @@ def _tma_fp8_tiles(rows: int, n: int) -> int:
     return -(-rows // (64 * ncw)) * -(-n // bn)
 
 
+#: gemm_fp8_tma_sm90 takes every dense W8A8 GEMM of M >= TMA_FP8_MIN_ROWS (one CTA a 128x128 output tile, even
+#: when the tiles fill only part of the SMs), and smaller M only when its tiles fill every SM. H200, 2026-11-27,
+#: against the split-K mma.sync kernel (gemm_fp8.cu) on the six bench shapes: faster at every M from 128 up
+#: (16 to 1184 tiles; e.g. Qwen3 attn.o M = 1024, 128 tiles, 29.7 against 72.0 us; Qwen2.5-72B mlp.down M = 256
+#: 136 against 329 us; tied at 28 tiles); at M = 32 / 64 / 96 faster or tied on 4 of 6 shapes (72B mlp.down
+#: 110 against 190-198 us) and up to 7 % slower on 2 (7B mlp.down M = 96, attn.o M = 32); the sum over the
+#: shapes at M = 64: 369 against 486 us. LOWBIT_TMA_FP8_MIN_ROWS overrides.
+TMA_FP8_MIN_ROWS = 32
+
+
 def use_tma_fp8(w: GpuWeight, rows: int, splits: int, gate=None, groups=None) -> bool:
-    """Whether a W8A8 launch goes to gemm_fp8_tma_sm90 (dense, no split-K, tiles >= SMs, TMA-legal)."""
+    """Whether a W8A8 launch goes to gemm_fp8_tma_sm90 (dense, no split-K, M >= TMA_FP8_MIN_ROWS or tiles >= SMs,
+    TMA-legal)."""
+    import os
+
     if groups is not None or gate is not None or splits != 1 or not _tma_on():
         return False
     wq = w.tensors["weight"]
-    return w.k % 16 == 0 and wq.data.ptr % 16 == 0 and _tma_fp8_tiles(rows, w.n) >= _g._num_sms()
+    min_rows = int(os.environ.get("LOWBIT_TMA_FP8_MIN_ROWS", TMA_FP8_MIN_ROWS))
+    return w.k % 16 == 0 and wq.data.ptr % 16 == 0 and (
+        rows >= min_rows or _tma_fp8_tiles(rows, w.n) >= _g._num_sms())
 
 
 def launch_tma_fp8(w: GpuWeight, xq, xs, y, rows: int) -> None:

@@ -361,3 +361,26 @@ def test_gemm_act_quant_fp8_matches_numpy_bit_for_bit(monkeypatch, slots, rows, 
         what = f"rows={rows} K={k} gather={a_rows is not None}"
         assert np.array_equal(numerics.decode_e4m3(cupy.asnumpy(xq)), q_ref), what
         assert np.array_equal(cupy.asnumpy(xs).T, s_ref), what
+
+
+@pytest.mark.gpu
+def test_w8a8_takes_the_tma_kernel_from_min_rows(monkeypatch):
+    """gemm_tma.use_tma_fp8: every M >= TMA_FP8_MIN_ROWS goes to the TMA kernel, even with tiles for only part
+    of the SMs; smaller M only when its tiles fill the SMs; the result stays within the bound either way."""
+    from lowbit.kernels import gemm as G
+
+    if not G._sm90_available():
+        pytest.skip("the TMA kernel needs sm_90a")
+    monkeypatch.setattr(G, "_num_sms", lambda: 132)
+    w, dense = _weight("fp8-block", {}, 264, 512, seed=3)  # 3 column tiles
+    assert T.use_tma_fp8(w, T.TMA_FP8_MIN_ROWS, 1) and not T.use_tma_fp8(w, T.TMA_FP8_MIN_ROWS - 1, 1)
+    assert not T.use_tma_fp8(w, 200, 2)  # an explicit split-K launch stays on gemm_fp8.cu
+    monkeypatch.setenv("LOWBIT_TMA_FP8_MIN_ROWS", "100000")
+    assert not T.use_tma_fp8(w, 4096, 1)
+    monkeypatch.setattr(G, "_num_sms", lambda: 2)  # tiles >= SMs: taken at any M
+    assert T.use_tma_fp8(w, 64, 1)
+    monkeypatch.delenv("LOWBIT_TMA_FP8_MIN_ROWS")
+    monkeypatch.setattr(G, "_num_sms", lambda: 132)
+    for m in (T.TMA_FP8_MIN_ROWS, 200):  # 3 / 6 column tiles x 1 / 2 row tiles on 132 SMs: one CTA a tile
+        r = gc.check_gemm(w, dense, m, act="fp8", seed=m)
+        assert r.passed, f"M={m}: rel err {r.rel_err:.3g}"
