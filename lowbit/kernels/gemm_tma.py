@@ -102,6 +102,10 @@ TMA_W16_STAGES = {("int4", 256): 3, ("int4", 128): 5, ("int4", 64): 8, ("int4", 
                   ("fp8-block", 256): 2, ("fp8-block", 128): 4, ("fp8-block", 64): 6, ("fp8-block", 32): 8,
                   ("fp8-block", 16): 8}
 TMA_W16_RUN = 8  # k-blocks per straight-line run
+#: token tiles that run two CTAs an SM (CTAS = 2: 104 consumer registers, the stages that fit 113 KB). H200,
+#: 2026-11-27, M = 16 on the six bench shapes against one CTA an SM: fp8-block 0.87-1.01x the time (72B mlp.down
+#: 93.9 against 107.5 us), nvfp4 0.88-1.03x, int4 0.92-1.01x; at 32 and 64 tokens mixed (0.9-1.08x): not taken.
+TMA_W16_TWO_CTAS = {("int4", 16): 7, ("nvfp4", 16): 7, ("fp8-block", 16): 5}
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ class W16Plan:
     bt: int  # tokens per tile
     splits: int  # K splits (work units = output tiles x splits)
     kps: int  # 128-K blocks per split
+    ctas: int = 1  # CTAs per SM (2: smaller register budget, see gemm_w16_tma_sm90.cu CTAS)
 
 
 #: how much faster a 256-token tile computes than a 128-token one once both fill the GPU (4-bit weights;
@@ -132,7 +137,7 @@ def tma_w16_plan(w: GpuWeight, rows: int) -> W16Plan:
     keeps the SMs busier over the persistent rounds (256 counted BT256_GAIN faster, the padding of a ragged
     last token tile counted as waste); K is split only while the tiles fill less than one wave and M <= 256,
     since the fp32 partials cost M x N x 8 bytes of traffic per split.
-    LOWBIT_TMA_W16="stages,run,tokens[,splits]" overrides (benchmarks, tests). Cached (a call's host cost)."""
+    LOWBIT_TMA_W16="stages,run,tokens[,splits[,ctas]]" overrides (benchmarks, tests). Cached (a call's host cost)."""
     import os
 
     return _w16_plan(w.scheme, w.n, w.k, rows, os.environ.get("LOWBIT_TMA_W16", ""), _g._num_sms())
@@ -146,6 +151,7 @@ def _w16_plan(scheme: str, n: int, k: int, rows: int, env: str, sms: int) -> W16
     if parts:
         stages, run, bt = parts[:3]
         splits = parts[3] if len(parts) > 3 else 0
+        ctas = parts[4] if len(parts) > 4 else 1
     else:
         if rows <= 64:
             bt = next(b for b in (16, 32, 64) if rows <= b)
@@ -155,7 +161,9 @@ def _w16_plan(scheme: str, n: int, k: int, rows: int, env: str, sms: int) -> W16
                 return _wave_eff(m_tiles * nt, sms) * rows / (m_tiles * b) * (BT256_GAIN if b == 256 else 1.0)
 
             bt = max((128, 256) if scheme != "fp8-block" else (128,), key=score)
-        stages, run, splits = TMA_W16_STAGES[(scheme, bt)], TMA_W16_RUN, 0
+        stages, run, splits, ctas = TMA_W16_STAGES[(scheme, bt)], TMA_W16_RUN, 0, 1
+        if (scheme, bt) in TMA_W16_TWO_CTAS:
+            stages, ctas = TMA_W16_TWO_CTAS[(scheme, bt)], 2
     if not splits:
         tiles = -(-rows // bt) * nt
         splits = 1
@@ -164,7 +172,7 @@ def _w16_plan(scheme: str, n: int, k: int, rows: int, env: str, sms: int) -> W16
         elif rows <= 256 and tiles < sms:
             splits = max(1, min(nk // 4, -(-sms // tiles)))
     kps = -(-nk // splits)
-    return W16Plan(stages, run, bt, -(-nk // kps), kps)
+    return W16Plan(stages, run, bt, -(-nk // kps), kps, ctas)
 
 
 def _tma_w16_smem(scheme: str, stages: int, bt: int) -> int:
@@ -173,12 +181,16 @@ def _tma_w16_smem(scheme: str, stages: int, bt: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _tma_w16_kernel(scheme: str, group: int, stages: int, run: int, bt: int):
+def _tma_w16_kernel(scheme: str, group: int, stages: int, run: int, bt: int, ctas: int = 1):
     smem = _tma_w16_smem(scheme, stages, bt)
-    if smem > 227 * 1024:
+    cap = 227 * 1024 if ctas == 1 else 113 * 1024
+    if smem > cap or ctas not in (1, 2):
         raise KernelError(f"gemm_w16_tma_sm90: {stages} stages of {bt}-token tiles need {smem} bytes of shared "
-                          "memory, over the 227 KB a Hopper CTA can have; use fewer stages")
+                          f"memory, over the {cap // 1024} KB each of {ctas} Hopper CTAs an SM can have (1 or 2); "
+                          "use fewer stages")
     defines = {"SCHEME": _g.SCHEME_IDS[scheme], "INT4_GROUP": group, "STAGES": stages, "RUN": run, "BT": bt}
+    if ctas != 1:
+        defines["CTAS"] = ctas
     f = get_function("gemm_w16_tma_sm90.cu", "gemm_w16_tma_sm90", defines)
     f.max_dynamic_shared_size_bytes = smem
     return f
@@ -219,8 +231,8 @@ def launch_tma_w16(w: GpuWeight, x, y, rows: int) -> None:
     args = (mx, mw, ws, _g._ptr(wz), _g._ptr(wg), y, _g._ptr(ypart), np.int32(rows), np.int32(w.n), np.int32(w.k),
             np.int32(p.splits), np.int32(p.kps))
     units = -(-rows // p.bt) * -(-w.n // 128) * p.splits
-    f = _tma_w16_kernel(w.scheme, w.group_size if w.scheme == "int4" else 128, p.stages, p.run, p.bt)
-    f((min(units, _g._num_sms()),), (384,), args, shared_mem=_tma_w16_smem(w.scheme, p.stages, p.bt))
+    f = _tma_w16_kernel(w.scheme, w.group_size if w.scheme == "int4" else 128, p.stages, p.run, p.bt, p.ctas)
+    f((min(units, p.ctas * _g._num_sms()),), (384,), args, shared_mem=_tma_w16_smem(w.scheme, p.stages, p.bt))
     if p.splits > 1:
         total = rows * w.n
         red = get_function("gemm_w16.cu", "gemm_splitk_reduce")

@@ -189,6 +189,9 @@ W16_TMA_CASES = [  # (scheme, opts, LOWBIT_TMA_W16 or "default"): every scheme a
     ("int4", {"group_size": 32, "asymmetric": True}, "default"), ("int4", {"group_size": 64}, "default"),
     ("fp8-block", {}, "2,8,256"), ("nvfp4", {}, "4,8,128"), ("int4", {"group_size": 128}, "2,2,256"),
     ("int4", {"group_size": 32, "asymmetric": True}, "4,2,128"),
+    # two CTAs an SM (CTAS = 2: 104 consumer registers), the small token tiles, with and without split-K
+    ("int4", {"group_size": 128}, "6,8,32,0,2"), ("nvfp4", {}, "6,8,16,3,2"), ("fp8-block", {}, "3,8,64,0,2"),
+    ("int4", {"group_size": 32, "asymmetric": True}, "4,8,64,2,2"),
 ]
 
 
@@ -262,6 +265,10 @@ def test_tma_w16_plan(monkeypatch):
     assert p.bt == 128 and p.splits > 1 and (p.splits - 1) * p.kps < 32 <= p.splits * p.kps
     p = plan("int4", 4096, 14336, 16)
     assert p.bt == 16 and (p.splits * 32 >= 2 * 132 or p.kps == 4)
+    for scheme in ("int4", "nvfp4", "fp8-block"):  # 16-token tiles: two CTAs an SM, in their 113 KB of smem
+        p = plan(scheme, 4096, 14336, 16)
+        assert p.ctas == 2 and T._tma_w16_smem(scheme, p.stages, p.bt) <= 113 * 1024
+        assert plan(scheme, 4096, 14336, 64).ctas == 1
     for m in (1, 16, 17, 64, 65, 200, 1000, 5000):
         p = plan("int4", 4096, 4096, m)
         assert p.bt in (16, 32, 64, 128, 256) and p.bt >= min(m, 16) and (p.bt >= m or p.bt >= 128)

@@ -27,7 +27,10 @@
 // + kps)); each unit writes its fp32 partial to ypart[split][M][N], summed by gemm_splitk_reduce (gemm_w16.cu).
 // Preconditions (launcher, lowbit/kernels/gemm.py): K % 32 == 0 (int4: K % G == 0), 16-byte aligned bases.
 // Only sm_90a has wgmma: elsewhere the body is empty and the launcher never picks this kernel.
-// Launch: grid (min(units, SMs)), block 384, dynamic smem STAGES * (BT * 256 + 128 * WROW) + 2048.
+// CTAS = 2 (16-token tiles, gemm_tma.TMA_W16_TWO_CTAS): two CTAs an SM, registers 24 / 104 instead of 40 / 232,
+// at most 113 KB of shared memory each; ptxas reports 12-48 bytes of spills in that build (H200: M = 16 took
+// 0.87-1.03x the time of one CTA an SM; benchmarks/RESULTS.md, session 11).
+// Launch: grid (min(units, CTAS * SMs)), block 384, dynamic smem STAGES * (BT * 256 + 128 * WROW + 2048) + 2048.
 #include "common.cuh"
 #include "gemm_sm90.cuh"
 #include "tma_sm90.cuh"
@@ -49,6 +52,18 @@
 #ifndef BT
 #define BT 128  // tokens per CTA: 16 ... 256 (wgmma m64nBT; 256: the decode and W copy shared by twice the
 #endif          // tokens; 16 - 64: small M, where streaming the weight is the work)
+#ifndef CTAS
+#define CTAS 1  // CTAs per SM: 1 (registers: producer 40, consumers 232) or 2 (24 / 104: small token tiles)
+#endif
+#if CTAS == 1
+#define PRODUCER_REGS 40
+#define CONSUMER_REGS 232
+#else
+#define PRODUCER_REGS 24
+#define CONSUMER_REGS 104
+#endif
+#define STR2(x) #x
+#define STR(x) STR2(x)
 #define BNW 128  // W rows per CTA
 #define NACC (BT / 2)
 #define BK 128
@@ -128,7 +143,7 @@ __device__ __forceinline__ void decode_4bit(uint32_t (&A)[8][4], const uint8_t* 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
+extern "C" __global__ void __launch_bounds__(384, CTAS) gemm_w16_tma_sm90(
     const void* __restrict__ map_x, const void* __restrict__ map_w, const void* __restrict__ wscale,
     const int* __restrict__ wzero, const float* __restrict__ wglobal, bf16* __restrict__ y,
     float* __restrict__ ypart, int M, int N, int K, int splits, int kps) {
@@ -149,7 +164,7 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
 
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 " STR(PRODUCER_REGS) ";\n");
         if (threadIdx.x == 0) {
             tma_map_acquire(map_x);
             tma_map_acquire(map_w);
@@ -203,7 +218,7 @@ extern "C" __global__ void __launch_bounds__(384, 1) gemm_w16_tma_sm90(
             });
         }
     } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 " STR(CONSUMER_REGS) ";\n");
         const int c = wg - 1, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
         const int g = lane >> 2, t = lane & 3;
         const int r0 = c * 64 + warp * 16 + g;  // this thread's W rows in the tile: r0, r0 + 8
