@@ -269,6 +269,19 @@ __device__ __forceinline__ void epilogue(const Args& a, const P& pa, const P& pb
   }
 }
 
+// A warp's start on a tile: zero accumulators, and the lane's x row per token tile (its first k-slot chunk,
+// t * EC elements in; nullptr past M). Shared by the register loop and the TMA build (gemv_tma.cuh).
+template <int MT, int EC>
+__device__ __forceinline__ void start_tile(const Args& a, int g, int t, float (&acc)[MT][4],
+                                           const uint16_t* (&xr)[MT]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
+    xr[mt] = g + 8 * mt < a.m ? a.x + (long)(g + 8 * mt) * a.k + t * EC : nullptr;
+  }
+}
+
 // Everything iterations [it0, it0+U) of rows ra and rb need from memory, issued together so that no
 // load waits on another: the W chunks, each row's side data (scales / zero points, P::side) and, with
 // GEMV_XPREFETCH, the lane's x pairs. The main loop computes one stage while the next is in flight.
@@ -409,13 +422,8 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
   const int full = (row_bytes & 15) == 0 ? a.k / KI : 0;  // iterations whose 4 chunks lie inside K
   const int it_fast = it_beg + max(0, min(it_end, full) - it_beg) / U * U;
   float acc[MT][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
   const uint16_t* xr[MT];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) xr[mt] = g + 8 * mt < a.m ? a.x + (long)(g + 8 * mt) * a.k + t * EC : nullptr;
+  start_tile<MT, EC>(a, g, t, acc, xr);
 
   if (it_fast > it_beg) {
     const int rca = min(ra, a.n - 1), rcb = min(rb, a.n - 1);

@@ -85,13 +85,8 @@ __device__ __forceinline__ void gemv_tma_body(const Args& a, const void* wmap) {
   const P p(a, row0);
   const int fast_end = min(a.k / KI, it_end);  // iterations below it: chunks and x inside K
   float acc[MT][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
   const uint16_t* xr[MT];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) xr[mt] = g + 8 * mt < a.m ? a.x + (long)(g + 8 * mt) * a.k + t * EC : nullptr;
+  start_tile<MT, EC>(a, g, t, acc, xr);
   typename P::Side sa[D][U], sb[D][U];
   auto load_side = [&](typename P::Side (&da)[U], typename P::Side (&db)[U], int st) {
 #pragma unroll
