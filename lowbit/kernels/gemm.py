@@ -226,7 +226,8 @@ def quantize_act_fp8(x, a_rows=None, rows: int | None = None, out=None):
 
     k = x.shape[1]
     rows = x.shape[0] if rows is None else rows
-    shapes = ((rows, k), (-(-k // 128), rows))
+    kb = -(-k // 128)
+    shapes = ((rows, k), (kb, rows))
     if out is None:
         xq, xs = cupy.empty(shapes[0], cupy.uint8), cupy.empty(shapes[1], cupy.float32)
     else:
@@ -235,7 +236,6 @@ def quantize_act_fp8(x, a_rows=None, rows: int | None = None, out=None):
                 xq.flags.c_contiguous and xs.flags.c_contiguous):
             raise KernelError(f"quantize_act_fp8: out must be contiguous uint8 {shapes[0]} and float32 {shapes[1]}, "
                               f"got {xq.dtype} {xq.shape} and {xs.dtype} {xs.shape}")
-    kb = -(-k // 128)
     if rows and kb:  # a CTA: 2^lg k-blocks of slots >> lg rows (gemm_fp8.cu)
         slots = 16 * ACT_QUANT_U
         lg = min(slots.bit_length() - 1, (kb - 1).bit_length())

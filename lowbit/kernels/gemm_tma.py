@@ -182,12 +182,13 @@ def _tma_w16_smem(scheme: str, stages: int, bt: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _tma_w16_kernel(scheme: str, group: int, stages: int, run: int, bt: int, ctas: int = 1):
+    if ctas not in (1, 2):
+        raise KernelError(f"gemm_w16_tma_sm90: {ctas} CTAs an SM; the kernel is built for 1 or 2")
     smem = _tma_w16_smem(scheme, stages, bt)
-    cap = 227 * 1024 if ctas == 1 else 113 * 1024
-    if smem > cap or ctas not in (1, 2):
+    cap = 227 * 1024 if ctas == 1 else 113 * 1024  # a Hopper SM's 228 KB, less 1 KB a CTA
+    if smem > cap:
         raise KernelError(f"gemm_w16_tma_sm90: {stages} stages of {bt}-token tiles need {smem} bytes of shared "
-                          f"memory, over the {cap // 1024} KB each of {ctas} Hopper CTAs an SM can have (1 or 2); "
-                          "use fewer stages")
+                          f"memory, over the {cap // 1024} KB a CTA can have at {ctas} an SM; use fewer stages")
     defines = {"SCHEME": _g.SCHEME_IDS[scheme], "INT4_GROUP": group, "STAGES": stages, "RUN": run, "BT": bt}
     if ctas != 1:
         defines["CTAS"] = ctas

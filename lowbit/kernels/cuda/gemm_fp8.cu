@@ -7,9 +7,9 @@
 //   A half-warp per (row, k-block) "unit" (a lane: 8 elements, one 16-byte load, an 8-byte store). A CTA of
 //   256 threads holds S = 16 * AQ_U unit slots, 2^lg k-blocks (lg = log2 of the smallest power of two >= kb,
 //   at most log2 S) of S >> lg rows; half-warp h takes slots h, h + 16, ..., its AQ_U loads issued together.
-//   No integer division. Launch: block 256, grid (ceil(rows / (S >> lg)), ceil(kb / 2^lg)). The earlier warp-per-unit version
-//   (8-byte loads, a 64-bit division per warp) ran at ~1.5 TB/s on H200 and cost up to 28 % of a W8A8 GEMM
-//   at K >= 4096 (benchmarks/RESULTS.md, session 11).
+//   No integer division. Launch: block 256, grid (ceil(rows / (S >> lg)), ceil(kb / 2^lg)). The earlier
+//   warp-per-unit version (8-byte loads, a 64-bit division per warp) ran at ~1.5 TB/s on H200 and cost up to
+//   28 % of a W8A8 GEMM at K >= 4096 (benchmarks/RESULTS.md, session 11).
 //
 // gemm_fp8_kernel: y[M,N] = sum_kb (xq[:,kb] @ Wq[:,kb]^T) * xs[kb, m] * ws[n/128, kb], with W e4m3
 //   [E,N,K] and ws f32 [E, ceil(N/128), ceil(K/128)] as on disk (weight_scale_inv, a multiplier).
@@ -54,8 +54,8 @@ constexpr int B_STAGE = BN * RST;
 
 // one unit (row r, k-block b) of act_quant_fp8 for this lane (lane16 of 16): load, amax over the half-warp,
 // scale, quantize, store (nothing when !ok: a unit past the end). `raw` was loaded by the caller (zeros past K).
-__device__ __forceinline__ void act_quant_unit(const uint4& raw, bool ok, bool in_k, int r, int b, int k, int rows, int K,
-                                               uint8_t* __restrict__ xq, float* __restrict__ xs, int lane16) {
+__device__ __forceinline__ void act_quant_unit(const uint4& raw, bool ok, bool in_k, int r, int b, int k, int rows,
+                                               int K, uint8_t* __restrict__ xq, float* __restrict__ xs, int lane16) {
     float v[8];
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
