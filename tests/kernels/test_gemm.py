@@ -345,7 +345,7 @@ def test_gemm_act_quant_fp8_matches_numpy_bit_for_bit(monkeypatch, slots, rows, 
     gemm_checks.quantize_act_ref exactly, with partial last k-blocks (K % 128 = 96, 64), an all-zero block
     (scale 1), a block of tiny values (the division fallback) and one of huge values, row counts that do not fill
     a CTA, and the gathered form (a_rows) the MoE uses.
-    Outputs are NaN/0xFF-poisoned first: every code and scale must be written."""
+    Outputs are poisoned first (codes 0x7F, an e4m3 NaN; scales NaN): every code and scale must be written."""
     import cupy
 
     from lowbit.kernels import gemm as G
