@@ -66,7 +66,9 @@ def bench(shapes: str, batch: str, schemes: str | None, iters: int, json_path: s
         result = run_bench([], [], chosen, iters, suites=suites)
         click.echo(f"{result['gpu']}  device-to-device copy {result['copy_gbs']:.0f} GB/s")
         if gemm:
-            click.echo(bg.format_gemm_table([r for r in result["rows"] if r.get("suite") == "gemm"]))
+            gemm_rows = [r for r in result["rows"] if r.get("suite") == "gemm"]
+            click.echo(bg.format_gemm_table(gemm_rows))
+            click.echo(bg.format_gemm_bars(gemm_rows))
         if moe:
             click.echo(bg.format_moe_table([r for r in result["rows"] if r.get("suite") == "moe"]))
         if json_path:

@@ -274,6 +274,38 @@ def format_gemm_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+#: issue 4's GEMM bars: (our paths, the peer path, which M, the least fraction of the peer's TFLOPS, label)
+GEMM_BARS = (
+    (("fp8-block:fp8",), "torch_fp8_tensor", lambda m: m >= 4096, 0.60, "W8A8 >= 60 % of cuBLASLt FP8 at M >= 4096"),
+    (("fp8-block:bf16", "nvfp4:bf16", "int4:bf16"), "cublas_bf16", lambda m: m >= 1024, 0.70,
+     "W8A16 / W4A16 >= 70 % of cuBLAS BF16 at M >= 1024"),
+    (("fp8-block:bf16", "nvfp4:bf16", "int4:bf16"), "cublas_bf16", lambda m: m <= 64, 1.0,
+     "W8A16 / W4A16 faster than cuBLAS BF16 at M <= 64"),
+)
+
+
+def format_gemm_bars(rows: list[dict]) -> str:
+    """Each bar of GEMM_BARS over the rows of one run: every (shape, M, path) it covers as % of the peer measured
+    in the same run, then how many points meet it. Points without their peer's figure are left out."""
+    by = {(r["model"], r["layer"], r["m"], r["path"]): r for r in rows}
+    out = []
+    for paths, peer, covers, least, label in GEMM_BARS:
+        pts = []
+        for (model, layer, m, path), r in by.items():
+            p = by.get((model, layer, m, peer))
+            if path in paths and covers(m) and p is not None and p["tflops"] > 0:
+                frac = r["tflops"] / p["tflops"]
+                met = frac > least if least == 1.0 else frac >= least
+                pts.append(f"| {model} {layer} {r['n']}x{r['k']} | {m} | {path} | {100 * frac:.0f} % | "
+                           f"{'yes' if met else 'no'} |")
+        if not pts:
+            continue
+        n_met = sum(p.endswith("yes |") for p in pts)
+        out += [f"{label}: met at {n_met} of {len(pts)} points", "| shape | M | path | % of peer | met |",
+                "|---|---|---|---|---|", *pts, ""]
+    return "\n".join(out).rstrip()
+
+
 def format_moe_table(rows: list[dict]) -> str:
     out = ["| scheme | act | tokens | eager us | graph us | 8 experts @ copy us | graph/roofline |",
            "|---|---|---|---|---|---|---|"]

@@ -46,3 +46,25 @@ def test_suites_wrap_rows(monkeypatch):
     assert rows[1]["scheme"] == "cublas_bf16" and rows[1]["act"] == "-" and rows[1]["gpu"] == "GPU-X"
     moe = bg.moe_suite(ctx)
     assert [r["scheme"] for r in moe] == ["int4"] and moe[0]["suite"] == "moe"
+
+
+def test_gemm_bars_against_the_peer_of_the_same_run():
+    def row(m, path, tflops):
+        return {"model": "m", "layer": "up", "m": m, "n": 256, "k": 512, "path": path, "tflops": tflops}
+
+    rows = [row(4096, "torch_fp8_tensor", 1000.0), row(4096, "fp8-block:fp8", 600.0),  # 60 %: met
+            row(8192, "torch_fp8_tensor", 1000.0), row(8192, "fp8-block:fp8", 599.0),  # just under
+            row(1024, "fp8-block:fp8", 500.0),  # M < 4096: no W8A8 bar
+            row(1024, "cublas_bf16", 500.0), row(1024, "int4:bf16", 400.0), row(1024, "nvfp4:bf16", 300.0),
+            row(64, "cublas_bf16", 100.0), row(64, "int4:bf16", 100.0), row(64, "fp8-block:bf16", 120.0),
+            row(256, "int4:bf16", 1.0)]  # no peer measured at that M: left out
+    text = bg.format_gemm_bars(rows)
+    lines = text.splitlines()
+    assert "W8A8 >= 60 % of cuBLASLt FP8 at M >= 4096: met at 1 of 2 points" in lines
+    assert "| m up 256x512 | 4096 | fp8-block:fp8 | 60 % | yes |" in lines
+    assert "| m up 256x512 | 8192 | fp8-block:fp8 | 60 % | no |" in lines
+    assert "W8A16 / W4A16 >= 70 % of cuBLAS BF16 at M >= 1024: met at 1 of 2 points" in lines
+    assert "| m up 256x512 | 1024 | nvfp4:bf16 | 60 % | no |" in lines
+    assert "W8A16 / W4A16 faster than cuBLAS BF16 at M <= 64: met at 1 of 2 points" in lines  # equal is not faster
+    assert "| m up 256x512 | 64 | int4:bf16 | 100 % | no |" in lines
+    assert "256 |" not in text
