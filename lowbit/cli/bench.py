@@ -77,6 +77,9 @@ def bench(shapes: str, batch: str, schemes: str | None, iters: int, json_path: s
         return
     result = run_bench(parse_shapes(shapes), _ints(batch, "batch"), chosen, iters)
     click.echo(format_table(result))
+    from lowbit.verify.bench_gemv import format_gemv_bars
+
+    click.echo(format_gemv_bars(result["rows"]))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=1)

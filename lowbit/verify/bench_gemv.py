@@ -126,6 +126,50 @@ def gemv_suite(ctx: BenchContext) -> list[dict]:
     return rows
 
 
+PEERS = ("cublas-bf16", "torch-fp8-scaled_mm")
+LARGE = 8192 * 8192  # "large shapes": N * K at least this
+
+
+def format_gemv_bars(rows: list[dict]) -> str:
+    """Issue 3's GEMV bars over the rows of one run (ours only, M = 1 unless said), each point with its figure
+    and met / not met, then a count per bar: >= 85 % of copy at N*K >= 8192^2; >= 70 % at 4096x4096; FP8 >= 1.8x
+    and the 4-bit schemes >= 3x cuBLAS BF16 at N*K >= 8192^2; time at M = 8 <= 1.3x M = 1."""
+    ours = [r for r in rows if r.get("suite", "gemv") == "gemv" and r["scheme"] not in PEERS]
+    one = [r for r in ours if r["m"] == 1]
+    large = [r for r in one if r["n"] * r["k"] >= LARGE]
+
+    def copy_pct(r, least):
+        return r, r["pct_copy"], "% of copy", r["pct_copy"] >= least
+
+    def speedup(r, least):
+        return r, r["speedup_vs_cublas_bf16"], "x cuBLAS BF16", r["speedup_vs_cublas_bf16"] >= least
+
+    m1 = {(r["scheme"], r["act"], r["n"], r["k"]): r for r in one}
+    m8 = []
+    for r in ours:
+        base = m1.get((r["scheme"], r["act"], r["n"], r["k"]))
+        if r["m"] == 8 and base is not None and base["us"] > 0:
+            m8.append((r, round(r["us"] / base["us"], 2), "x M=1", r["us"] <= 1.3 * base["us"]))
+    bars = [
+        (">= 85 % of copy at N*K >= 8192^2", [copy_pct(r, 85) for r in large]),
+        (">= 70 % of copy at 4096x4096", [copy_pct(r, 70) for r in one if (r["n"], r["k"]) == (4096, 4096)]),
+        ("FP8 >= 1.8x cuBLAS BF16 at N*K >= 8192^2", [speedup(r, 1.8) for r in large if r["scheme"] == "fp8-block"]),
+        ("4-bit >= 3x cuBLAS BF16 at N*K >= 8192^2",
+         [speedup(r, 3.0) for r in large if r["scheme"] in ("nvfp4", "int4")]),
+        ("M = 8 <= 1.3x the time of M = 1", m8),
+    ]
+    out = []
+    for label, pts in bars:
+        if not pts:
+            continue
+        out += [f"{label}: met at {sum(p[3] for p in pts)} of {len(pts)} points",
+                "| scheme | act | N x K | M | figure | met |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['scheme']} | {r['act']} | {r['n']}x{r['k']} | {r['m']} | {v} {unit} | {'yes' if ok else 'no'} |"
+                for r, v, unit, ok in pts]
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 def _bf16():
     import ml_dtypes
 

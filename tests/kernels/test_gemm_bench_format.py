@@ -68,3 +68,28 @@ def test_gemm_bars_against_the_peer_of_the_same_run():
     assert "W8A16 / W4A16 faster than cuBLAS BF16 at M <= 64: met at 1 of 2 points" in lines  # equal is not faster
     assert "| m up 256x512 | 64 | int4:bf16 | 100 % | no |" in lines
     assert "256 |" not in text
+
+
+def test_gemv_bars_count_each_point():
+    from lowbit.verify.bench_gemv import format_gemv_bars
+
+    def row(scheme, act, n, k, m, us, pct, speedup):
+        return {"suite": "gemv", "scheme": scheme, "act": act, "n": n, "k": k, "m": m, "us": us, "pct_copy": pct,
+                "speedup_vs_cublas_bf16": speedup}
+
+    rows = [row("fp8-block", "bf16", 8192, 29568, 1, 68.2, 84.0, 1.71),
+            row("fp8-block", "bf16", 8192, 29568, 8, 70.0, 81.9, 1.70),
+            row("int4", "bf16", 8192, 29568, 1, 57.3, 51.2, 2.11),
+            row("int4", "bf16", 8192, 29568, 8, 80.0, 36.7, 1.5),
+            row("bf16", "bf16", 29568, 8192, 1, 122.3, 94.0, 0.91),
+            row("int4", "bf16", 4096, 4096, 1, 10.2, 71.0, 1.55),
+            row("cublas-bf16", "bf16", 8192, 29568, 1, 116.4, 98.0, 1.0)]  # a peer: never a point
+    lines = format_gemv_bars(rows).splitlines()
+    assert ">= 85 % of copy at N*K >= 8192^2: met at 1 of 3 points" in lines
+    assert "| bf16 | bf16 | 29568x8192 | 1 | 94.0 % of copy | yes |" in lines
+    assert ">= 70 % of copy at 4096x4096: met at 1 of 1 points" in lines
+    assert "FP8 >= 1.8x cuBLAS BF16 at N*K >= 8192^2: met at 0 of 1 points" in lines
+    assert "4-bit >= 3x cuBLAS BF16 at N*K >= 8192^2: met at 0 of 1 points" in lines
+    assert "M = 8 <= 1.3x the time of M = 1: met at 1 of 2 points" in lines
+    assert "| int4 | bf16 | 8192x29568 | 8 | 1.4 x M=1 | no |" in lines
+    assert not any("cublas-bf16" in ln for ln in lines)
