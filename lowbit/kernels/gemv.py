@@ -285,16 +285,12 @@ def _autotune(key, launch, planned, extra=lambda: ()) -> tuple:
     The kernel's speed depends on DRAM locality and issue rate in ways the occupancy model misses; a
     measurement on the real weight (L2 flushed between runs) settles it. Runs once, at the first call.
     """
-    import cupy
-
     if key not in _TUNED:
-        flush = cupy.empty(64 << 20, dtype=cupy.uint8)
         ext = list(extra())
         cands = [planned, *TUNE_CANDIDATES]
         if ext:  # (row tiles, warps along K, splits, build variant)
             cands = [c + (0,) for c in cands] + ext
-        _TUNED[key] = fastest_config(launch, cands, flush)
-        del flush
+        _TUNED[key] = fastest_config(launch, cands)
     return _TUNED[key]
 
 

@@ -63,9 +63,7 @@ def small_m_uses_gemv(w: GpuWeight, x, act: str, y) -> bool:
 
                 _gemm_kernels(w, x, act, y)
 
-        flush = cupy.empty(64 << 20, dtype=cupy.uint8)
-        _SMALL_M_CHOICE[key] = fastest_config(run, ["gemv", "gemm"], flush) == "gemv"
-        del flush
+        _SMALL_M_CHOICE[key] = fastest_config(run, ["gemv", "gemm"]) == "gemv"
     return _SMALL_M_CHOICE[key]
 
 

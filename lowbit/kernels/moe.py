@@ -33,7 +33,7 @@ from lowbit.kernels import device_buffers, moe_router
 from lowbit.kernels import gemm as _gemm
 from lowbit.kernels.compile import get_function
 from lowbit.kernels.launch import launch
-from lowbit.kernels.timing import fastest_config
+from lowbit.kernels.timing import FLUSH_BYTES, fastest_config
 from lowbit.kernels.weights import GpuWeight, to_gpu
 
 DECODE_MAX_TOKENS = 4
@@ -237,7 +237,7 @@ def _decode_gemv(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None,
         if not _gemv.TUNE or cupy.cuda.get_current_stream().is_capturing():
             cfg = planned  # timing is impossible inside a CUDA-graph capture
         else:
-            flush = cupy.empty(64 << 20, dtype=cupy.uint8)
+            flush = cupy.empty(FLUSH_BYTES, dtype=cupy.uint8)  # one for both tunings
             best_gu = fastest_config(gate_up, [planned[0], *GATE_UP_CANDIDATES], flush)
             gate_up(best_gu)
             best_dn = fastest_config(down, [planned[1], *DOWN_CANDIDATES], flush)

@@ -1,9 +1,10 @@
 """Timing kernel launch configurations on the GPU, for the first-call autotuners (lowbit.kernels.gemv,
 lowbit.kernels.moe, lowbit.kernels.linear).
 
-`fastest_config(launch, candidates, flush)` runs each candidate once untimed, then times them round-robin
-(`time_once`: the weight evicted from L2 by filling `flush`, the launch issued while a spin kernel keeps the
-GPU busy so that host launch overhead is not measured) and returns the one with the lowest median.
+`fastest_config(launch, candidates)` runs each candidate once untimed, then times them round-robin
+(`time_once`: the weight evicted from L2 by filling a flush buffer, the launch issued while a spin kernel keeps
+the GPU busy so that host launch overhead is not measured) and returns the one with the lowest median.
+`spin(us)` is that busy kernel; the benchmark harness (lowbit.verify.bench) uses it too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ def _spin_kernel():
     return cupy.RawKernel(_SPIN, "spin")
 
 
-def _spin(us: float = 100.0) -> None:
+#: bytes written before each timed launch to evict the weight from L2 (more than any Hopper L2)
+FLUSH_BYTES = 64 << 20
+
+
+def spin(us: float = 100.0) -> None:
     """Keep the GPU busy for `us` so that the host's launch overhead is hidden from the event pair after it."""
     import cupy
 
@@ -41,7 +46,7 @@ def time_once(launch, cfg, flush) -> float:
     import cupy
 
     flush.fill(0)
-    _spin()
+    spin()
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     start.record()
     launch(cfg)
@@ -55,12 +60,16 @@ def time_config(launch, cfg, flush, reps: int = 5) -> float:
     return times[len(times) // 2]
 
 
-def fastest_config(launch, cands, flush, reps: int = 7):
+def fastest_config(launch, cands, flush=None, reps: int = 7):
     """The candidate launch config with the lowest median time. Every candidate runs once untimed, then they
     are timed in turn, round-robin, so that drift over the tuning run (GPU clock, caches, first-use costs)
     falls on every candidate alike. (Timing each candidate's repetitions back to back, the runtime's
     Mixtral int4 expert down projection had been given a plan that ran 42 us where the sweep measured
-    29 us for the best one; H200, 2026-11-27.)"""
+    29 us for the best one; H200, 2026-11-27.) flush: a device buffer of >= FLUSH_BYTES, else one is made."""
+    if flush is None:
+        import cupy
+
+        flush = cupy.empty(FLUSH_BYTES, dtype=cupy.uint8)
     cands = list(dict.fromkeys(cands))
     for c in cands:
         launch(c)

@@ -12,8 +12,6 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 SHAPE_PRESETS: dict[str, list[tuple[int, int]]] = {
@@ -56,32 +54,17 @@ class BenchContext:
     _cublas_cache: dict = field(default_factory=dict)
 
 
-_BUSY = r"""
-extern "C" __global__ void busy(long long cycles) {
-  long long t0 = clock64();
-  while (clock64() - t0 < cycles) { }
-}
-"""
-
-
-def _busy(ms: float = 5.0) -> None:
-    """Keep the GPU busy while the CPU enqueues a batch, so launches run back to back."""
-    import cupy
-
-    fn = cupy.RawKernel(_BUSY, "busy")
-    clock_khz = cupy.cuda.Device().attributes["ClockRate"]
-    fn((1,), (1,), (np.int64(int(ms * clock_khz)),))
-
-
 def time_rotating(call: Callable[[int], object], copies: int, iters: int) -> float:
     """Median microseconds of call(i % copies), each launch between two CUDA events, run back to back."""
     import cupy
+
+    from lowbit.kernels.timing import spin
 
     for i in range(min(copies, 3)):
         call(i)  # warm-up (and compile)
     cupy.cuda.Device().synchronize()
     events = [cupy.cuda.Event() for _ in range(iters + 1)]
-    _busy(3.0 + 0.2 * iters)
+    spin((3.0 + 0.2 * iters) * 1000.0)  # the GPU busy while the launches are enqueued: they run back to back
     events[0].record()
     for i in range(iters):
         call(i % copies)

@@ -124,7 +124,7 @@ def test_fastest_config_times_round_robin_after_an_untimed_pass(monkeypatch):
         return times[cfg][sum(1 for c in timed if c == cfg) - 1]
 
     monkeypatch.setattr(timing, "time_once", fake_time_once)
-    best = timing.fastest_config(launched.append, ["a", "b", "c", "a"], flush=None, reps=3)
+    best = timing.fastest_config(launched.append, ["a", "b", "c", "a"], flush="a flush buffer", reps=3)
     assert launched == ["a", "b", "c"]  # the untimed pass, duplicates dropped
     assert timed == ["a", "b", "c"] * 3
     assert best == "b"  # medians: a 5, b 1, c 3
