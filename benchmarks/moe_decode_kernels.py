@@ -1,9 +1,10 @@
 """MoE decode step (routing given, CUDA graph of 32 steps with different tokens and routings): the two
-decode kernel families of lowbit.kernels.moe (DECODE_KERNELS "gemv" and "warp") side by side, and the
-grouped-GEMV launch plans around the planner's, for Qwen3-30B-A3B (128 experts, top 8, 2048 x 768) and
+decode kernel families of lowbit.kernels.moe (DECODE_KERNELS "gemv" and "warp") side by side, the grouped
+GEMV with its down launch in shared memory (moe_gemv.DOWN_SMEM, "gemv") and split over K ("gemv_splitk"), and
+the grouped-GEMV launch plans around the planner's, for Qwen3-30B-A3B (128 experts, top 8, 2048 x 768) and
 Mixtral-8x7B (8 experts, top 2, 4096 x 14336) shapes. Roofline = the chosen experts' bytes at the copy
 bandwidth measured in the same run.
-Usage: python benchmarks/moe_decode_kernels.py OUT_DIR [--sweep]"""
+Usage: python benchmarks/moe_decode_kernels.py OUT_DIR [--sweep] [--only=MODEL:SCHEME,...]"""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def main() -> None:
     import numpy as np
 
     from lowbit.formats import numerics
-    from lowbit.kernels import gemv, moe
+    from lowbit.kernels import gemv, moe, moe_gemv
     from lowbit.kernels.moe import MoeWeights
     from lowbit.verify.bench_gemm import _graph_time, copy_bandwidth, random_weight
 
@@ -36,7 +37,10 @@ def main() -> None:
     bw = copy_bandwidth()
     rows = []
     steps = 32
+    only = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--only=")), None)
     for model, scheme, e, k, h, i in CASES:
+        if only and f"{model}:{scheme}" not in only:
+            continue
         mw = MoeWeights(scheme, random_weight(scheme, i, h, e, 1), random_weight(scheme, i, h, e, 2),
                         random_weight(scheme, h, i, e, 3))
         rng = np.random.default_rng(0)
@@ -46,26 +50,37 @@ def main() -> None:
         roof = k * mw.expert_nbytes() / bw * 1e6
         row = {"model": model, "scheme": scheme, "experts": e, "top_k": k, "hidden": h, "inter": i,
                "roofline_us": roof, "copy_GBps": bw / 1e9}
-        for kern in ("warp", "gemv"):
-            moe.DECODE_KERNELS = kern
-            row[f"{kern}_us"] = _graph_time(lambda j: moe._decode(xs[j], ids[j], wts[j], mw), steps) * 1e6
-            row[f"{kern}_gate_up_us"] = _graph_time(
+        for label, kern, smem in (("warp", "warp", False), ("gemv_splitk", "gemv", False), ("gemv", "gemv", True)):
+            moe.DECODE_KERNELS, moe_gemv.DOWN_SMEM = kern, smem
+            moe_gemv._TUNED.clear()
+            row[f"{label}_us"] = _graph_time(lambda j: moe._decode(xs[j], ids[j], wts[j], mw), steps) * 1e6
+            row[f"{label}_gate_up_us"] = _graph_time(
                 lambda j: moe._decode(xs[j], ids[j], wts[j], mw, only="gate_up"), steps) * 1e6
-        fg = moe._moe_gemv_fn("gate_up", mw)
-        fd = moe._moe_gemv_fn("down", mw)
-        plan = moe.plan_decode(1, k, i, h, scheme, gemv._sm_count(0), max(fg.num_regs, fd.num_regs))
+        tuned = next(iter(moe_gemv._TUNED.values()), (None, "untuned"))
+        row["down_smem"], row["tuned"] = str(tuned[1]), str(tuned)
+        fg = moe_gemv.gemv_fn("gate_up", mw)
+        fd = moe_gemv.gemv_fn("down", mw)
+        plan = moe_gemv.plan_decode(1, k, i, h, scheme, gemv._sm_count(0), max(fg.num_regs, fd.num_regs))
         row["plan"] = plan
         row["regs"] = (int(fg.num_regs), int(fd.num_regs))
         if sweep:
             gu = {}
             for c in dict.fromkeys((plan[0],) + GATE_UP):
-                gu[c] = _graph_time(lambda j: moe._decode_gemv(xs[j], ids[j], wts[j], mw, only="gate_up",
-                                                                     cfg=(c, plan[1])), steps) * 1e6
+                gu[c] = _graph_time(lambda j: moe_gemv.decode_gemv(xs[j], ids[j], wts[j], mw, only="gate_up",
+                                                                   cfg=(c, plan[1])), steps) * 1e6
             dn = {}
             best_gu = min(gu, key=gu.get)
-            for c in dict.fromkeys((plan[1],) + DOWN):
-                dn[c] = _graph_time(lambda j: moe._decode_gemv(xs[j], ids[j], wts[j], mw, cfg=(best_gu, c)),
+            smem = tuple(("smem", wk) for wk in (1, 2) if moe_gemv.down_smem_fits(mw, k, wk, 0))
+            for c in dict.fromkeys((plan[1],) + DOWN + smem):
+                dn[c] = _graph_time(lambda j: moe_gemv.decode_gemv(xs[j], ids[j], wts[j], mw, cfg=(best_gu, c)),
                                     steps) * 1e6 - gu[best_gu]
+            if smem:  # the whole step (gate/up + the shared-memory down) per gate/up plan
+                pair = {}
+                for c in gu:
+                    for sd in smem:
+                        pair[f"{c} + {sd}"] = _graph_time(
+                            lambda j: moe_gemv.decode_gemv(xs[j], ids[j], wts[j], mw, cfg=(c, sd)), steps) * 1e6
+                row["sweep_pair_smem_us"] = pair
             row["sweep_gate_up_us"] = {str(c): v for c, v in gu.items()}
             row["sweep_down_us"] = {str(c): v for c, v in dn.items()}
         rows.append(row)
@@ -73,11 +88,13 @@ def main() -> None:
         mw = None  # free the experts before the next case
         cupy.get_default_memory_pool().free_all_blocks()
     lines = [f"GPU: {gpu}; copy {bw / 1e9:.0f} GB/s", "",
-             "| model | scheme | warp us (gate_up) | gemv us (gate_up) | roofline us | gemv / roofline |",
-             "|---|---|---|---|---|---|"]
+             "| model | scheme | warp us (gate_up) | gemv split-K down us (gate_up) | gemv us (gate_up; down) "
+             "| roofline us | gemv / roofline |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['scheme']} | {r['warp_us']:.1f} ({r['warp_gate_up_us']:.1f}) | "
-                     f"{r['gemv_us']:.1f} ({r['gemv_gate_up_us']:.1f}) | {r['roofline_us']:.1f} | "
+                     f"{r['gemv_splitk_us']:.1f} ({r['gemv_splitk_gate_up_us']:.1f}) | "
+                     f"{r['gemv_us']:.1f} ({r['gemv_gate_up_us']:.1f}; {r['down_smem']}) | {r['roofline_us']:.1f} | "
                      f"{r['gemv_us'] / r['roofline_us']:.2f} |")
     md = "\n".join(lines)
     print(md)

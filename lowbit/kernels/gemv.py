@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from lowbit.errors import KernelError
-from lowbit.kernels import device_buffers
+from lowbit.kernels import device_buffers, gemv_smem
 from lowbit.kernels.launch import launch as launch_kernel
 from lowbit.kernels.timing import fastest_config
 from lowbit.kernels.weights import GpuWeight
@@ -50,6 +50,11 @@ TMA_BUILD = {"GEMV_TMA": 4, "GEMV_TMA_SIDE": 2, "GEMV_MIN_BLOCKS": 2, "GEMV_TMA_
 #: per weight scheme, on top of TMA_BUILD
 TMA_TUNING = {"bf16": {"GEMV_UNROLL": 4}}
 TMA_VARIANT = -1
+#: the shared-memory decode build (cuda/gemv_smem.cuh, lowbit.kernels.gemv_smem): config (1, warps, 1,
+#: SMEM_VARIANT); taken by rule at M <= 8 where it fits one wave (gemv_smem.dense_warps), not tuned: its main gain
+#: is the weights copied on chip before the PDL wait, while the previous kernel runs, which a standalone timing
+#: does not see (with PDL off too, so that both launch modes run the same kernel and give the same bits)
+SMEM_VARIANT = -2
 #: (row tiles, splits) of the TMA build that the autotuner tries
 TMA_CANDIDATES = ((8, 1), (8, 2), (8, 4), (4, 1), (4, 2), (4, 4), (4, 8))
 
@@ -327,6 +332,9 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
         if len(cfg) > 3 and cfg[3] == TMA_VARIANT:
             _launch_tma(w, name, args, m, mt, wr, s, group, dev)
             return
+        if len(cfg) > 3 and cfg[3] == SMEM_VARIANT:
+            gemv_smem.launch_dense(w, act, args, m, wk, group, dev)
+            return
         if not 1 <= s <= 65535 or not 1 <= wr * wk <= WARPS:
             raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
         f = fn if len(cfg) == 3 or cfg[3] == 0 else _planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev, cfg[3])[0]
@@ -340,9 +348,11 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
         if variant == TMA_VARIANT and not use_tma(w, dev):
             raise KernelError(f"{w.name}: the TMA GEMV needs sm_90+, rows a multiple of 16 bytes and "
                               f"LOWBIT_GEMV_TMA not 0")
-        if not (0 <= variant <= len(VARIANTS.get(w.scheme, ())) or variant == TMA_VARIANT):
+        if not (0 <= variant <= len(VARIANTS.get(w.scheme, ())) or variant in (TMA_VARIANT, SMEM_VARIANT)):
             raise KernelError(f"{w.name}: variant {variant} is not a build of {w.scheme} (see gemv.VARIANTS)")
         cfg = (*(cta or (pr, pk)), splits or ps, variant)
+    elif warps := gemv_smem.dense_warps(w, m, act, dev):
+        cfg = (1, warps, 1, SMEM_VARIANT)
     elif TUNE and w.n * w.k >= TUNE_MIN_ELEMENTS:
         def extra():  # the other builds' planned configs and TUNE_CANDIDATES, the TMA build's candidates
             vs = range(1, len(VARIANTS.get(w.scheme, ())) + 1)

@@ -8,12 +8,13 @@ Two paths, neither with a host synchronisation or a Python loop over experts:
   decode (T <= DECODE_MAX_TOKENS): with FUSED_DECODE (off by default), moe_forward runs router + experts
     as ONE persistent launch (moe_decode_fused, 2 CTAs per SM, grid barriers between phases); otherwise
     router_fused, then moe_experts (routing given), two grouped GEMV launches per step. DECODE_KERNELS
-    picks them: "gemv" (default) = gemv_moe_gate_up_* + gemv_moe_down_* of cuda/gemv_*.cu, the tensor-core
-    GEMV of the dense layers with the expert looked up per (token, slot) (cuda/gemv_grouped.cuh):
-    gate and up rows share one mma tile and the SwiGLU is applied in its epilogue; the down projection
-    treats the k chosen experts as K splits, each partial scaled by its routing weight, summed in a fixed
-    order. "warp" = moe_decode_gate_up + moe_decode_down of cuda/moe_decode.cu (one warp per output row,
-    fp32 FMAs; the _staged variants, off by default, copy each warp's rows to shared memory first).
+    picks them: "gemv" (default) = lowbit.kernels.moe_gemv, the tensor-core GEMV of the dense layers with
+    the expert looked up per (token, slot) (cuda/gemv_grouped.cuh): gate and up rows share one mma tile and
+    the SwiGLU is applied in its epilogue; the down projection holds small experts' rows in shared memory,
+    copied before its PDL wait, or treats the k chosen experts as K splits, each partial scaled by its
+    routing weight, summed in a fixed order. "warp" = moe_decode_gate_up + moe_decode_down of
+    cuda/moe_decode.cu (one warp per output row, fp32 FMAs; the _staged variants, off by default, copy each
+    warp's rows to shared memory first).
   prefill: moe_align (sort assignments by expert, offsets by scan), gate and up grouped GEMMs that
     gather x rows on the fly (the up GEMM applies silu(gate) * up in its epilogue), the down grouped
     GEMM, then moe_combine (weighted sum back to token order). act="fp8" runs the fp8-block
@@ -32,8 +33,6 @@ from lowbit.errors import KernelError
 from lowbit.kernels import device_buffers, moe_router
 from lowbit.kernels import gemm as _gemm
 from lowbit.kernels.compile import get_function
-from lowbit.kernels.launch import launch
-from lowbit.kernels.timing import FLUSH_BYTES, fastest_config
 from lowbit.kernels.weights import GpuWeight, to_gpu
 
 DECODE_MAX_TOKENS = 4
@@ -134,128 +133,14 @@ def _ptrs(w: GpuWeight):
 DECODE_KERNELS = "gemv"
 
 
-def _moe_gemv_name(kind: str, ew: MoeWeights) -> str:
-    tag = {"bf16": "bf16", "fp8-block": "fp8", "nvfp4": "nvfp4", "int4": "int4"}[ew.scheme]
-    if ew.scheme == "int4" and ew.gate.group_size == 128:
-        tag = "int4g128"
-    return f"gemv_moe_{kind}_{tag}"
-
-
-@functools.lru_cache(maxsize=None)
-def _moe_gemv_kernel(name: str, scheme: str, device_id: int):
-    from lowbit.kernels import gemv as _gemv
-
-    return _gemv._planned_fn(_gemv._FILES[scheme], name, scheme)
-
-
-def _moe_gemv_fn(kind: str, ew: MoeWeights):
-    import cupy
-
-    return _moe_gemv_kernel(_moe_gemv_name(kind, ew), ew.scheme, cupy.cuda.Device().id)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _expert_strides(w: GpuWeight) -> tuple:
-    q, s, z, _ = _gemm._weight_args(w)
-    return tuple(np.int64(0 if a is None else a.nbytes // w.experts) for a in (q, s, z))
-
-
-def plan_decode(t: int, k: int, i_dim: int, h_dim: int, scheme: str, sm_count: int, regs: int = 128):
-    """((row tiles, warps along K, splits) of the gate/up launch, (row tiles, warps along K, K splits per
-    slot) of the down launch) for T tokens with k experts each. Both launches are planned as one dense
-    GEMV with the (token, slot) pairs as extra row tiles (their CTAs fill the GPU the same way)."""
-    from lowbit.kernels.gemv import plan_launch
-
-    gate_up = plan_launch(16 * _cdiv(i_dim, 8) * t * k, h_dim, scheme, sm_count, regs)
-    down = plan_launch(16 * _cdiv(h_dim, 16) * t * k, i_dim, scheme, sm_count, regs)
-    return gate_up, down
-
-
-#: launch plans the first decode call of a shape times (L2 flushed) besides the planner's, per launch;
-#: from the sweep of benchmarks/moe_decode_kernels.py on H200 (2026-11-27), where the best plan differed
-#: by scheme and shape (gate/up 10-80 us, down 8-40 us: up to 2x between plans)
-GATE_UP_CANDIDATES = ((4, 2, 1), (4, 1, 2), (2, 4, 1), (8, 1, 1), (8, 1, 2))
-DOWN_CANDIDATES = ((4, 2, 1), (4, 1, 2), (8, 1, 1), (2, 4, 1), (4, 1, 4), (2, 2, 4))
-_TUNED: dict = {}
-
-
-def _decode_gemv(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None, cfg: tuple | None = None):
-    """The grouped-GEMV decode (DECODE_KERNELS = "gemv"). cfg = (gate_up, down) overrides the plan; else
-    the first call of a shape (with gemv.TUNE) times the candidates and keeps the fastest of each launch."""
-    import cupy
-
-    from lowbit.kernels import gemv as _gemv
-
-    t, k = ids.shape
-    i_dim, h_dim = ew.intermediate, ew.hidden
-    dev = x.device.id
-    fg, fd = _moe_gemv_fn("gate_up", ew), _moe_gemv_fn("down", ew)
-    group = np.int32(ew.gate.group_size if ew.scheme == "int4" else 0)
-    h = cupy.empty((t * k, i_dim), x.dtype)
-    out = cupy.empty((t, h_dim), x.dtype) if out is None else out
-    gq, gsc, gz, gg = (_gemm._ptr(a) for a in _gemm._weight_args(ew.gate))
-    uq, usc, uz, ug = (_gemm._ptr(a) for a in _gemm._weight_args(ew.up))
-    dq, dsc, dz, dg = (_gemm._ptr(a) for a in _gemm._weight_args(ew.down))
-    u64 = np.uint64
-
-    def check(c):
-        wr, wk, s = c
-        if not (1 <= wr * wk <= _gemv.WARPS and 1 <= s <= 1024):
-            raise KernelError(f"{ew.gate.name}: decode launch plan {c} needs row tiles x warps along K in "
-                              f"1..{_gemv.WARPS} and splits in 1..1024")
-
-    def gate_up(c):
-        # tiles of 8 rows (gate rows i..i+7 with the same up rows), one grid z per (token, slot)
-        check(c)
-        wr, wk, s = c
-        bx = _cdiv(_cdiv(i_dim, 8), wr)
-        ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32 if s > 1 else 0, bx * wr * t * k)
-        launch(fg, (bx, s, t * k), (wr * wk * 32,),
-               (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, h, ws, cnt, ids, wts,
-                *_expert_strides(ew.gate), np.int32(i_dim), np.int32(h_dim), np.int32(s), group, np.int32(wk),
-                np.int32(k), np.int32(1)))
-
-    def down(c):
-        # tiles of 16 rows, one grid z per token, split j * s + q = part q of slot j's K
-        check(c)
-        wr, wk, s = c
-        bx = _cdiv(_cdiv(h_dim, 16), wr)
-        ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32, bx * wr * t)
-        launch(fd, (bx, k * s, t), (wr * wk * 32,),
-               (u64(dq), u64(dsc), u64(dz), u64(dg), _gemv.NULL, _gemv.NULL, _gemv.NULL, _gemv.NULL, h, out, ws,
-                cnt, ids, wts, *_expert_strides(ew.down), np.int32(h_dim), np.int32(i_dim), np.int32(k * s), group,
-                np.int32(wk), np.int32(k), np.int32(s)))
-
-    key = (_moe_gemv_name("down", ew), t, k, i_dim, h_dim, dev)
-    if cfg is None and key in _TUNED:
-        cfg = _TUNED[key]
-    elif cfg is None:
-        planned = plan_decode(t, k, i_dim, h_dim, ew.scheme, _gemv._sm_count(dev), max(fg.num_regs, fd.num_regs))
-        if not _gemv.TUNE or cupy.cuda.get_current_stream().is_capturing():
-            cfg = planned  # timing is impossible inside a CUDA-graph capture
-        else:
-            flush = cupy.empty(FLUSH_BYTES, dtype=cupy.uint8)  # one for both tunings
-            best_gu = fastest_config(gate_up, [planned[0], *GATE_UP_CANDIDATES], flush)
-            gate_up(best_gu)
-            best_dn = fastest_config(down, [planned[1], *DOWN_CANDIDATES], flush)
-            cfg = _TUNED[key] = (best_gu, best_dn)
-            del flush
-    gate_up(cfg[0])
-    if only == "gate_up":
-        return h
-    down(cfg[1])
-    return out
-
-
 def _decode(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None):
     """only="gate_up" runs the first kernel alone (benchmark breakdown)."""
     import cupy
 
     if DECODE_KERNELS == "gemv":
-        return _decode_gemv(x, ids, wts, ew, out, only)
+        from lowbit.kernels.moe_gemv import decode_gemv
+
+        return decode_gemv(x, ids, wts, ew, out, only)
 
     t, k = ids.shape
     e, i_dim, h_dim = ew.num_experts, ew.intermediate, ew.hidden

@@ -75,11 +75,14 @@ def error_bound(scheme: str, k: int, y: np.ndarray, absum: np.ndarray, rms: np.n
       steps of an accumulator chain, plus <= 64 reduction adds (warps, split-K, scale multiplies), adds at
       most one fp32 ulp (2^-23, truncation included) of a partial sum bounded by sum|w x|.
     - int4 only: the decoded weight (q - zp) * scale is rounded to bf16 in the kernel (<= 2^-9 relative,
-      round-to-nearest, independent across elements): a zero-mean error of standard deviation
-      <= 2^-9/sqrt(3) * sqrt(sum (w x)^2); we allow 6 standard deviations.
+      round-to-nearest): a zero-mean error of standard deviation about 2^-9/sqrt(3) * sqrt(sum (w x)^2); we
+      allow 10 of them. The errors are not independent (a group's elements share its scale, so equal codes
+      round alike) and their sum is heavier-tailed than a normal one: the GPU test seed 4160594366 (int4 g64
+      asymmetric, 1000 x 640, M = 8) reached 6.8 of them, reproduced exactly by a numpy emulation of the
+      kernel's rounding; 6, the bound before 2026-11-27, failed it.
     """
     steps = k / 16.0 + 64.0
     bound = 2.0**-8 * np.abs(y) + steps * 2.0**-23 * absum + 1e-30
     if scheme == "int4":
-        bound = bound + 6.0 * 2.0**-9 / np.sqrt(3.0) * rms
+        bound = bound + 10.0 * 2.0**-9 / np.sqrt(3.0) * rms
     return bound

@@ -97,6 +97,42 @@ def test_tma_build(scheme, act, opts, m, n, k, cta, splits):
     _run(scheme, n, k, m, act, splits=splits, cta=cta, variant=G.TMA_VARIANT, **opts)
 
 
+@pytest.mark.parametrize("scheme,act,opts", TMA_CASES)
+@pytest.mark.parametrize("m", [1, 3, 8])
+@pytest.mark.parametrize("n,k,warps", [(300, 1024, 8), (77, 4096, 16), (1000, 640, 2), (16, 2048, 5), (131, 3840, 4)])
+def test_smem_build(scheme, act, opts, m, n, k, warps):
+    """The shared-memory decode GEMV (gemv_smem.cuh, dense): rows past N (their copies clamped, outputs not
+    written), parts of K of unequal length (5 warps) and of an odd number of iterations, every policy."""
+    from lowbit.kernels import gemv as G
+    from lowbit.kernels import gemv_smem
+
+    if k % opts.get("group_size", 1) or k % gemv_smem.KI[scheme]:
+        pytest.skip("K not a multiple of G or of the iteration")
+    _run(scheme, n, k, m, act, cta=(1, warps), variant=G.SMEM_VARIANT, **opts)
+
+
+def test_smem_build_taken_by_rule_where_it_fits_one_wave():
+    """At M <= 8 a weight whose ceil(N / 16) CTAs fit one wave takes the shared-memory build; a large one and
+    M = 9 do not; LOWBIT_GEMV_SMEM=0 (gemv_smem.DENSE) turns it off."""
+    import cupy
+
+    from lowbit.kernels import gemv_smem
+    from lowbit.kernels.weights import to_gpu
+
+    rng, _ = fresh_rng()
+    small = to_gpu("fp8-block", disk_tensors("fp8-block", random_weight(rng, 2048, 4096)))
+    big = to_gpu("fp8-block", disk_tensors("fp8-block", random_weight(rng, 29568, 1024)))
+    dev = cupy.cuda.Device().id
+    assert gemv_smem.dense_warps(small, 1, "bf16", dev) >= 8
+    assert gemv_smem.dense_warps(small, 9, "bf16", dev) == 0
+    assert gemv_smem.dense_warps(big, 1, "bf16", dev) == 0
+    gemv_smem.DENSE = False
+    try:
+        assert gemv_smem.dense_warps(small, 1, "bf16", dev) == 0
+    finally:
+        gemv_smem.DENSE = True
+
+
 @pytest.mark.parametrize("stages,side", [(2, 1), (3, 3), (6, 2)])
 def test_tma_build_ring_depths(monkeypatch, stages, side):
     """Other ring and side-ring depths (the producer wraps the ring many times; the side loop's unroll)."""
@@ -192,10 +228,13 @@ def test_launcher_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("scheme,act", [("bf16", "bf16"), ("nvfp4", "bf16"), ("int4", "bf16")])
-def test_autotuned_launch_is_correct(scheme, act):
-    """Shapes above TUNE_MIN_ELEMENTS are autotuned on first use; the chosen config must be correct too."""
+def test_autotuned_launch_is_correct(monkeypatch, scheme, act):
+    """Shapes above TUNE_MIN_ELEMENTS are autotuned on first use (unless the shared-memory build takes them by
+    rule, off here); the chosen config must be correct too."""
     from lowbit.kernels import gemv as G
+    from lowbit.kernels import gemv_smem
 
+    monkeypatch.setattr(gemv_smem, "DENSE", False)
     before = len(G._TUNED)
     _run(scheme, 2048, 4096, 4, act)
     assert len(G._TUNED) == before + 1

@@ -238,13 +238,15 @@ def test_moe_decode_kernels(monkeypatch, scheme, opts, kernels):
 @pytest.mark.gpu
 @pytest.mark.parametrize("scheme,opts", SCHEMES)
 @pytest.mark.parametrize("cfg", [((1, 1, 1), (1, 1, 1)), ((2, 4, 3), (4, 2, 2)), ((8, 1, 1), (1, 8, 3)),
-                                 ((1, 8, 2), (2, 4, 1)), ((4, 1, 5), (8, 1, 4))])
+                                 ((1, 8, 2), (2, 4, 1)), ((4, 1, 5), (8, 1, 4)), ((4, 2, 1), ("smem", 1)),
+                                 ((2, 1, 2), ("smem", 2)), ((1, 1, 1), ("smem", 5))])
 def test_moe_decode_gemv_launch_plans(scheme, opts, cfg):
     # the grouped GEMVs under every CTA shape and split: warps along K (shared-memory sums), split K with
-    # the last-arriving reduction, several K splits per expert slot, the fast and the tail loops
+    # the last-arriving reduction, several K splits per expert slot, the fast and the tail loops; the down
+    # launch with its weights in shared memory, 1, 2 and 5 warps a slot (parts of 0-6 iterations, odd ones)
     import cupy
 
-    from lowbit.kernels import moe
+    from lowbit.kernels import moe_gemv
 
     e, k, h, i = 8, 3, 1024, 384
     mw, dense = _experts(scheme, opts, e, h, i, seed=10)
@@ -254,15 +256,55 @@ def test_moe_decode_gemv_launch_plans(scheme, opts, cfg):
         ids = _ragged_ids(t, e, k, rng, "random")
         wts = rng.random((t, k)).astype(np.float32)
         out = cupy.full((t, h), np.nan, dtype=numerics.BF16)
-        moe._decode_gemv(cupy.asarray(x), cupy.asarray(ids, dtype=cupy.int32), cupy.asarray(wts), mw, out=out, cfg=cfg)
+        moe_gemv.decode_gemv(cupy.asarray(x), cupy.asarray(ids, dtype=cupy.int32), cupy.asarray(wts), mw, out=out,
+                             cfg=cfg)
         want = ref.moe_experts_ref(x, ids, wts, *dense)
         err = gc.rel_err(out.get().astype(np.float32), want)
         assert err < gc.MOE_BOUND, f"{scheme} {opts} {cfg} T={t}: rel err {err:.3g}"
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,opts", SCHEMES)
+def test_moe_decode_down_smem_qwen3_layout(scheme, opts):
+    # Qwen3-MoE proportions (k = 8 of 32 experts, I = 768, H = 512): the down launch that holds every chosen
+    # expert's rows in shared memory (taken by rule where it fits), 1 and 2 tokens, ragged routings, NaN outputs
+    import cupy
+
+    from lowbit.kernels import moe_gemv
+
+    e, k, h, i = 32, 8, 512, 768
+    mw, dense = _experts(scheme, opts, e, h, i, seed=12)
+    assert moe_gemv.down_smem_fits(mw, k, 2, 0)  # bf16 too: 200 KiB of rows, no side data
+    rng = np.random.default_rng(13)
+    for t in (1, 2):
+        for kind in ("random", "all_on_one"):
+            x = gc.random_bf16(rng, (t, h))
+            ids = _ragged_ids(t, e, k, rng, kind)
+            wts = rng.random((t, k)).astype(np.float32)
+            out = cupy.full((t, h), np.nan, dtype=numerics.BF16)
+            for wk in (1, 2):
+                moe_gemv.decode_gemv(cupy.asarray(x), cupy.asarray(ids, dtype=cupy.int32), cupy.asarray(wts), mw,
+                                     out=out, cfg=((4, 2, 1), ("smem", wk)))
+                err = gc.rel_err(out.get().astype(np.float32), ref.moe_experts_ref(x, ids, wts, *dense))
+                assert err < gc.MOE_BOUND, f"{scheme} {opts} wk={wk} T={t} {kind}: rel err {err:.3g}"
+
+
+def test_down_smem_bytes():
+    # pure function: Qwen3-30B-A3B fp8 (k = 8, I = 768): 8 x 16 rows at a 832-byte pitch + 8 warps x 12
+    # iterations x 2 rows x 32 lanes x 8 bytes of side data
+    from lowbit.kernels.moe_gemv import down_smem_bytes
+
+    assert down_smem_bytes("fp8-block", 8, 768, 1) == 8 * 16 * 832 + 8 * 12 * 2 * 32 * 8
+    assert down_smem_bytes("int4", 8, 768, 2) == 8 * 16 * 448 + 16 * 3 * 2 * 32 * 8
+    assert down_smem_bytes("bf16", 2, 14336, 1) == 2 * 16 * (28672 + 64)
+    from lowbit.kernels.gemv_smem import smem_bytes  # the dense form: one slot, every warp its own part of K
+
+    assert smem_bytes("fp8-block", 4096, 1, 16, 16) == 16 * 4160 + 16 * 4 * 2 * 32 * 8
+
+
 def test_plan_decode_fills_the_gpu():
     # pure function: the planned launches split K when the experts alone would leave SMs idle
-    from lowbit.kernels.moe import plan_decode
+    from lowbit.kernels.moe_gemv import plan_decode
 
     (gr, gk, gs), (dr, dk, ds) = plan_decode(1, 8, 768, 2048, "fp8-block", 132)
     gate_ctas = -(-(768 // 8) // gr) * gs * 8

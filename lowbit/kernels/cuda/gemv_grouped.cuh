@@ -8,11 +8,16 @@
 //  down: the k slots of a token are split-K parts (grid y = slot * sub + part), each partial scaled by
 //    its routing weight (and the expert's out_scale) before the ordered split-K sum: deterministic, no
 //    atomics on y.
-// Launched with PDL, a grouped GEMV waits before anything else (the expert ids are the router's output).
+//  down_smem (gemv_moe_down_smem_*, small experts): a CTA = 16 output rows x every slot of one token, the
+//    slots' rows held in shared memory (gemv_smem.cuh).
+// Launched with PDL, a grouped GEMV waits before anything else (the expert ids are the router's output);
+// gate/up triggers its dependents only after that wait, so when the down launch starts the router has
+// finished and down_smem may read the ids and copy its weights before its own wait.
 // Preconditions (moe.py): H and I multiples of 32; T * topk <= 65535; contiguous, 16-byte aligned operands.
 // Reference: lowbit/verify/moe_reference.py (moe_experts_ref).
 #pragma once
 #include "common.cuh"
+#include "gemv_smem.cuh"
 
 namespace lb {
 
@@ -24,10 +29,11 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
   const int wr_n = (blockDim.x >> 5) / a0.wk, wr = warp % wr_n, wk = warp / wr_n;
   const int tile = blockIdx.x * wr_n + wr, gtile = blockIdx.z * gridDim.x * wr_n + tile;
   const int g = lane >> 2;
-  lb_pdl_trigger();
+  if (MODE != MOE_GATE_UP) lb_pdl_trigger();
   lb_pdl_wait();  // the expert ids and x come from earlier kernels
   if (MODE == MOE_GATE_UP) {
     const int pair = blockIdx.z, e = __ldcg(a0.ids + pair), row0 = tile * 8;
+    lb_pdl_trigger();  // after the wait: the down launch may then read the router's ids before its own
     Args a = a0;
     a.x += (long)(pair / a0.topk) * a0.k;
     a.y += (long)pair * a0.n;
@@ -65,6 +71,19 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     a.ew = ew; a.es = es; a.ez = ez; a.topk = topk; a.sub = sub;                                       \
     lb::gemv_grouped_body<POLICY, lb::MODE>(a);                                                       \
   }
+// The down launch with its weights in shared memory: the same argument list (splits and sub unused; wk =
+// warps per slot).
+#define LB_GEMV_MOE_DOWN_SMEM_KERNEL(NAME, POLICY)                                                    \
+  extern "C" __global__ void __launch_bounds__(512)                                                    \
+      NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint8_t* w2,     \
+           const void* s2, const int* z2, const float* g2, const uint16_t* x, uint16_t* y, float* ws,  \
+           int* cnt, const int* ids, const float* wts, long long ew, long long es, long long ez, int n, \
+           int k, int splits, int group, int wk, int topk, int sub) {                                 \
+    lb::Args a{w, s, z, gscale, x, nullptr, y, ws, cnt, n, k, 1, 1, group, wk};                        \
+    a.ids = ids; a.wts = wts; a.ew = ew; a.es = es; a.ez = ez; a.topk = topk;                          \
+    lb::gemv_smem_body<POLICY, lb::MOE_DOWN>(a);                                                               \
+  }
 #define LB_GEMV_MOE_KERNELS(TAG, POLICY)                                  \
   LB_GEMV_MOE_KERNEL(gemv_moe_gate_up_##TAG, POLICY, MOE_GATE_UP)         \
-  LB_GEMV_MOE_KERNEL(gemv_moe_down_##TAG, POLICY, MOE_DOWN)
+  LB_GEMV_MOE_KERNEL(gemv_moe_down_##TAG, POLICY, MOE_DOWN)               \
+  LB_GEMV_MOE_DOWN_SMEM_KERNEL(gemv_moe_down_smem_##TAG, POLICY)

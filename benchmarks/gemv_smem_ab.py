@@ -1,0 +1,88 @@
+"""Same-run A/B of the shared-memory decode GEMV (lowbit.kernels.gemv_smem, gemv_smem.DENSE) and of the MoE down
+launch in shared memory (moe_gemv.DOWN_SMEM):
+  1. standalone, M = 1, weight evicted from L2 before each launch (timing.time_config): the smem build
+     against the autotuned build on the runtime's decode shapes;
+  2. the runtime's batch-1 CUDA-graph decode (lowbit.runtime.bench_decode, random weights, real shapes) with
+     (dense smem, down smem) = on/on, off/on, off/off, back to back per model and round.
+Usage: python benchmarks/gemv_smem_ab.py OUT_DIR [ROUNDS] [CONFIG:SCHEME,...]"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SHAPES = (("fp8-block", 5120, 2048), ("fp8-block", 2048, 4096), ("int4", 6144, 4096), ("int4", 4096, 4096),
+          ("nvfp4", 6144, 4096), ("bf16", 960, 576), ("bf16", 576, 1536), ("fp8-block", 4096, 4096),
+          ("bf16", 4096, 4096), ("nvfp4", 4096, 4096), ("fp8-block", 768, 2048), ("fp8-block", 2048, 768),
+          ("int4", 768, 2048), ("int4", 2048, 768), ("nvfp4", 2048, 768), ("bf16", 2048, 768))
+
+
+def standalone(out) -> None:
+    import cupy
+
+    from lowbit.formats import numerics
+    from lowbit.kernels import gemv as G
+    from lowbit.kernels import gemv_smem
+    from lowbit.kernels.timing import FLUSH_BYTES, time_config
+    from lowbit.verify.bench_gemm import random_weight
+
+    flush = cupy.empty(FLUSH_BYTES, dtype=cupy.uint8)
+    for scheme, n, k in SHAPES:
+        w = random_weight(scheme, n, k, seed=1)
+        x = cupy.random.standard_normal((1, k), dtype=cupy.float32).astype(numerics.BF16)
+        y = cupy.empty((1, n), numerics.BF16)
+        gemv_smem.DENSE = True
+        warps = gemv_smem.dense_warps(w, 1, "bf16", 0)
+        gemv_smem.DENSE = False
+        row = {"scheme": scheme, "n": n, "k": k, "smem_warps": warps}
+        G.gemv(w, x, out=y)  # tunes
+        row["tuned"] = str(next((v for key, v in G._TUNED.items() if key[1:3] == (n, k)), None))
+        row["tuned_us"] = 1e3 * time_config(lambda c: G.gemv(w, x, out=y), None, flush, reps=21)
+        for wk in sorted({warps, 4, 8, 16} - {0}):
+            if gemv_smem.fits(scheme, k, 1, wk, wk, 0) and wk <= k // gemv_smem.KI[scheme]:
+                row[f"smem{wk}_us"] = 1e3 * time_config(
+                    lambda c: G.gemv(w, x, out=y, cta=(1, c), variant=G.SMEM_VARIANT), wk, flush, reps=21)
+        gemv_smem.DENSE = True
+        print(json.dumps(row), flush=True)
+        out.write(json.dumps(row) + "\n")
+        out.flush()
+
+
+def runtime(out, rounds: int, cases) -> None:
+    import cupy
+
+    from lowbit.kernels import gemv_smem, moe_gemv
+    from lowbit.runtime.bench_decode import bench_decode
+    from lowbit.verify.bench import measure_copy_bandwidth
+
+    bw = measure_copy_bandwidth()
+    gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    for rnd in range(rounds):
+        for config, scheme in cases:
+            for dense, down in ((True, True), (False, True), (False, False)):
+                gemv_smem.DENSE, moe_gemv.DOWN_SMEM = dense, down
+                moe_gemv._TUNED.clear()
+                r = bench_decode(config, scheme, copy_gbs=bw)
+                row = {"gpu": gpu, "copy_GBps": bw, "round": rnd, "dense_smem": dense, "down_smem": down,
+                       "config": config, "scheme": scheme, "decode_tok_s": r["decode_tok_s"],
+                       "pct_roofline": r["pct_roofline"]}
+                print(json.dumps(row), flush=True)
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                cupy.get_default_memory_pool().free_all_blocks()
+
+
+def main() -> None:
+    d = Path(sys.argv[1])
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    cases = [c.split(":") for c in (sys.argv[3] if len(sys.argv) > 3 else
+                                    "qwen3-30b-a3b:fp8-block,mixtral-8x7b:int4,smollm2-135m:bf16").split(",")]
+    with open(d / "gemv_smem_standalone.jsonl", "a") as out:
+        standalone(out)
+    with open(d / "gemv_smem_decode.jsonl", "a") as out:
+        runtime(out, rounds, cases)
+
+
+if __name__ == "__main__":
+    main()
