@@ -4,7 +4,7 @@ launch in shared memory (moe_gemv.DOWN_SMEM):
      against the autotuned build on the runtime's decode shapes;
   2. the runtime's batch-1 CUDA-graph decode (lowbit.runtime.bench_decode, random weights, real shapes) with
      (dense smem, down smem) = on/on, off/on, off/off, back to back per model and round.
-Usage: python benchmarks/gemv_smem_ab.py OUT_DIR [ROUNDS] [CONFIG:SCHEME,...]"""
+Usage: python benchmarks/gemv_smem_ab.py OUT_DIR [ROUNDS] [CONFIG:SCHEME,...] | OUT_DIR --standalone-only"""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ SHAPES = (("fp8-block", 5120, 2048), ("fp8-block", 2048, 4096), ("int4", 6144, 4
           ("int4", 768, 2048), ("int4", 2048, 768), ("nvfp4", 2048, 768), ("bf16", 2048, 768))
 
 
-def standalone(out) -> None:
+def standalone(out, reps: int = 25) -> None:
     import cupy
 
     from lowbit.formats import numerics
     from lowbit.kernels import gemv as G
     from lowbit.kernels import gemv_smem
-    from lowbit.kernels.timing import FLUSH_BYTES, time_config
+    from lowbit.kernels.timing import FLUSH_BYTES, time_once
     from lowbit.verify.bench_gemm import random_weight
 
     flush = cupy.empty(FLUSH_BYTES, dtype=cupy.uint8)
@@ -35,14 +35,28 @@ def standalone(out) -> None:
         gemv_smem.DENSE = True
         warps = gemv_smem.dense_warps(w, 1, "bf16", 0)
         gemv_smem.DENSE = False
-        row = {"scheme": scheme, "n": n, "k": k, "smem_warps": warps}
         G.gemv(w, x, out=y)  # tunes
-        row["tuned"] = str(next((v for key, v in G._TUNED.items() if key[1:3] == (n, k)), None))
-        row["tuned_us"] = 1e3 * time_config(lambda c: G.gemv(w, x, out=y), None, flush, reps=21)
-        for wk in sorted({warps, 4, 8, 16} - {0}):
-            if gemv_smem.fits(scheme, k, 1, wk, wk, 0) and wk <= k // gemv_smem.KI[scheme]:
-                row[f"smem{wk}_us"] = 1e3 * time_config(
-                    lambda c: G.gemv(w, x, out=y, cta=(1, c), variant=G.SMEM_VARIANT), wk, flush, reps=21)
+        tuned = next((v for key, v in G._TUNED.items() if key[1:3] == (n, k)), None)
+        cfgs = {"tuned": None} | {f"smem{wk}": wk for wk in (2, 4, 8, 16)
+                                  if gemv_smem.fits(scheme, k, 1, wk, wk, 0) and wk <= k // gemv_smem.KI[scheme]}
+
+        def launch(c):
+            if c is None:
+                G.gemv(w, x, out=y)
+            else:
+                G.gemv(w, x, out=y, cta=(1, c), variant=G.SMEM_VARIANT)
+
+        for c in cfgs.values():
+            launch(c)
+        times = {name: [] for name in cfgs}
+        for _ in range(reps):  # round-robin, as the autotuner times
+            for name, c in cfgs.items():
+                times[name].append(1e3 * time_once(launch, c, flush))
+        row = {"scheme": scheme, "n": n, "k": k, "smem_warps_by_rule": warps, "tuned": str(tuned)}
+        for name, ts in times.items():
+            ts.sort()
+            row[f"{name}_us"] = ts[reps // 2]
+            row[f"{name}_us_q1_q3"] = (ts[reps // 4], ts[3 * reps // 4])
         gemv_smem.DENSE = True
         print(json.dumps(row), flush=True)
         out.write(json.dumps(row) + "\n")
@@ -75,6 +89,10 @@ def runtime(out, rounds: int, cases) -> None:
 
 def main() -> None:
     d = Path(sys.argv[1])
+    if "--standalone-only" in sys.argv:
+        with open(d / "gemv_smem_standalone.jsonl", "a") as out:
+            standalone(out)
+        return
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     cases = [c.split(":") for c in (sys.argv[3] if len(sys.argv) > 3 else
                                     "qwen3-30b-a3b:fp8-block,mixtral-8x7b:int4,smollm2-135m:bf16").split(",")]
