@@ -4,7 +4,9 @@ launch in shared memory (moe_gemv.DOWN_SMEM):
      against the autotuned build on the runtime's decode shapes;
   2. the runtime's batch-1 CUDA-graph decode (lowbit.runtime.bench_decode, random weights, real shapes) with
      (dense smem, down smem) = on/on, off/on, off/off, back to back per model and round.
-Usage: python benchmarks/gemv_smem_ab.py OUT_DIR [ROUNDS] [CONFIG:SCHEME,...] | OUT_DIR --standalone-only"""
+  3. (--warps-cap) the same decode with the dense rule's warps a CTA capped at 16, 8 and 4.
+Usage: python benchmarks/gemv_smem_ab.py OUT_DIR [ROUNDS] [CONFIG:SCHEME,...]
+       python benchmarks/gemv_smem_ab.py OUT_DIR --standalone-only | --warps-cap"""
 
 from __future__ import annotations
 
@@ -87,8 +89,36 @@ def runtime(out, rounds: int, cases) -> None:
                 cupy.get_default_memory_pool().free_all_blocks()
 
 
+def warps_cap(out, rounds: int, cases) -> None:
+    """Decode tok/s with the dense rule's warps capped at 16, 8 and 4 (gemv_smem.RULE_MAX_WARPS)."""
+    import cupy
+
+    from lowbit.kernels import gemv_smem
+    from lowbit.runtime.bench_decode import bench_decode
+    from lowbit.verify.bench import measure_copy_bandwidth
+
+    bw = measure_copy_bandwidth()
+    for rnd in range(rounds):
+        for config, scheme in cases:
+            for cap in (16, 8, 4):
+                gemv_smem.RULE_MAX_WARPS = cap
+                r = bench_decode(config, scheme, copy_gbs=bw)
+                row = {"round": rnd, "warps_cap": cap, "config": config, "scheme": scheme,
+                       "decode_tok_s": r["decode_tok_s"], "pct_roofline": r["pct_roofline"], "copy_GBps": bw}
+                print(json.dumps(row), flush=True)
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                cupy.get_default_memory_pool().free_all_blocks()
+    gemv_smem.RULE_MAX_WARPS = gemv_smem.MAX_WARPS
+
+
 def main() -> None:
     d = Path(sys.argv[1])
+    if "--warps-cap" in sys.argv:
+        with open(d / "gemv_smem_warps_cap.jsonl", "a") as out:
+            warps_cap(out, 2, [c.split(":") for c in "qwen3-30b-a3b:fp8-block,mixtral-8x7b:int4,smollm2-135m:bf16"
+                                                   .split(",")])
+        return
     if "--standalone-only" in sys.argv:
         with open(d / "gemv_smem_standalone.jsonl", "a") as out:
             standalone(out)

@@ -20,6 +20,8 @@ from lowbit.errors import KernelError
 DENSE = os.environ.get("LOWBIT_GEMV_SMEM", "1") != "0"
 #: the most warps of a CTA (the kernels' __launch_bounds__(512))
 MAX_WARPS = 16
+#: the most warps the dense rule gives a CTA (LOWBIT_GEMV_SMEM_WARPS)
+RULE_MAX_WARPS = int(os.environ.get("LOWBIT_GEMV_SMEM_WARPS", MAX_WARPS))
 #: K per warp iteration (4 lanes x one 16-byte chunk), per scheme
 KI = {"bf16": 32, "fp8-block": 64, "nvfp4": 128, "int4": 128}
 #: bytes of one lane's side-data slot (bf16 has no side data)
@@ -81,14 +83,14 @@ def _fn(w, act: str, device_id: int):
 
 
 def dense_warps(w, m: int, act: str, device_id: int) -> int:
-    """The most warps (16, 8, 4 or 2, at most one per iteration of K) with which the dense build fits and its
-    ceil(N / 16) CTAs run in one wave; 0 if none (or M > 8)."""
+    """The most warps (16, 8, 4 or 2, at most RULE_MAX_WARPS and one per iteration of K) with which the dense
+    build fits and its ceil(N / 16) CTAs run in one wave; 0 if none (or M > 8)."""
     if m > 8 or not DENSE:
         return 0
     fn = _fn(w, act, device_id)
     sms = _device(device_id)[4]
     for warps in (16, 8, 4, 2):
-        if warps > w.k // KI[w.scheme] or not fits(w.scheme, w.k, 1, warps, warps, device_id):
+        if warps > min(RULE_MAX_WARPS, w.k // KI[w.scheme]) or not fits(w.scheme, w.k, 1, warps, warps, device_id):
             continue
         if ctas_per_sm(fn, warps, smem_bytes(w.scheme, w.k, 1, warps, warps), device_id) * sms >= -(-w.n // 16):
             return warps
