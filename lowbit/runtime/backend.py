@@ -130,9 +130,10 @@ class CpuOps:
         pass
 
     @staticmethod
-    def decode_step(model, token: int, pos: int):
-        """Logits [vocab] of one new token at position pos."""
-        return model.forward(np.array([token], dtype=np.int64), pos)[0]
+    def decode_step(model, token: int, pos: int, greedy: bool = False):
+        """Logits [vocab] of one new token at position pos (greedy: their argmax, the first maximum)."""
+        logits = model.forward(np.array([token], dtype=np.int64), pos)[0]
+        return int(np.argmax(logits)) if greedy else logits
 
 
 def _weight_name(ckpt: Checkpoint, prefix: str) -> str:

@@ -141,10 +141,10 @@ def bench_decode(config: str, scheme: str, tokens: int = 128, prompt: int = 32, 
     prefill_s, logits = min((prefill() for _ in range(2)), key=lambda r: r[0])
     tok, pos = int(cupy.argmax(logits)), prompt
     for _ in range(8):                                  # warm-up: compile, capture
-        tok, pos = int(cupy.argmax(ops.decode_step(model, tok, pos))), pos + 1
+        tok, pos = ops.decode_step(model, tok, pos, greedy=True), pos + 1
     t0 = time.perf_counter()
     for _ in range(tokens):
-        tok, pos = int(cupy.argmax(ops.decode_step(model, tok, pos))), pos + 1
+        tok, pos = ops.decode_step(model, tok, pos, greedy=True), pos + 1
     dt = time.perf_counter() - t0
     bw = copy_gbs if copy_gbs else measure_copy_bandwidth()
     nbytes = active_bytes(ops, cfg, pos)

@@ -251,16 +251,18 @@ class CudaOps:
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()
 
-    def decode_step(self, model, token: int, pos: int):
-        """Logits [vocab] (a device buffer reused by the next step) of one token at position pos."""
+    def decode_step(self, model, token: int, pos: int, greedy: bool = False):
+        """Logits [vocab] (a device buffer reused by the next step) of one token at position pos; greedy: the
+        argmax of those logits as an int instead, computed inside the step (the graph ends with the argmax and
+        its copy to pinned host memory, so no sampling launch and no second synchronization per token)."""
         try:
-            return self.decoder.step(model, token, pos)
+            return self.decoder.step(model, token, pos, greedy)
         except Exception as e:
             if not self.decoder.capture:
                 raise
             log.warning("CUDA graph decode failed (%s: %s); decoding eagerly from now on", type(e).__name__, e)
             self.decoder = _GraphDecoder(self, capture=False)
-            return self.decoder.step(model, token, pos)
+            return self.decoder.step(model, token, pos, greedy)
 
 
 _GRAPH_POOLS: list = []
@@ -272,11 +274,12 @@ class _GraphDecoder:
 
     def __init__(self, ops: CudaOps, capture: bool = True):
         import cupy
+        import cupyx
 
         self.ops, self.xp, self.capture = ops, cupy, capture
         self.tok = cupy.zeros(1, cupy.int64)
         self.pos = cupy.zeros(1, cupy.int32)
-        self.graphs: dict[int, tuple] = {}
+        self.graphs: dict[tuple, tuple] = {}  # (span, greedy) -> (graph, logits, argmax buffer)
         # private: graph temporaries are never handed out again. A pool frees its memory under every array
         # still pointing into it when it is collected, so pools are kept for the whole process (anything a
         # warm-up left cached stays valid); a dead decoder's unused blocks go back to the device.
@@ -284,35 +287,47 @@ class _GraphDecoder:
         _GRAPH_POOLS.append(self.pool)
         weakref.finalize(self, self.pool.free_all_blocks)
         self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.next_tok = cupyx.empty_pinned((1,), dtype=np.int64)  # a greedy step's argmax, copied by the step
 
-    def step(self, model, token: int, pos: int):
+    def step(self, model, token: int, pos: int, greedy: bool = False):
         span = min(-(-(pos + 1) // BUCKET) * BUCKET, model.max_context)
         model.kv.check_room(pos, 1)
         with self.stream:
             self.tok.fill(token)
             self.pos.fill(pos)
             if not self.capture:
-                out = model.forward(self.tok, DevicePos(self.pos, span))[0]
+                out = self._forward(model, span, greedy)[0]
             else:
-                if span not in self.graphs:
-                    self._capture(model, span)
-                graph, out = self.graphs[span]
+                if (span, greedy) not in self.graphs:
+                    self._capture(model, span, greedy)
+                graph, out = self.graphs[(span, greedy)][:2]
                 graph.launch(self.stream)
         self.stream.synchronize()
-        return out
+        return int(self.next_tok[0]) if greedy else out
 
-    def _capture(self, model, span: int) -> None:
+    def _forward(self, model, span: int, greedy: bool) -> tuple:
+        """(logits [vocab], the argmax's device array or None): the step's work, on self.stream."""
+        cp = self.xp
+        out = model.forward(self.tok, DevicePos(self.pos, span))[0]
+        if not greedy:
+            return out, None
+        nxt = cp.argmax(out)  # the first maximum, as the Sampler's xp.argmax
+        cp.cuda.runtime.memcpyAsync(self.next_tok.ctypes.data, nxt.data.ptr, 8, cp.cuda.runtime.memcpyDeviceToHost,
+                                    self.stream.ptr)
+        return out, nxt
+
+    def _capture(self, model, span: int, greedy: bool) -> None:
         cp = self.xp
         with cp.cuda.using_allocator(self.pool.malloc):
-            model.forward(self.tok, DevicePos(self.pos, span))       # compile kernels, fill workspaces
+            self._forward(model, span, greedy)                        # compile kernels, fill workspaces
             self.stream.synchronize()
             mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
             self.stream.begin_capture(*(() if mode is None else (mode,)))
             try:
-                out = model.forward(self.tok, DevicePos(self.pos, span))[0]
+                out, nxt = self._forward(model, span, greedy)
             finally:
                 graph = self.stream.end_capture()
-        self.graphs[span] = (graph, out)
+        self.graphs[(span, greedy)] = (graph, out, nxt)  # nxt: the argmax's buffer stays the graph's
 
 
 def _stack_n(ws: list, name: str):

@@ -121,10 +121,12 @@ class Engine:
         if not prompt:
             raise ContextFull("empty prompt: nothing to generate from")
         sampler = Sampler(self.ops.xp, params)
+        # greedy without a penalty: the decode step itself returns the argmax (inside its CUDA graph)
+        greedy = params.temperature == 0 and params.repetition_penalty == 1.0
         logits = self._prefill(prompt, stats)
         seen = self.ops.ids(prompt) if params.repetition_penalty != 1.0 else None
+        tok = sampler(logits, seen)
         for i in range(max_new_tokens):
-            tok = sampler(logits, seen)
             stats.generated += 1
             if tok in self.eos_ids:
                 stats.stop = "eos"
@@ -138,12 +140,13 @@ class Engine:
                 stats.stop = "context"
                 return
             t = time.perf_counter()
-            logits = self.ops.decode_step(self.model, tok, pos)
+            out = self.ops.decode_step(self.model, tok, pos, greedy=greedy)
             self.ops.synchronize()
             stats.decode_s += time.perf_counter() - t
             self.cached.append(tok)
             if seen is not None:
                 seen = self.ops.xp.concatenate([seen, self.ops.ids([tok])])
+            tok = out if greedy else sampler(out, seen)
         stats.stop = "length"
 
     def generate(self, prompt: list[int], params: SamplingParams = SamplingParams(),

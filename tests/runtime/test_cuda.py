@@ -54,6 +54,24 @@ def test_cuda_graph_decode_equals_eager(tiny_ckpt, tmp_path_factory, token_ids, 
     assert runs[0] == runs[1]
 
 
+@pytest.mark.parametrize("graph", [True, False])
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe"])
+def test_greedy_decode_step_returns_the_argmax(tiny_ckpt, token_ids, arch, graph):
+    """decode_step(greedy=True) (argmax and its copy to the host inside the step's graph) gives the token that
+    the argmax of decode_step's logits gives, step after step (the same position redone: the KV write is the
+    same), through the captured graphs and eagerly."""
+    eng = Engine(tiny_ckpt(arch), device="cuda", max_context=64, cuda_graph=graph)
+    ids = token_ids(eng.cfg.vocab, 8, seed=7)
+    eng.logits(ids)
+    tok = int(ids[-1])
+    for pos in range(8, 16):
+        want = int(np.argmax(eng.ops.to_host(eng.ops.decode_step(eng.model, tok, pos))))
+        got = eng.ops.decode_step(eng.model, tok, pos, greedy=True)
+        assert isinstance(got, int) and got == want, f"position {pos}: {got} != {want}"
+        tok = got
+    assert eng.ops.decoder.capture == graph and len(eng.ops.decoder.graphs) == (2 if graph else 0)
+
+
 def test_cuda_sampling_reproducible(tiny_ckpt):
     eng = Engine(tiny_ckpt("qwen3"), device="cuda", max_context=64)
     p = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=3)

@@ -81,7 +81,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
            int k, int splits, int group, int wk, int topk, int sub) {                                 \
     lb::Args a{w, s, z, gscale, x, nullptr, y, ws, cnt, n, k, 1, 1, group, wk};                        \
     a.ids = ids; a.wts = wts; a.ew = ew; a.es = es; a.ez = ez; a.topk = topk;                          \
-    lb::gemv_smem_body<POLICY, lb::MOE_DOWN>(a);                                                               \
+    lb::gemv_smem_body<POLICY, lb::MOE_DOWN>(a);                                                      \
   }
 #define LB_GEMV_MOE_KERNELS(TAG, POLICY)                                  \
   LB_GEMV_MOE_KERNEL(gemv_moe_gate_up_##TAG, POLICY, MOE_GATE_UP)         \
