@@ -1,6 +1,7 @@
 """Same-run A/B of the greedy decode loop: the argmax inside the decode step's CUDA graph (decode_step(...,
-greedy=True), what lowbit generate and bench_decode run for greedy decoding) against the argmax launched by the
-host after the step (int(cupy.argmax(decode_step(...)))), on one model instance, alternating, 128 tokens each.
+greedy=True), what lowbit generate and bench_decode run for greedy decoding; "fill": with the host filling the
+token and position buffers every step, as before the step left them on the device) against the argmax launched by
+the host after the step (int(cupy.argmax(decode_step(...)))), on one model instance, alternating, 128 tokens each.
 Usage: python benchmarks/greedy_step_ab.py OUT.jsonl [CONFIG:SCHEME,...]"""
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ def main() -> None:
                                    last_only=True)[0]
             tok0 = int(cupy.argmax(logits))
 
-            def run(greedy: bool, n: int) -> float:
+            def run(greedy, n: int) -> float:  # greedy: True, False or "fill" (host fills token and position)
                 tok, pos = tok0, 32
                 t0 = time.perf_counter()
                 for _ in range(n):
                     if greedy:
+                        if greedy == "fill":
+                            ops.decoder.held = None
                         tok = ops.decode_step(model, tok, pos, greedy=True)
                     else:
                         tok = int(cupy.argmax(ops.decode_step(model, tok, pos)))
@@ -43,7 +46,7 @@ def main() -> None:
 
             run(True, 8), run(False, 8)  # capture both graphs
             for rnd in range(3):
-                for greedy in (True, False):
+                for greedy in (True, "fill", False):
                     row = {"gpu": gpu, "config": config, "scheme": scheme, "round": rnd,
                            "argmax_in_graph": greedy, "decode_tok_s": run(greedy, 128)}
                     print(json.dumps(row), flush=True)

@@ -288,22 +288,33 @@ class _GraphDecoder:
         weakref.finalize(self, self.pool.free_all_blocks)
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.next_tok = cupyx.empty_pinned((1,), dtype=np.int64)  # a greedy step's argmax, copied by the step
+        # (token, position) the device buffers already hold: a greedy step leaves its argmax and pos + 1 there
+        self.held = None
 
     def step(self, model, token: int, pos: int, greedy: bool = False):
         span = min(-(-(pos + 1) // BUCKET) * BUCKET, model.max_context)
         model.kv.check_room(pos, 1)
         with self.stream:
-            self.tok.fill(token)
-            self.pos.fill(pos)
+            if self.capture and (span, greedy) not in self.graphs:
+                self.tok.fill(token)
+                self.pos.fill(pos)
+                self._capture(model, span, greedy)  # its warm-up run moves the buffers on (greedy)
+                self.held = None
+            if self.held != (token, pos):
+                self.tok.fill(token)
+                self.pos.fill(pos)
+            self.held = None
             if not self.capture:
                 out = self._forward(model, span, greedy)[0]
             else:
-                if (span, greedy) not in self.graphs:
-                    self._capture(model, span, greedy)
                 graph, out = self.graphs[(span, greedy)][:2]
                 graph.launch(self.stream)
         self.stream.synchronize()
-        return int(self.next_tok[0]) if greedy else out
+        if not greedy:
+            return out
+        nxt = int(self.next_tok[0])
+        self.held = (nxt, pos + 1)
+        return nxt
 
     def _forward(self, model, span: int, greedy: bool) -> tuple:
         """(logits [vocab], the argmax's device array or None): the step's work, on self.stream."""
@@ -314,6 +325,8 @@ class _GraphDecoder:
         nxt = cp.argmax(out)  # the first maximum, as the Sampler's xp.argmax
         cp.cuda.runtime.memcpyAsync(self.next_tok.ctypes.data, nxt.data.ptr, 8, cp.cuda.runtime.memcpyDeviceToHost,
                                     self.stream.ptr)
+        self.tok[0] = nxt  # the next step's input, already on the device (no host fill when it follows)
+        self.pos += 1
         return out, nxt
 
     def _capture(self, model, span: int, greedy: bool) -> None:
