@@ -82,19 +82,26 @@ def _fn(w, act: str, device_id: int):
     return G._planned_fn(G._FILES[w.scheme], _name(w, act), w.scheme)
 
 
+_WARPS: dict = {}
+
+
 def dense_warps(w, m: int, act: str, device_id: int) -> int:
     """The most warps (16, 8, 4 or 2, at most RULE_MAX_WARPS and one per iteration of K) with which the dense
-    build fits and its ceil(N / 16) CTAs run in one wave; 0 if none (or M > 8)."""
+    build fits and its ceil(N / 16) CTAs run in one wave; 0 if none (or M > 8). Kept per shape: every GEMV call
+    asks."""
     if m > 8 or not DENSE:
         return 0
-    fn = _fn(w, act, device_id)
-    sms = _device(device_id)[4]
-    for warps in (16, 8, 4, 2):
-        if warps > min(RULE_MAX_WARPS, w.k // KI[w.scheme]) or not fits(w.scheme, w.k, 1, warps, warps, device_id):
-            continue
-        if ctas_per_sm(fn, warps, smem_bytes(w.scheme, w.k, 1, warps, warps), device_id) * sms >= -(-w.n // 16):
-            return warps
-    return 0
+    key = (_name(w, act), w.n, w.k, device_id, RULE_MAX_WARPS)
+    if key not in _WARPS:
+        fn, sms, _WARPS[key] = _fn(w, act, device_id), _device(device_id)[4], 0
+        for warps in (16, 8, 4, 2):
+            if warps > min(RULE_MAX_WARPS, w.k // KI[w.scheme]) or not fits(w.scheme, w.k, 1, warps, warps,
+                                                                                device_id):
+                continue
+            if ctas_per_sm(fn, warps, smem_bytes(w.scheme, w.k, 1, warps, warps), device_id) * sms >= -(-w.n // 16):
+                _WARPS[key] = warps
+                break
+    return _WARPS[key]
 
 
 def launch_dense(w, act: str, args: tuple, m: int, warps: int, group: int, device_id: int) -> None:

@@ -157,3 +157,31 @@ def test_tma_build_knobs_and_shared_memory(monkeypatch):
     monkeypatch.setenv("LOWBIT_GEMV_TMA", "four")
     with pytest.raises(KernelError, match="LOWBIT_GEMV_TMA"):
         G.tma_build()
+
+
+def test_smem_rule_picks_the_most_warps_that_fit_one_wave(monkeypatch):
+    """gemv_smem.dense_warps without a GPU (device and kernel attributes stubbed as an H200's): Qwen3's o_proj
+    (2048 x 4096 fp8, 128 CTAs) gets 16 warps, its q|k|v (5120 x 2048, 320 CTAs) 4, a 29568-row weight none; the
+    choice is kept per shape and follows LOWBIT_GEMV_SMEM_WARPS (RULE_MAX_WARPS) and LOWBIT_GEMV_SMEM (DENSE)."""
+    from types import SimpleNamespace
+
+    from lowbit.kernels import gemv_smem
+
+    calls = []
+    monkeypatch.setattr(gemv_smem, "_fn", lambda w, act, dev: calls.append(w.n) or SimpleNamespace(num_regs=104))
+    monkeypatch.setattr(gemv_smem, "_device", lambda dev: (90, 232448, 233472, 65536, 132))
+    monkeypatch.setattr(gemv_smem, "_WARPS", {})
+
+    def w(n, k):
+        return SimpleNamespace(scheme="fp8-block", n=n, k=k, group_size=0)
+
+    assert gemv_smem.dense_warps(w(2048, 4096), 1, "bf16", 0) == 16
+    assert gemv_smem.dense_warps(w(5120, 2048), 1, "bf16", 0) == 4
+    assert gemv_smem.dense_warps(w(29568, 8192), 1, "bf16", 0) == 0
+    assert gemv_smem.dense_warps(w(2048, 4096), 9, "bf16", 0) == 0
+    gemv_smem.dense_warps(w(2048, 4096), 1, "bf16", 0)
+    assert calls == [2048, 5120, 29568]  # decided once per shape
+    monkeypatch.setattr(gemv_smem, "RULE_MAX_WARPS", 8)
+    assert gemv_smem.dense_warps(w(2048, 4096), 1, "bf16", 0) == 8
+    monkeypatch.setattr(gemv_smem, "DENSE", False)
+    assert gemv_smem.dense_warps(w(2048, 4096), 1, "bf16", 0) == 0
