@@ -45,10 +45,14 @@ def bench(shapes: str, batch: str, schemes: str | None, iters: int, json_path: s
           decode_config: str, decode_scheme: str, random_weights: bool, gemm: bool = False, moe: bool = False) -> None:
     """Benchmark the GEMV kernels (and registered suites) on the GPU."""
     if decode:
-        from lowbit.runtime.bench_decode import bench_decode
+        from lowbit.runtime.bench_decode import bench_decode, format_decode_bar
 
         r = bench_decode(decode_config, decode_scheme)
         click.echo(json.dumps(r, indent=1))
+        click.echo(format_decode_bar(r))
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(r, f, indent=1)
         return
     from lowbit.verify.bench import parse_shapes, run_bench
 
@@ -70,7 +74,9 @@ def bench(shapes: str, batch: str, schemes: str | None, iters: int, json_path: s
             click.echo(bg.format_gemm_table(gemm_rows))
             click.echo(bg.format_gemm_bars(gemm_rows))
         if moe:
-            click.echo(bg.format_moe_table([r for r in result["rows"] if r.get("suite") == "moe"]))
+            moe_rows = [r for r in result["rows"] if r.get("suite") == "moe"]
+            click.echo(bg.format_moe_table(moe_rows))
+            click.echo(bg.format_moe_bars(moe_rows))
         if json_path:
             with open(json_path, "w") as f:
                 json.dump(result, f, indent=1)

@@ -157,6 +157,19 @@ def bench_decode(config: str, scheme: str, tokens: int = 128, prompt: int = 32, 
             "roofline_tok_s": roof, "pct_roofline": 100 * tokens / dt / roof}
 
 
+#: the decode target (performance.md, issue 5): batch-1 tok/s and % of the roofline, both at least
+DECODE_BAR = (250.0, 40.0)
+
+
+def format_decode_bar(r: dict) -> str:
+    """One line: a bench_decode result against DECODE_BAR, met or not."""
+    tok, pct = DECODE_BAR
+    met = r["decode_tok_s"] >= tok and r["pct_roofline"] >= pct
+    return (f"{r['config']} {r['scheme']} on {r['gpu']}: {r['decode_tok_s']:.1f} tok/s, {r['pct_roofline']:.1f} % of "
+            f"the roofline ({r['roofline_tok_s']:.0f} tok/s: {r['active_mb_per_token']:.0f} MB a token at "
+            f"{r['copy_gbs']:.0f} GB/s); target >= {tok:.0f} tok/s and >= {pct:.0f} %: {'met' if met else 'not met'}")
+
+
 def time_moe_layer(config: str, scheme: str, iters: int = 200) -> dict:
     """One MoE layer's decode pieces alone (1 token): router GEMV + top-k, and the grouped expert kernels."""
     import cupy

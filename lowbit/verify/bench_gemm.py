@@ -315,3 +315,21 @@ def format_moe_table(rows: list[dict]) -> str:
         ratio = "-" if g is None else f"{g / roof:.2f}"
         out.append(f"| {r['scheme']} | {r['act']} | {r['tokens']} | {r['eager_us']:.1f} | {gtxt} | {roof:.1f} | {ratio} |")
     return "\n".join(out)
+
+
+#: the MoE decode target (performance.md, issue 4): a one-token step (router + experts, CUDA graph) within this
+#: many times the chosen experts' bytes read at the copy bandwidth measured in the same run
+MOE_DECODE_BAR = 1.5
+
+
+def format_moe_bars(rows: list[dict]) -> str:
+    """The MoE decode bar over the one-token rows that have a CUDA-graph time: graph / roofline per scheme, met
+    or not (the target names fp8; every scheme is shown)."""
+    pts = [(r["scheme"], r["act"], r["graph_us"] / r["roofline_us"]) for r in rows
+           if r.get("tokens") == 1 and r.get("graph_us") is not None and r["roofline_us"] > 0]
+    if not pts:
+        return ""
+    out = [f"MoE decode step within {MOE_DECODE_BAR}x of the chosen experts' bytes at copy speed:",
+           "| scheme | act | graph / roofline | met |", "|---|---|---|---|"]
+    out += [f"| {s} | {a} | {x:.2f}x | {'yes' if x <= MOE_DECODE_BAR else 'no'} |" for s, a, x in pts]
+    return "\n".join(out)

@@ -93,3 +93,27 @@ def test_gemv_bars_count_each_point():
     assert "M = 8 <= 1.3x the time of M = 1: met at 1 of 2 points" in lines
     assert "| int4 | bf16 | 8192x29568 | 8 | 1.4 x M=1 | no |" in lines
     assert not any("cublas-bf16" in ln for ln in lines)
+
+
+def test_moe_bars_from_the_one_token_graph_rows():
+    # this session's H200 figures (benchmarks/moe_h200_2026-11-27_session12.json): fp8 24.2 us against 9.0 us
+    rows = [{"scheme": "fp8-block", "act": "bf16", "tokens": 1, "graph_us": 24.2, "roofline_us": 9.03},
+            {"scheme": "fp8-block", "act": "bf16", "tokens": 4, "graph_us": 66.7, "roofline_us": 9.03},
+            {"scheme": "bf16", "act": "bf16", "tokens": 1, "graph_us": 12.0, "roofline_us": 9.0},
+            {"scheme": "int4", "act": "bf16", "tokens": 64, "eager_us": 300.0, "roofline_us": 4.7}]
+    lines = bg.format_moe_bars(rows).splitlines()
+    assert lines[0].startswith("MoE decode step within 1.5x")
+    assert lines[3:] == ["| fp8-block | bf16 | 2.68x | no |", "| bf16 | bf16 | 1.33x | yes |"]
+    assert bg.format_moe_bars(rows[3:]) == ""
+
+
+def test_decode_bar_line():
+    from lowbit.runtime.bench_decode import format_decode_bar
+
+    # this session's final H200 figures (benchmarks/runtime_decode_h200_2026-11-27_session12_final.jsonl)
+    r = {"config": "qwen3-30b-a3b", "scheme": "fp8-block", "gpu": "NVIDIA H200", "decode_tok_s": 433.5,
+         "pct_roofline": 34.6, "roofline_tok_s": 1252.0, "active_mb_per_token": 3399.1, "copy_gbs": 4254.0}
+    line = format_decode_bar(r)
+    assert "433.5 tok/s, 34.6 % of the roofline (1252 tok/s" in line and line.endswith(": not met")
+    assert format_decode_bar(dict(r, pct_roofline=42.4, decode_tok_s=264.8)).endswith(": met")
+    assert format_decode_bar(dict(r, pct_roofline=42.2, decode_tok_s=242.3)).endswith(": not met")  # under 250
