@@ -104,8 +104,6 @@ ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "
 _FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
 _TAGS = {("bf16", "bf16"): "bf16", ("fp8-block", "bf16"): "fp8", ("fp8-block", "fp8"): "fp8_a8",
          ("nvfp4", "bf16"): "nvfp4", ("nvfp4", "nvfp4"): "nvfp4_a4", ("int4", "bf16"): "int4"}
-#: K per warp iteration (4 lanes x one 16-byte chunk) per weight scheme
-_KI = {"bf16": 32, "fp8-block": 64, "nvfp4": 128, "int4": 128}
 #: a NULL device pointer as a kernel argument (8 bytes of zeros)
 NULL = np.uint64(0)
 
@@ -192,7 +190,7 @@ def plan_launch(n: int, k: int, scheme: str, sm_count: int, regs: int = 128) -> 
     row blocks. Pure function: unit-tested without a GPU.
     """
     tiles = -(-n // 16)
-    iters = -(-k // _KI[scheme])
+    iters = -(-k // gemv_smem.KI[scheme])
     best = (-1.0, 0, 8, 1, 1)
     for wr, wk in SHAPES_OF_CTA:
         if wk > 1 and iters < 2 * UNROLL * wk:

@@ -22,7 +22,7 @@ DENSE = os.environ.get("LOWBIT_GEMV_SMEM", "1") != "0"
 MAX_WARPS = 16
 #: the most warps the dense rule gives a CTA (LOWBIT_GEMV_SMEM_WARPS)
 RULE_MAX_WARPS = int(os.environ.get("LOWBIT_GEMV_SMEM_WARPS", MAX_WARPS))
-#: K per warp iteration (4 lanes x one 16-byte chunk), per scheme
+#: K per warp iteration of every GEMV build (4 lanes x one 16-byte chunk, common.cuh), per scheme
 KI = {"bf16": 32, "fp8-block": 64, "nvfp4": 128, "int4": 128}
 #: bytes of one lane's side-data slot (bf16 has no side data)
 SIDE_BYTES = {"bf16": 0, "fp8-block": 8, "nvfp4": 8, "int4": 8}

@@ -47,11 +47,10 @@ DOWN_CANDIDATES = ((4, 2, 1), (4, 1, 2), (8, 1, 1), (2, 4, 1), (4, 1, 4), (2, 2,
 _TUNED: dict = {}
 
 
-def gemv_name(kind: str, scheme: str, group_size: int) -> str:
-    tag = {"bf16": "bf16", "fp8-block": "fp8", "nvfp4": "nvfp4", "int4": "int4"}[scheme]
-    if scheme == "int4" and group_size == 128:
-        tag = "int4g128"
-    return f"gemv_moe_{kind}_{tag}"
+def gemv_name(kind: str, ew) -> str:
+    from lowbit.kernels.gemv import _kernel_tag
+
+    return f"gemv_moe_{kind}_{_kernel_tag(ew.gate, 'bf16')}"  # the dense weight-only GEMV's policy tag
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,7 +64,7 @@ def gemv_fn(kind: str, ew):
     """The compiled grouped GEMV of `kind` ("gate_up", "down", "down_smem") for the experts' scheme."""
     import cupy
 
-    return _kernel(gemv_name(kind, ew.scheme, ew.gate.group_size), ew.scheme, cupy.cuda.Device().id)
+    return _kernel(gemv_name(kind, ew), ew.scheme, cupy.cuda.Device().id)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -160,7 +159,7 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32, bx * wr * t)
         launch(fd, (bx, k * s, t), (wr * wk * 32,), down_args(ws, cnt, k * s, wk, s))
 
-    key = (gemv_name("down", ew.scheme, ew.gate.group_size), t, k, i_dim, h_dim, dev)
+    key = (gemv_name("down", ew), t, k, i_dim, h_dim, dev)
     if cfg is None and key in _TUNED:
         cfg = _TUNED[key]
     elif cfg is None:
