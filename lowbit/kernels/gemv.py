@@ -25,7 +25,7 @@ from lowbit.kernels.weights import GpuWeight
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
 #: compile-time knobs of cuda/common.cuh (see its header) and their defaults
-TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0, "GEMV_MAXREG": 0, "GEMV_SMEM_UNROLL": 2}
+TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0, "GEMV_MAXREG": 0}
 #: per weight scheme: the knobs measured best on H200 (benchmarks/gemv_variants.py, RESULTS.md); the env
 #: variables LOWBIT_<KNOB> (LOWBIT_GEMV_UNROLL=3 ...) override them for experiments.
 COMPILE_TUNING = {"bf16": {"GEMV_MIN_BLOCKS": 3, "GEMV_UNROLL": 2},
@@ -331,8 +331,7 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
             _launch_tma(w, name, args, m, mt, wr, s, group, dev)
             return
         if len(cfg) > 3 and cfg[3] == SMEM_VARIANT:
-            ws, cnt = _WS.get(dev, tiles * s * 128, tiles) if s > 1 else (None, None)
-            gemv_smem.launch_dense(w, act, args, m, wk, group, dev, s, ws, cnt)
+            gemv_smem.launch_dense(w, act, args, m, wk, group, dev)
             return
         if not 1 <= s <= 65535 or not 1 <= wr * wk <= WARPS:
             raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
@@ -349,7 +348,7 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
                               f"LOWBIT_GEMV_TMA not 0")
         if not (0 <= variant <= len(VARIANTS.get(w.scheme, ())) or variant in (TMA_VARIANT, SMEM_VARIANT)):
             raise KernelError(f"{w.name}: variant {variant} is not a build of {w.scheme} (see gemv.VARIANTS)")
-        cfg = (*(cta or (pr, pk)), splits or (1 if variant == SMEM_VARIANT else ps), variant)
+        cfg = (*(cta or (pr, pk)), splits or ps, variant)
     elif warps := gemv_smem.dense_warps(w, m, act, dev):
         cfg = (1, warps, 1, SMEM_VARIANT)
     elif TUNE and w.n * w.k >= TUNE_MIN_ELEMENTS:
@@ -357,9 +356,8 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
             vs = range(1, len(VARIANTS.get(w.scheme, ())) + 1)
             tw = compile_defines(w.scheme, TMA_VARIANT).get("GEMV_WARPS", WARPS)
             tma = [(wr, 1, s, TMA_VARIANT) for wr, s in TMA_CANDIDATES if wr <= tw] if use_tma(w, dev) else []
-            smem = [(1, wk, s, SMEM_VARIANT) for wk, s in gemv_smem.split_candidates(w, act, dev)] if m <= 8 else []
             return [(*_planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev, v)[1:], v) for v in vs] + \
-                [(*c, v) for v in vs for c in TUNE_CANDIDATES] + tma + smem
+                [(*c, v) for v in vs for c in TUNE_CANDIDATES] + tma
 
         # tuned apart for M = 1 and M > 1: the TMA build won at M = 1 on 29568x8192 and lost at M = 8
         # (bf16 152.7 us against 122.3 at M = 1, when M = 8 reused the M = 1 choice; H200, 2026-11-27)

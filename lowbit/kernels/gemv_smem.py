@@ -18,8 +18,6 @@ from lowbit.errors import KernelError
 
 #: the dense build by rule at M <= 8 where it fits one wave (LOWBIT_GEMV_SMEM=0: never)
 DENSE = os.environ.get("LOWBIT_GEMV_SMEM", "1") != "0"
-#: the split-slab dense build among the autotuner's candidates on large shapes (LOWBIT_GEMV_SMEM_SPLIT=0: never)
-SPLIT = os.environ.get("LOWBIT_GEMV_SMEM_SPLIT", "1") != "0"
 #: the most warps of a CTA (the kernels' __launch_bounds__(512))
 MAX_WARPS = 16
 #: the most warps the dense rule gives a CTA (LOWBIT_GEMV_SMEM_WARPS)
@@ -34,13 +32,13 @@ _BITS = {"bf16": 16, "fp8-block": 8, "nvfp4": 4, "int4": 4}
 _STATIC = 8 + 16 * 4 * 32 * 4 + 1024
 
 
-def smem_bytes(scheme: str, k: int, slots: int, warps: int, wk: int, splits: int = 1) -> int:
-    """Dynamic shared memory of a CTA: slots x 16 rows of its K slab (the longest of `splits` slabs of whole
-    iterations, 64 bytes of a row each) at the padded pitch (gemv_smem.cuh's smem_row_pitch), then an 8-byte
-    side slot per lane, row (2) and iteration of each of the `warps` warps, each sweeping 1/wk of the slab."""
-    slab = -(-(k // KI[scheme]) // splits)
-    pitch = -(-(slab * 64) // 128) * 128 + 64
-    ipw = -(-slab // wk)
+def smem_bytes(scheme: str, k: int, slots: int, warps: int, wk: int) -> int:
+    """Dynamic shared memory of a CTA: slots x 16 rows of K at the padded pitch (gemv_smem.cuh's
+    smem_row_pitch), then an 8-byte side slot per lane, row (2) and iteration of each of the `warps` warps,
+    each sweeping 1/wk of K."""
+    row_bytes = k * _BITS[scheme] // 8
+    pitch = -(-row_bytes // 128) * 128 + 64
+    ipw = -(-(k // KI[scheme]) // wk)
     return slots * 16 * pitch + warps * ipw * 2 * 32 * SIDE_BYTES[scheme]
 
 
@@ -56,12 +54,12 @@ def _device(device_id: int) -> tuple:
             int(props["multiProcessorCount"]))
 
 
-def fits(scheme: str, k: int, slots: int, warps: int, wk: int, device_id: int, splits: int = 1) -> bool:
-    """sm_90+ (bulk copies), 1..MAX_WARPS warps, K a multiple of the scheme's iteration, 1..65535 splits of
-    at least one iteration each, the CTA's shared memory within the opt-in limit."""
+def fits(scheme: str, k: int, slots: int, warps: int, wk: int, device_id: int) -> bool:
+    """sm_90+ (bulk copies), 1..MAX_WARPS warps, K a multiple of the scheme's iteration, the CTA's shared
+    memory within the opt-in limit."""
     cc, optin, _, _, _ = _device(device_id)
-    return (cc >= 90 and 1 <= warps <= MAX_WARPS and k % KI[scheme] == 0 and 1 <= splits <= min(65535, k // KI[scheme])
-            and smem_bytes(scheme, k, slots, warps, wk, splits) <= optin)
+    return (cc >= 90 and 1 <= warps <= MAX_WARPS and k % KI[scheme] == 0
+            and smem_bytes(scheme, k, slots, warps, wk) <= optin)
 
 
 def ctas_per_sm(fn, warps: int, smem: int, device_id: int) -> int:
@@ -106,42 +104,19 @@ def dense_warps(w, m: int, act: str, device_id: int) -> int:
     return _WARPS[key]
 
 
-def split_candidates(w, act: str, device_id: int) -> list:
-    """(warps, splits) of the split-slab dense build worth timing on a large shape: 4 or 8 warps, slabs of at
-    least two iterations a warp, at least two waves of CTAs (several CTAs an SM keep their slabs in flight;
-    one wave is the rule's case) and at most 16 splits. Empty below sm_90 or when K is not whole iterations."""
-    if not SPLIT or not fits(w.scheme, w.k, 1, 1, 1, device_id, max(1, w.k // KI[w.scheme])):
-        return []
-    fn, sms = _fn(w, act, device_id), _device(device_id)[4]
-    iters, tiles, out = w.k // KI[w.scheme], -(-w.n // 16), []
-    for warps in (4, 8):
-        for splits in (1, 2, 3, 4, 6, 8, 12, 16):
-            if -(-iters // splits) < 2 * warps or not fits(w.scheme, w.k, 1, warps, warps, device_id, splits):
-                continue
-            per_sm = ctas_per_sm(fn, warps, smem_bytes(w.scheme, w.k, 1, warps, warps, splits), device_id)
-            if per_sm >= 2 and tiles * splits >= 2 * per_sm * sms:
-                out.append((warps, splits))
-    return out
-
-
-def launch_dense(w, act: str, args: tuple, m: int, warps: int, group: int, device_id: int, splits: int = 1,
-                 ws=None, cnt=None) -> None:
+def launch_dense(w, act: str, args: tuple, m: int, warps: int, group: int, device_id: int) -> None:
     """One launch of gemv_smem_*_m8: args = the dense GEMV's (weight, scales, zero points, global scale, x, xs,
-    y); grid (ceil(N / 16), splits), `warps` warps each sweeping 1/warps of the CTA's K slab. With splits > 1,
-    ws (fp32, ceil(N / 16) x splits x 128) and cnt (int32, ceil(N / 16), zeroed; self-resetting)."""
+    y); grid ceil(N / 16), `warps` warps each sweeping 1/warps of K."""
     from lowbit.kernels.gemv import NULL
     from lowbit.kernels.launch import launch
 
-    if not (1 <= m <= 8 and fits(w.scheme, w.k, 1, warps, warps, device_id, splits)):
+    if not (1 <= m <= 8 and fits(w.scheme, w.k, 1, warps, warps, device_id)):
         raise KernelError(f"{w.name}: the shared-memory GEMV needs sm_90+, M <= 8, K a multiple of "
-                          f"{KI[w.scheme]}, {warps} warps within 1..{MAX_WARPS} and {splits} splits of K that fit "
-                          f"its shared memory")
-    if splits > 1 and (ws is None or cnt is None):
-        raise KernelError(f"{w.name}: the shared-memory GEMV with {splits} splits needs a workspace and counters")
+                          f"{KI[w.scheme]} and {warps} warps within 1..{MAX_WARPS} that fit its shared memory")
     fn = _fn(w, act, device_id)
-    smem = smem_bytes(w.scheme, w.k, 1, warps, warps, splits)
+    smem = smem_bytes(w.scheme, w.k, 1, warps, warps)
     if fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = smem
-    launch(fn, (-(-w.n // 16), splits), (32 * warps,),
-           args + (NULL if ws is None else ws, NULL if cnt is None else cnt, np.int32(w.n), np.int32(w.k),
-                   np.int32(m), np.int32(splits), np.int32(group), np.int32(warps)), shared_mem=smem)
+    launch(fn, (-(-w.n // 16),), (32 * warps,),
+           args + (NULL, NULL, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(1), np.int32(group),
+                   np.int32(warps)), shared_mem=smem)

@@ -111,23 +111,6 @@ def test_smem_build(scheme, act, opts, m, n, k, warps):
     _run(scheme, n, k, m, act, cta=(1, warps), variant=G.SMEM_VARIANT, **opts)
 
 
-@pytest.mark.parametrize("scheme,act,opts", TMA_CASES)
-@pytest.mark.parametrize("m", [1, 8])
-@pytest.mark.parametrize("n,k,warps,splits", [(300, 29568, 4, 7), (77, 4096, 8, 2), (1000, 3840, 5, 3),
-                                              (131, 1024, 4, 8)])
-def test_smem_build_split_slabs(scheme, act, opts, m, n, k, warps, splits):
-    """The shared-memory GEMV over K slabs (grid y = splits): slabs of unequal length (K / KI iterations not a
-    multiple of splits), as many splits as iterations (131 x 1024 nvfp4 / int4: 8 of 8), the last CTA of a tile
-    summing the fp32 partials; every policy, rows past N."""
-    from lowbit.kernels import gemv as G
-    from lowbit.kernels import gemv_smem
-
-    if k % opts.get("group_size", 1) or k % gemv_smem.KI[scheme] or splits > k // gemv_smem.KI[scheme]:
-        pytest.skip("K not a multiple of G or of the iteration, or more splits than iterations")
-    _run(scheme, n, k, m, act, cta=(1, warps), splits=splits, variant=G.SMEM_VARIANT, **opts)
-    _run(scheme, n, k, m, act, cta=(1, warps), splits=splits, variant=G.SMEM_VARIANT, **opts)  # counters reset
-
-
 def test_smem_build_taken_by_rule_where_it_fits_one_wave():
     """At M <= 8 a weight whose ceil(N / 16) CTAs fit one wave takes the shared-memory build; a large one and
     M = 9 do not; LOWBIT_GEMV_SMEM=0 (gemv_smem.DENSE) turns it off."""

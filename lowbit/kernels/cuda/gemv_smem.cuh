@@ -7,12 +7,7 @@
 // x and computes: no weight load and no split-K round trip through L2 on the decode step's critical path.
 // The CTA's warps split the work into parts of whole iterations (4 lanes x one 16-byte chunk per row, as in
 // common.cuh) and their fp32 C tiles are summed in a fixed order through shared memory.
-//  DENSE (gemv_smem_*_m8): y[M, N] = x @ W^T, M <= 8; grid (ceil(N / 16), splits): CTA (i, s) holds the
-//    K slab s of splits (whole iterations) of rows 16i..16i+15, warp w sweeps part w of the slab. With
-//    splits > 1 each CTA writes its fp32 C tile to ws[i][s] and the last CTA of a tile to finish (counter
-//    cnt[i], reset by it) sums the splits in order and writes y, as the register loop does (common.cuh).
-//    Split slabs let the build run shapes whose rows do not fit one CTA, several CTAs an SM each with
-//    its slab in flight as one bulk copy per row: bytes in flight bounded by shared memory, not registers.
+//  DENSE (gemv_smem_*_m8): y[M, N] = x @ W^T, M <= 8; grid ceil(N / 16); warp w sweeps part w of K.
 //  MOE_DOWN (gemv_moe_down_smem_*): grid (ceil(H / 16), T); warp w sweeps part w % wk of the K (= I) of slot
 //    w / wk of token blockIdx.y, i.e. the 16 rows of expert ids[token * topk + slot]; its C tile is scaled by
 //    the slot's routing weight (and the expert's out_scale) before the sum. The expert ids are read before
@@ -32,11 +27,6 @@
 
 #include <type_traits>
 
-// GEMV_SMEM_UNROLL: iterations of a warp's loop read from shared memory together (default GEMV_UNROLL)
-#ifndef GEMV_SMEM_UNROLL
-#define GEMV_SMEM_UNROLL GEMV_UNROLL
-#endif
-
 namespace lb {
 
 __host__ __device__ constexpr long smem_row_pitch(long row_bytes) { return (row_bytes + 127) / 128 * 128 + 64; }
@@ -44,7 +34,7 @@ __host__ __device__ constexpr long smem_row_pitch(long row_bytes) { return (row_
 template <class P, int MODE>
 __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr int EC = P::EC, KI = 4 * EC, U = GEMV_SMEM_UNROLL;
+  constexpr int EC = P::EC, KI = 4 * EC, U = GEMV_UNROLL;
   using Side = typename P::Side;
   constexpr bool HAS_SIDE = !std::is_empty<Side>::value;
   static_assert(sizeof(Side) <= 8, "a lane's side data must fit its 8-byte slot");
@@ -55,27 +45,22 @@ __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
   const int nw = blockDim.x >> 5, row0 = blockIdx.x * 16;
   const int slots = MODE == MOE_DOWN ? a0.topk : 1, wk = MODE == MOE_DOWN ? a0.wk : nw;
   const int j = warp / wk, part = warp % wk, token = MODE == MOE_DOWN ? (int)blockIdx.y : 0;
-  // the CTA's K slab: iterations [cs_beg, cs_end) of the row (64 bytes each); the whole row unless DENSE splits
-  const int splits = MODE == DENSE ? a0.splits : 1, ks = MODE == DENSE ? (int)blockIdx.y : 0;
-  const int iters_row = a0.k / KI, slab_max = (iters_row + splits - 1) / splits;
-  const int cs_beg = (int)((long)iters_row * ks / splits), cs_end = (int)((long)iters_row * (ks + 1) / splits);
-  const long row_bytes = (long)a0.k * P::BITS / 8, pitch = smem_row_pitch((long)slab_max * 64);
-  const uint32_t slab_bytes = (uint32_t)(cs_end - cs_beg) * 64u;
-  const int ipw = (slab_max + wk - 1) / wk;
-  const int it_beg = min(cs_end, cs_beg + part * ipw), it_end = min(cs_end, it_beg + ipw);
+  const long row_bytes = (long)a0.k * P::BITS / 8, pitch = smem_row_pitch(row_bytes);
+  const int iters = a0.k / KI, ipw = (iters + wk - 1) / wk;
+  const int it_beg = min(iters, part * ipw), it_end = min(iters, it_beg + ipw);
   uint64_t* sides = reinterpret_cast<uint64_t*>(dsm + (long)slots * 16 * pitch) + (long)warp * ipw * 64 + lane;
   const uint32_t b = (uint32_t)__cvta_generic_to_shared(&bar);
   if (threadIdx.x == 0) {
     mbar_init(b, 1);
     mbar_fence_init();
-    mbar_arrive_expect_tx(b, (uint32_t)slots * 16u * slab_bytes);
+    mbar_arrive_expect_tx(b, (uint32_t)(slots * 16 * row_bytes));
   }
   __syncthreads();
   for (int i = threadIdx.x; i < slots * 16; i += blockDim.x) {  // row i & 15 of slot i >> 4 (clamped past N)
     const long e = MODE == MOE_DOWN ? __ldcg(a0.ids + token * slots + (i >> 4)) : 0;
     const int r = min(row0 + (i & 15), a0.n - 1);
-    bulk_load((uint32_t)__cvta_generic_to_shared(dsm + i * pitch), a0.w + e * a0.ew + r * row_bytes + cs_beg * 64L,
-              slab_bytes, b);
+    bulk_load((uint32_t)__cvta_generic_to_shared(dsm + i * pitch), a0.w + e * a0.ew + r * row_bytes,
+              (uint32_t)row_bytes, b);
   }
   Args a = a0;
   float pscale = 1.f;
@@ -103,15 +88,15 @@ __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
   float acc[1][4];
   const uint16_t* xr[1];
   start_tile<1, EC>(a, g, t, acc, xr);
-  const uint8_t* wa = dsm + (j * 16 + g) * pitch + t * 16;  // iteration it at (it - cs_beg) * 64
+  const uint8_t* wa = dsm + (j * 16 + g) * pitch + t * 16;
   mbar_wait(b, 0);
   for (int it0 = it_beg; it0 < it_end; it0 += U) {
     Stage<P, 1, U> st;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int it = min(it0 + u, it_end - 1);  // past it_end: not computed (compute_stage's general form)
-      st.wa[u] = *reinterpret_cast<const uint4*>(wa + (it - cs_beg) * 64);
-      st.wb[u] = *reinterpret_cast<const uint4*>(wa + 8 * pitch + (it - cs_beg) * 64);
+      st.wa[u] = *reinterpret_cast<const uint4*>(wa + it * 64);
+      st.wb[u] = *reinterpret_cast<const uint4*>(wa + 8 * pitch + it * 64);
       if constexpr (HAS_SIDE) {
         const uint64_t va = sides[(it - it_beg) * 64], vb = sides[(it - it_beg) * 64 + 32];
         memcpy(&st.sa[u], &va, sizeof(Side));
@@ -125,51 +110,27 @@ __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
 #pragma unroll
   for (int r = 0; r < 4; ++r) red[(warp * 4 + r) * 32 + lane] = acc[0][r] * pscale;
   __syncthreads();
-  // entry i of the C tile: r = i / 32 (row g + 8 (r / 2), token 2t + r % 2 of lane l = i % 32)
-  float* part_ws = splits > 1 ? a0.ws + ((long)blockIdx.x * splits + ks) * 128 : nullptr;
   for (int i = threadIdx.x; i < 128; i += blockDim.x) {  // a CTA may have fewer than 128 threads
     const int r = i >> 5, l = i & 31;
     const int row = row0 + (l >> 2) + 8 * (r >> 1), tok = 2 * (l & 3) + (r & 1);
-    float v = 0.f;
-    for (int w = 0; w < nw; ++w) v += red[(w * 4 + r) * 32 + l];
-    if (part_ws != nullptr) {
-      __stcg(part_ws + i, v);
-    } else if (row < a0.n && tok < (MODE == MOE_DOWN ? 1 : a0.m)) {
+    if (row < a0.n && tok < (MODE == MOE_DOWN ? 1 : a0.m)) {
+      float v = 0.f;
+      for (int w = 0; w < nw; ++w) v += red[(w * 4 + r) * 32 + l];
       if constexpr (MODE != MOE_DOWN) v *= p.out_scale(tok);
       a0.y[(long)(token + tok) * a0.n + row] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
     }
-  }
-  if constexpr (MODE == DENSE) {
-    if (splits == 1) return;
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(a0.cnt + blockIdx.x, 1) == splits - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const float* tile_ws = a0.ws + (long)blockIdx.x * splits * 128;
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) {
-      const int r = i >> 5, l = i & 31;
-      const int row = row0 + (l >> 2) + 8 * (r >> 1), tok = 2 * (l & 3) + (r & 1);
-      float v = 0.f;
-      for (int s = 0; s < splits; ++s) v += __ldcg(tile_ws + s * 128 + i);
-      if (row < a0.n && tok < a0.m)
-        a0.y[(long)tok * a0.n + row] = __bfloat16_as_ushort(__float2bfloat16_rn(v * p.out_scale(tok)));
-    }
-    if (threadIdx.x == 0) a0.cnt[blockIdx.x] = 0;
   }
 #endif
 }
 
 }  // namespace lb
 
-// The dense shared-memory GEMV of a policy (M <= 8): the dense argument list (ws and cnt used when splits > 1).
+// The dense shared-memory GEMV of a policy (M <= 8): the dense argument list; splits, ws and cnt unused.
 #define LB_GEMV_SMEM_KERNEL(NAME, POLICY)                                                             \
   extern "C" __global__ void __launch_bounds__(512)                                                    \
       NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint16_t* x,     \
            const float* xs, uint16_t* y, float* ws, int* cnt, int n, int k, int m, int splits,         \
            int group, int wk) {                                                                       \
-    const lb::Args a{w, s, z, gscale, x, xs, y, ws, cnt, n, k, m, splits, group, wk};                  \
+    const lb::Args a{w, s, z, gscale, x, xs, y, ws, cnt, n, k, m, 1, group, wk};                       \
     lb::gemv_smem_body<POLICY, lb::DENSE>(a);                                                         \
   }
