@@ -54,13 +54,6 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t c) {
   return d;
 }
 
-// a * b (low 32 bits) as one IMAD: the asm keeps ptxas from turning a constant multiplier into shifts and adds.
-__device__ __forceinline__ uint32_t mul_lo(uint32_t a, uint32_t b) {
-  uint32_t d;
-  asm("mad.lo.u32 %0, %1, %2, 0;" : "=r"(d) : "r"(a), "r"(b));
-  return d;
-}
-
 __device__ __forceinline__ uint32_t hsub2_bf16(uint32_t a, uint32_t b) {
   __nv_bfloat162 r = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
   return *reinterpret_cast<uint32_t*>(&r);

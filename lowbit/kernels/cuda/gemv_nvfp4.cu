@@ -16,11 +16,6 @@
 #include "gemv_tma.cuh"
 #include "xperm4.cuh"
 
-// GEMV_NVFP4_IMAD: 1 = the decode places sign and magnitude with one integer multiply a pair (below), 0 = shifts
-#ifndef GEMV_NVFP4_IMAD
-#define GEMV_NVFP4_IMAD 1
-#endif
-
 template <bool A4>
 struct PolicyNVFP4 {
   static constexpr int EC = 32, BITS = 4;
@@ -61,21 +56,10 @@ struct PolicyNVFP4 {
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const uint32_t v = w[q], sc = q < 2 ? sc0 : sc1;
-#if GEMV_NVFP4_IMAD
-      // code c (4 bits at bit p of each half, p = 0 or 4 of v or of v >> 8) times 2^(6-p) + 2^(12-p): c << (6-p)
-      // and c << (12-p) land in disjoint bits (6..9, 12..15: a sum without carries), so one mask keeps the
-      // magnitude at 6..8 and the sign at 15. The multiplies run on the FMA pipe instead of four shifts.
-      const uint32_t u = v >> 8;
-      A[4 * q + 0] = lb::hmul2_bf16(lb::mul_lo(v & 0x000F000Fu, 0x1040u) & (MAG | SGN), sc);
-      A[4 * q + 1] = lb::hmul2_bf16(lb::mul_lo(v & 0x00F000F0u, 0x104u) & (MAG | SGN), sc);
-      A[4 * q + 2] = lb::hmul2_bf16(lb::mul_lo(u & 0x000F000Fu, 0x1040u) & (MAG | SGN), sc);
-      A[4 * q + 3] = lb::hmul2_bf16(lb::mul_lo(u & 0x00F000F0u, 0x104u) & (MAG | SGN), sc);
-#else
       A[4 * q + 0] = lb::hmul2_bf16(((v << 6) & MAG) | ((v << 12) & SGN), sc);
       A[4 * q + 1] = lb::hmul2_bf16(((v << 2) & MAG) | ((v << 8) & SGN), sc);
       A[4 * q + 2] = lb::hmul2_bf16(((v >> 2) & MAG) | ((v << 4) & SGN), sc);
       A[4 * q + 3] = lb::hmul2_bf16(((v >> 6) & MAG) | (v & SGN), sc);
-#endif
     }
   }
   template <int MT>
