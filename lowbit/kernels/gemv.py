@@ -289,8 +289,13 @@ def _autotune(key, launch, planned, extra=lambda: ()) -> tuple:
     measurement on the real weight (L2 flushed between runs) settles it. Runs once, at the first call.
     """
     if key not in _TUNED:
-        ext = list(extra())
-        cands = [planned, *TUNE_CANDIDATES]
+        # register-loop configs whose CTAs exceed WARPS (LOWBIT_GEMV_WARPS below 8) are not candidates: the
+        # launch refuses them (the TMA and shared-memory builds size their own CTAs)
+        def fits(c):
+            return len(c) > 3 and c[3] in (TMA_VARIANT, SMEM_VARIANT) or c[0] * c[1] <= WARPS
+
+        ext = [c for c in extra() if fits(c)]
+        cands = [c for c in (planned, *TUNE_CANDIDATES) if fits(c)]
         if ext:  # (row tiles, warps along K, splits, build variant)
             cands = [c + (0,) for c in cands] + ext
         _TUNED[key] = fastest_config(launch, cands)

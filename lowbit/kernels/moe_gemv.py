@@ -87,6 +87,14 @@ def plan_decode(t: int, k: int, i_dim: int, h_dim: int, scheme: str, sm_count: i
     return gate_up, down
 
 
+def fitting(planned: tuple, candidates: tuple) -> list:
+    """The planned config and the candidates whose CTAs fit gemv.WARPS (LOWBIT_GEMV_WARPS below 8 leaves some
+    out: their launch would refuse them)."""
+    from lowbit.kernels import gemv as _gemv
+
+    return [c for c in (planned, *candidates) if c[0] * c[1] <= _gemv.WARPS]
+
+
 def down_smem_bytes(scheme: str, k: int, i_dim: int, wk: int) -> int:
     """Dynamic shared memory of a down_smem CTA (k slots, k * wk warps; gemv_smem.smem_bytes)."""
     return gemv_smem.smem_bytes(scheme, i_dim, k, k * wk, wk)
@@ -173,9 +181,9 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
             cfg = (planned[0], smem_down or planned[1])  # timing is impossible inside a CUDA-graph capture
         else:
             flush = cupy.empty(FLUSH_BYTES, dtype=cupy.uint8)  # one for both tunings
-            best_gu = fastest_config(gate_up, [planned[0], *GATE_UP_CANDIDATES], flush)
+            best_gu = fastest_config(gate_up, fitting(planned[0], GATE_UP_CANDIDATES), flush)
             gate_up(best_gu)
-            best_dn = smem_down or fastest_config(down, [planned[1], *DOWN_CANDIDATES], flush)
+            best_dn = smem_down or fastest_config(down, fitting(planned[1], DOWN_CANDIDATES), flush)
             cfg = _TUNED[key] = (best_gu, best_dn)
             del flush
     gate_up(cfg[0])

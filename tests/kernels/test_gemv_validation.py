@@ -130,6 +130,34 @@ def test_fastest_config_times_round_robin_after_an_untimed_pass(monkeypatch):
     assert best == "b"  # medians: a 5, b 1, c 3
 
 
+def test_autotune_leaves_out_ctas_larger_than_warps(monkeypatch):
+    """With LOWBIT_GEMV_WARPS below 8 (gemv.WARPS) the register-loop candidates of more warps are not timed (their
+    launch refuses them: this crashed a decode run at WARPS = 4); the TMA and shared-memory builds' are."""
+    from lowbit.kernels import gemv as G
+
+    seen = []
+    monkeypatch.setattr(G, "WARPS", 4)
+    monkeypatch.setattr(G, "_TUNED", {})
+    monkeypatch.setattr(G, "fastest_config", lambda launch, cands: seen.extend(cands) or cands[0])
+    extra = [(1, 8, 1, 1), (2, 2, 2, 1), (8, 1, 2, G.TMA_VARIANT), (1, 16, 1, G.SMEM_VARIANT)]
+    assert G._autotune("key", None, (1, 4, 1), lambda: extra) == (1, 4, 1, 0)
+    assert all(c[0] * c[1] <= 4 for c in seen if c[3] >= 0)
+    assert (1, 4, 1, 0) in seen and (2, 2, 2, 1) in seen and (1, 8, 1, 1) not in seen and (1, 8, 1, 0) not in seen
+    assert (8, 1, 2, G.TMA_VARIANT) in seen and (1, 16, 1, G.SMEM_VARIANT) in seen
+
+
+def test_moe_decode_tuner_leaves_out_ctas_larger_than_warps(monkeypatch):
+    """The MoE decode tuner's gate/up and down candidates are filtered the same way (moe_gemv.fitting)."""
+    from lowbit.kernels import gemv as G
+    from lowbit.kernels import moe_gemv
+
+    monkeypatch.setattr(G, "WARPS", 4)
+    for cands in (moe_gemv.GATE_UP_CANDIDATES, moe_gemv.DOWN_CANDIDATES):
+        kept = moe_gemv.fitting((2, 2, 1), cands)
+        assert kept[0] == (2, 2, 1) and all(c[0] * c[1] <= 4 for c in kept)
+        assert kept[1:] == [c for c in cands if c[0] * c[1] <= 4]
+
+
 def test_tma_build_knobs_and_shared_memory(monkeypatch):
     """The TMA build's defines (TMA_BUILD, LOWBIT_GEMV_TMA override or off) and its ring's shared memory."""
     from lowbit.kernels import gemv as G
