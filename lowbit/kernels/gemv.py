@@ -281,6 +281,13 @@ TUNE_MIN_ELEMENTS = 1 << 20  # below this the planner's choice is kept (tuning w
 _TUNED: dict = {}
 
 
+def fits_warps(cfg: tuple) -> bool:
+    """Whether a launch config's CTA fits WARPS: register-loop configs (row tiles x warps along K) above it
+    (LOWBIT_GEMV_WARPS below 8) are refused by their launch, so no tuner times them; the TMA and shared-memory
+    builds size their own CTAs."""
+    return len(cfg) > 3 and cfg[3] in (TMA_VARIANT, SMEM_VARIANT) or cfg[0] * cfg[1] <= WARPS
+
+
 def _autotune(key, launch, planned, extra=lambda: ()) -> tuple:
     """Time the planner's config, TUNE_CANDIDATES and extra() (configs of other builds, with their variant
     index) once per (kernel, N, K, device, M > 1), keep the fastest.
@@ -289,13 +296,8 @@ def _autotune(key, launch, planned, extra=lambda: ()) -> tuple:
     measurement on the real weight (L2 flushed between runs) settles it. Runs once, at the first call.
     """
     if key not in _TUNED:
-        # register-loop configs whose CTAs exceed WARPS (LOWBIT_GEMV_WARPS below 8) are not candidates: the
-        # launch refuses them (the TMA and shared-memory builds size their own CTAs)
-        def fits(c):
-            return len(c) > 3 and c[3] in (TMA_VARIANT, SMEM_VARIANT) or c[0] * c[1] <= WARPS
-
-        ext = [c for c in extra() if fits(c)]
-        cands = [c for c in (planned, *TUNE_CANDIDATES) if fits(c)]
+        ext = [c for c in extra() if fits_warps(c)]
+        cands = [c for c in (planned, *TUNE_CANDIDATES) if fits_warps(c)]
         if ext:  # (row tiles, warps along K, splits, build variant)
             cands = [c + (0,) for c in cands] + ext
         _TUNED[key] = fastest_config(launch, cands)

@@ -88,11 +88,10 @@ def plan_decode(t: int, k: int, i_dim: int, h_dim: int, scheme: str, sm_count: i
 
 
 def fitting(planned: tuple, candidates: tuple) -> list:
-    """The planned config and the candidates whose CTAs fit gemv.WARPS (LOWBIT_GEMV_WARPS below 8 leaves some
-    out: their launch would refuse them)."""
+    """The planned config and the candidates whose CTAs fit (gemv.fits_warps)."""
     from lowbit.kernels import gemv as _gemv
 
-    return [c for c in (planned, *candidates) if c[0] * c[1] <= _gemv.WARPS]
+    return [c for c in (planned, *candidates) if _gemv.fits_warps(c)]
 
 
 def down_smem_bytes(scheme: str, k: int, i_dim: int, wk: int) -> int:
