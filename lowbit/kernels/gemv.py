@@ -100,6 +100,11 @@ def tma_smem_bytes(scheme: str, row_tiles: int, defines: dict | None = None) -> 
 
 
 TUNE = os.environ.get("LOWBIT_GEMV_TUNE", "1") != "0"
+#: the register loop's staged-x kernels (NAME_xs, cuda/common.cuh "x in shared memory"): taken wherever a CTA's
+#: slab of x fits (xs_bytes); LOWBIT_GEMV_XS=0 keeps x in L1 (A/B)
+XS = os.environ.get("LOWBIT_GEMV_XS", "1") != "0"
+#: shared memory an SM gives its CTAs (sm_90: 228 KiB, 1 KiB of it reserved per CTA)
+SM_SMEM = 228 * 1024
 ACTS = {"bf16": ("bf16", "fp8-block", "nvfp4", "int4"), "fp8": ("fp8-block",), "nvfp4": ("nvfp4",)}
 _FILES = {"bf16": "gemv_bf16.cu", "fp8-block": "gemv_fp8.cu", "nvfp4": "gemv_nvfp4.cu", "int4": "gemv_int4.cu"}
 _TAGS = {("bf16", "bf16"): "bf16", ("fp8-block", "bf16"): "fp8", ("fp8-block", "fp8"): "fp8_a8",
@@ -260,6 +265,29 @@ def quantize_act_nvfp4(x, codes: bool = False):
     return (xq, xs, cd, sc) if codes else (xq, xs)
 
 
+def xs_bytes(fn, scheme: str, m: int, k: int, parts: int, warps: int) -> int:
+    """Dynamic shared memory of a staged-x CTA (m tokens, the largest of `parts` K slabs; cuda/common.cuh
+    xs_need), or 0 where x is not staged: XS off, or the slab would cost the kernel CTAs an SM (its register
+    occupancy: _ctas_per_sm)."""
+    if not XS:
+        return 0
+    ki = gemv_smem.KI[scheme]
+    need = m * -(-(-(-k // ki)) // parts) * ki * 2
+    ctas = _ctas_per_sm(int(fn.num_regs), warps)
+    return need if ctas * (need + int(fn.shared_size_bytes) + 1024) <= SM_SMEM else 0
+
+
+def xs_launch(fn, fx, scheme: str, m: int, k: int, parts: int, warps: int):
+    """(kernel, dynamic shared memory) of a register-loop launch of fn: its staged-x form fx (NAME_xs) where
+    the slab fits (xs_bytes), else (fn, 0)."""
+    b = xs_bytes(fx, scheme, m, k, parts, warps)
+    if not b:
+        return fn, 0
+    if fx.max_dynamic_shared_size_bytes < b:
+        fx.max_dynamic_shared_size_bytes = b
+    return fx, b
+
+
 def _planned_fn(file: str, name: str, scheme: str, variant: int = 0):
     """A GEMV kernel of `file` built with the scheme's compile-time knobs (variant: see VARIANTS)."""
     from lowbit.kernels.compile import get_function
@@ -342,11 +370,17 @@ def gemv(w: GpuWeight, x, act: str = "bf16", out=None, splits: int | None = None
             return
         if not 1 <= s <= 65535 or not 1 <= wr * wk <= WARPS:
             raise KernelError(f"splits={s} must be in 1..65535 and row tiles x warps along K={wr}x{wk} in 1..{WARPS}")
-        f = fn if len(cfg) == 3 or cfg[3] == 0 else _planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev, cfg[3])[0]
+        v = 0 if len(cfg) == 3 else cfg[3]
+        f = fn if v == 0 else _planned(_FILES[w.scheme], name, w.n, w.k, w.scheme, dev, v)[0]
+        if XS:
+            f, smem = xs_launch(f, _planned_fn(_FILES[w.scheme], name + "_xs", w.scheme, v), w.scheme, m, w.k, s,
+                                wr * wk)
+        else:
+            smem = 0
         ws, cnt = _WS.get(dev, tiles * s * mt * 4 * 32 if s > 1 else 0, tiles)
         launch_kernel(f, (-(-tiles // wr), s), (wr * wk * 32,),
                       args + (ws, cnt, np.int32(w.n), np.int32(w.k), np.int32(m), np.int32(s), np.int32(group),
-                              np.int32(wk)))
+                              np.int32(wk)), shared_mem=smem)
 
     planned = (pr, pk, ps)
     if cta is not None or splits is not None or variant:

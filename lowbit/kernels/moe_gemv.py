@@ -50,7 +50,10 @@ _TUNED: dict = {}
 def gemv_name(kind: str, ew) -> str:
     from lowbit.kernels.gemv import _kernel_tag
 
-    return f"gemv_moe_{kind}_{_kernel_tag(ew.gate, 'bf16')}"  # the dense weight-only GEMV's policy tag
+    tag = _kernel_tag(ew.gate, "bf16")  # the dense weight-only GEMV's policy tag
+    if kind.endswith("_xs"):  # the staged-x form of "gate_up" / "down" (cuda/common.cuh, gemv.xs_launch)
+        return f"gemv_moe_{kind[:-3]}_{tag}_xs"
+    return f"gemv_moe_{kind}_{tag}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,7 +64,8 @@ def _kernel(name: str, scheme: str, device_id: int):
 
 
 def gemv_fn(kind: str, ew):
-    """The compiled grouped GEMV of `kind` ("gate_up", "down", "down_smem") for the experts' scheme."""
+    """The compiled grouped GEMV of `kind` ("gate_up", "down", "down_smem", "gate_up_xs", "down_xs") for the
+    experts' scheme."""
     import cupy
 
     return _kernel(gemv_name(kind, ew), ew.scheme, cupy.cuda.Device().id)
@@ -136,10 +140,12 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
         wr, wk, s = c
         bx = _cdiv(_cdiv(i_dim, 8), wr)
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32 if s > 1 else 0, bx * wr * t * k)
-        launch(fg, (bx, s, t * k), (wr * wk * 32,),
+        f, smem = _gemv.xs_launch(fg, gemv_fn("gate_up_xs", ew), ew.scheme, 1, h_dim, s, wr * wk) if _gemv.XS \
+            else (fg, 0)
+        launch(f, (bx, s, t * k), (wr * wk * 32,),
                (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, h, ws, cnt, ids, wts,
                 *_expert_strides(ew.gate), np.int32(i_dim), np.int32(h_dim), np.int32(s), group, np.int32(wk),
-                np.int32(k), np.int32(1)))
+                np.int32(k), np.int32(1)), shared_mem=smem)
 
     def down_args(ws, cnt, splits, wk, sub):
         return (u64(dq), u64(dsc), u64(dz), u64(dg), _gemv.NULL, _gemv.NULL, _gemv.NULL, _gemv.NULL, h, out, ws,
@@ -164,7 +170,9 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
         wr, wk, s = c
         bx = _cdiv(_cdiv(h_dim, 16), wr)
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32, bx * wr * t)
-        launch(fd, (bx, k * s, t), (wr * wk * 32,), down_args(ws, cnt, k * s, wk, s))
+        f, smem = _gemv.xs_launch(fd, gemv_fn("down_xs", ew), ew.scheme, 1, i_dim, s, wr * wk) if _gemv.XS \
+            else (fd, 0)
+        launch(f, (bx, k * s, t), (wr * wk * 32,), down_args(ws, cnt, k * s, wk, s), shared_mem=smem)
 
     key = (gemv_name("down", ew), t, k, i_dim, h_dim, dev)
     if cfg is None and key in _TUNED:

@@ -77,6 +77,40 @@ def test_every_build_variant(scheme, act, m, n, k, cta, splits):
         _run(scheme, n, k, m, act, splits=splits, cta=cta, variant=v)
 
 
+@pytest.mark.parametrize("scheme,act,opts", [("bf16", "bf16", {}), ("fp8-block", "bf16", {}), ("fp8-block", "fp8", {}),
+                                             ("nvfp4", "bf16", {}), ("nvfp4", "nvfp4", {}),
+                                             ("int4", "bf16", {"group_size": 128, "asymmetric": True}),
+                                             ("int4", "bf16", {"group_size": 32})])
+@pytest.mark.parametrize("m", [1, 8, 13])
+@pytest.mark.parametrize("xs", [True, False])
+@pytest.mark.parametrize("n,k,cta,splits", [(300, 4096, (4, 1), 2), (131, 29568, (2, 2), 5), (77, 1008, (1, 8), 1),
+                                            (515, 1536, (2, 4), 3)])
+def test_staged_x_and_l1_forms(monkeypatch, scheme, act, opts, m, xs, n, k, cta, splits):
+    """The register loop with x staged in shared memory (NAME_xs kernels, gemv.XS) and with x through L1: K tails
+    (K = 1008), slabs of unequal length (splits 3 and 5), warps splitting a slab (wk = 2, 4, 8), tokens past M in
+    the staged rows (M = 1, 13), every policy. The staged form must really run where asked."""
+    from lowbit.kernels import gemv as G
+
+    if k % opts.get("group_size", 1):
+        pytest.skip("K not a multiple of G")
+    smem = []
+    real = G.launch_kernel
+
+    def spy(*a, shared_mem=0):
+        smem.append(shared_mem)
+        real(*a, shared_mem=shared_mem)
+
+    monkeypatch.setattr(G, "XS", xs)
+    monkeypatch.setattr(G, "launch_kernel", spy)
+    _run(scheme, n, k, m, act, splits=splits, cta=cta, **opts)
+    tag = "int4g128" if opts.get("group_size") == 128 else G._TAGS[(scheme, act)]
+    fx = G._planned_fn(G._FILES[scheme], f"gemv_{tag}_m{8 if m <= 8 else 16}_xs", scheme)
+    staged = xs and G.xs_bytes(fx, scheme, m, k, splits, cta[0] * cta[1]) > 0
+    assert smem and all((b > 0) == staged for b in smem), (smem, staged)
+    if xs and m == 1 and k <= 4096:  # small slabs always fit
+        assert staged
+
+
 TMA_CASES = [("bf16", "bf16", {}), ("fp8-block", "bf16", {}), ("fp8-block", "fp8", {}), ("nvfp4", "bf16", {}),
              ("nvfp4", "nvfp4", {}), ("int4", "bf16", {"group_size": 128}),
              ("int4", "bf16", {"group_size": 128, "asymmetric": True}), ("int4", "bf16", {"group_size": 32}),

@@ -240,14 +240,18 @@ def test_moe_decode_kernels(monkeypatch, scheme, opts, kernels):
 @pytest.mark.parametrize("cfg", [((1, 1, 1), (1, 1, 1)), ((2, 4, 3), (4, 2, 2)), ((8, 1, 1), (1, 8, 3)),
                                  ((1, 8, 2), (2, 4, 1)), ((4, 1, 5), (8, 1, 4)), ((4, 2, 1), ("smem", 1)),
                                  ((2, 1, 2), ("smem", 2)), ((1, 1, 1), ("smem", 5))])
-def test_moe_decode_gemv_launch_plans(scheme, opts, cfg):
+@pytest.mark.parametrize("xs", [True, False])
+def test_moe_decode_gemv_launch_plans(monkeypatch, scheme, opts, cfg, xs):
     # the grouped GEMVs under every CTA shape and split: warps along K (shared-memory sums), split K with
     # the last-arriving reduction, several K splits per expert slot, the fast and the tail loops; the down
-    # launch with its weights in shared memory, 1, 2 and 5 warps a slot (parts of 0-6 iterations, odd ones)
+    # launch with its weights in shared memory, 1, 2 and 5 warps a slot (parts of 0-6 iterations, odd ones);
+    # x staged in shared memory (the NAME_xs kernels, gemv.XS) and through L1
     import cupy
 
+    from lowbit.kernels import gemv as G
     from lowbit.kernels import moe_gemv
 
+    monkeypatch.setattr(G, "XS", xs)
     e, k, h, i = 8, 3, 1024, 384
     mw, dense = _experts(scheme, opts, e, h, i, seed=10)
     rng = np.random.default_rng(11)

@@ -51,6 +51,17 @@
 // measured no gain at M = 1 and 5-20 % loss at M = 8, in this loop and the TMA build: the samples moved, the
 // time did not (RESULTS.md, 2026-11-27 from 10:00 UTC). Removed.
 //
+// x in shared memory (GEMV_XS, the register loop only): a CTA launched with dynamic shared memory of at least
+// M x (its K slab) x 2 bytes first copies its slab of x there (stage_x: after the PDL wait, while the first
+// stage of weights is in flight), each lane chunk already permuted to the policy's k-slot order and the 16-byte
+// units of an iteration interleaved by lane ([unit][t]: one 128-bit shared load of the 4 lanes t reads 64
+// contiguous bytes, no bank conflict). The loop then reads its x pairs with shared loads: no permute, no
+// zeroing (lanes of tokens >= M read token M - 1: their C columns are never written), and no L1 hits queued
+// behind the streaming weight loads. Measured (H200, 2026-11-27, benchmarks/gemv_attrib.py): with its x loads
+// replaced by constants the int4 GEMV ran 18 % faster and without its x permutes 10 %.
+// Built as separate kernels (NAME_xs); the launchers take them where the slab fits beside the kernel's
+// occupancy (gemv.xs_bytes), else the L1 form.
+//
 // Preconditions (checked by the Python launcher, lowbit/kernels/gemv.py): pointers to contiguous device
 // arrays; 1 <= M <= 8*MT; cnt zeroed before first use (it is self-resetting) and not shared by two
 // launches running at the same time.
@@ -88,6 +99,12 @@
 // GEMV_XPREFETCH: 1 = x pairs are loaded with the weights one stage ahead (registers), 0 = at use (L1)
 #ifndef GEMV_XPREFETCH
 #define GEMV_XPREFETCH 0
+#endif
+
+// GEMV_XS: 1 = also build the register loop's staged-x kernels (NAME_xs, see "x in shared memory" above);
+// 0 = only the L1 form.
+#ifndef GEMV_XS
+#define GEMV_XS 1
 #endif
 
 namespace lb {
@@ -193,6 +210,52 @@ __device__ __forceinline__ void load_x_fast(const uint16_t* xr, long off, uint32
     const uint4 v = __ldca(reinterpret_cast<const uint4*>(xr + off) + i);
     X[4 * i] = v.x; X[4 * i + 1] = v.y; X[4 * i + 2] = v.z; X[4 * i + 3] = v.w;
   }
+}
+
+__device__ __forceinline__ uint32_t dynamic_smem_bytes() {
+  uint32_t r;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+  return r;
+}
+
+// Bytes of x a CTA stages for iterations [s_beg, s_beg + s_len) (see "x in shared memory").
+template <class P>
+__device__ __forceinline__ long xs_need(const Args& a, int s_len) {
+  return (long)a.m * s_len * 4 * P::EC * 2;
+}
+
+// Copy x[token < M][iterations s_beg .. s_beg + s_len) into xs (every thread of the CTA; the caller syncs):
+// layout [token][iteration][unit i of a lane chunk][lane t] of 16-byte units, lane chunks permuted by P::xperm,
+// zeros past K.
+template <class P>
+__device__ __forceinline__ void stage_x(const Args& a, uint4* xs, int s_beg, int s_len) {
+  constexpr int EC = P::EC, NP = EC / 2, NU = EC / 8;
+  const int per_token = s_len * 4;  // lane chunks of a token
+  for (int c = threadIdx.x; c < a.m * per_token; c += blockDim.x) {
+    const int token = c / per_token, r = c - token * per_token, t = r & 3;
+    uint32_t X[NP];
+    load_x<NP>(a, token, (s_beg * 4 + r) * EC, X);
+    P::xperm(X);
+    uint4* dst = xs + ((long)token * per_token + (r & ~3)) * NU + t;
+#pragma unroll
+    for (int i = 0; i < NU; ++i) dst[4 * i] = make_uint4(X[4 * i], X[4 * i + 1], X[4 * i + 2], X[4 * i + 3]);
+  }
+}
+
+// The lane's x pairs of iteration it (it_rel = it - the slab's first) from the staged slab: xs[mt] is the shared
+// address of the lane's token row (tokens past M clamped to M - 1) plus its lane t. Volatile shared loads: the
+// compiler keeps them in program order with the mmas (asm volatile) instead of hoisting a stage's worth of x
+// into registers ahead of its use, which spilled at the 128-register cap.
+template <class P, int MT>
+__device__ __forceinline__ void load_x_staged(const uint32_t (&xs)[MT], int it_rel, uint32_t (&X)[MT][P::EC / 2]) {
+  constexpr int NU = P::EC / 8;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < NU; ++i)
+      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+                   : "=r"(X[mt][4 * i]), "=r"(X[mt][4 * i + 1]), "=r"(X[mt][4 * i + 2]), "=r"(X[mt][4 * i + 3])
+                   : "r"(xs[mt] + (uint32_t)((it_rel * NU + i) * 64)));
 }
 
 // Where one warp's work lands: the row tile (its first row row0 and, for the split-K workspace, an index
@@ -373,11 +436,18 @@ __device__ __forceinline__ void math_chunk(const P& pa, const P& pb, const uint4
 }
 
 // One iteration's math (entry u of a stage, iteration it): x, decode, mma, per-iteration partial scaling.
-template <class P, int MT, int U, bool FAST>
+// XS: x from the staged slab (xs, slab starting at iteration it_xs), else as the build says.
+template <class P, int MT, int U, bool FAST, bool XS = false>
 __device__ __forceinline__ void compute_one(const Args& a, const P& pa, const P& pb, const Stage<P, MT, U>& st,
                                             const uint16_t* const (&xr)[MT], int g, int t, int it, int u,
-                                            float (&acc)[MT][4]) {
+                                            float (&acc)[MT][4], const uint32_t (&xs)[MT] = {},
+                                            int it_xs = 0) {
   uint32_t X[MT][P::EC / 2];
+  if constexpr (XS) {
+    load_x_staged<P, MT>(xs, it - it_xs, X);
+    math_chunk<P, MT>(pa, pb, st.wa[u], st.wb[u], st.sa[u], st.sb[u], X, acc);
+    return;
+  }
 #if GEMV_XPREFETCH
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -391,14 +461,15 @@ __device__ __forceinline__ void compute_one(const Args& a, const P& pa, const P&
   math_chunk<P, MT>(pa, pb, st.wa[u], st.wb[u], st.sa[u], st.sb[u], X, acc);
 }
 
-template <class P, int MT, int U, bool FAST>
+template <class P, int MT, int U, bool FAST, bool XS = false>
 __device__ __forceinline__ void compute_stage(const Args& a, const P& pa, const P& pb, const Stage<P, MT, U>& st,
                                               const uint16_t* const (&xr)[MT], int g, int t, int it0, int it_end,
-                                              float (&acc)[MT][4]) {
+                                              float (&acc)[MT][4], const uint32_t (&xs)[MT] = {},
+                                              int it_xs = 0) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     if (!FAST && it0 + u >= it_end) break;
-    compute_one<P, MT, U, FAST>(a, pa, pb, st, xr, g, t, it0 + u, u, acc);
+    compute_one<P, MT, U, FAST, XS>(a, pa, pb, st, xr, g, t, it0 + u, u, acc, xs, it_xs);
   }
 }
 
@@ -406,7 +477,7 @@ __device__ __forceinline__ void compute_stage(const Args& a, const P& pa, const 
 // side_fast, decode, xperm, partial, out_scale. Iterations [it_beg, it_fast) run the fast loader (whole
 // stages of in-range chunks), the rest (a K tail, rows that are not 16-byte multiples) the general one.
 // Row ra of the tile comes from wA (policy pa), row rb from wB (pb).
-template <class P, int MT, int MODE>
+template <class P, int MT, int MODE, bool XS>
 __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& pb, const uint8_t* wA,
                                           const uint8_t* wB, const Place& pl, int ra, int rb, int wr, int wk,
                                           int wr_n) {
@@ -424,33 +495,44 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
   float acc[MT][4];
   const uint16_t* xr[MT];
   start_tile<MT, EC>(a, g, t, acc, xr);
+  extern __shared__ uint4 xs_smem[];
+  uint32_t xs[MT];  // shared addresses (load_x_staged)
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+    xs[mt] = (uint32_t)__cvta_generic_to_shared(xs_smem + min(g + 8 * mt, a.m - 1) * s_len * 4 * (EC / 8) + t);
 
-  if (it_fast > it_beg) {
-    const int rca = min(ra, a.n - 1), rcb = min(rb, a.n - 1);
-    const uint8_t* wa = wA + (long)rca * row_bytes + t * 16;
-    const uint8_t* wb = wB + (long)rcb * row_bytes + t * 16;
-    // double-buffered: stage i+1's loads are issued before stage i is computed
-    Stage<P, MT, U> cur;
+  const bool fast = it_fast > it_beg;
+  const int rca = min(ra, a.n - 1), rcb = min(rb, a.n - 1);
+  const uint8_t* wa = wA + (long)rca * row_bytes + t * 16;
+  const uint8_t* wb = wB + (long)rcb * row_bytes + t * 16;
+  // double-buffered: stage i+1's loads are issued before stage i is computed
+  Stage<P, MT, U> cur;
+  if (fast) {
 #if GEMV_XPREFETCH
-    lb_pdl_wait();  // x is loaded with the weights
+    if (!XS) lb_pdl_wait();  // x is loaded with the weights
 #endif
     load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it_beg, cur);
-    lb_pdl_wait();  // the first weights are in flight; x (an earlier kernel's output) is read from here on
+  }
+  lb_pdl_wait();  // the first weights are in flight; x (an earlier kernel's output) is read from here on
+  if constexpr (XS) {  // every warp of the CTA, active or not, takes part (one barrier)
+    if (dynamic_smem_bytes() < xs_need<P>(a, s_len)) __trap();  // a launcher bug: never read past the slab
+    stage_x<P>(a, xs_smem, s_beg, s_len);
+    __syncthreads();
+  }
+  if (fast) {
     for (int it0 = it_beg; it0 < it_fast; it0 += U) {
       Stage<P, MT, U> nxt;
       if (it0 + U < it_fast) load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it0 + U, nxt);
-      compute_stage<P, MT, U, true>(a, pa, pb, cur, xr, g, t, it0, it_fast, acc);
+      compute_stage<P, MT, U, true, XS>(a, pa, pb, cur, xr, g, t, it0, it_fast, acc, xs, s_beg);
       cur = nxt;
     }
   }
-  lb_pdl_wait();  // (again: a no-op once waited) before the general loop's x loads and the epilogue's writes
   if (it_end > it_fast) {
-    Stage<P, MT, U> cur;
     load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it_fast, it_end, cur);
     for (int it0 = it_fast; it0 < it_end; it0 += U) {
       Stage<P, MT, U> nxt;
       load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it0 + U, it_end, nxt);
-      compute_stage<P, MT, U, false>(a, pa, pb, cur, xr, g, t, it0, it_end, acc);
+      compute_stage<P, MT, U, false, XS>(a, pa, pb, cur, xr, g, t, it0, it_end, acc, xs, s_beg);
       cur = nxt;
     }
   }
@@ -458,7 +540,7 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
 }
 
 // Dense: y = x @ W^T. Tile = 16 rows of W (lane rows g and g + 8), grid (tiles / wr_n, splits).
-template <class P, int MT>
+template <class P, int MT, bool XS>
 __device__ __forceinline__ void gemv_body(const Args& a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wr_n = (blockDim.x >> 5) / a.wk, wr = warp % wr_n, wk = warp / wr_n;
@@ -467,17 +549,25 @@ __device__ __forceinline__ void gemv_body(const Args& a) {
   lb_pdl_trigger();
   const P p(a, row0);
   const int ra = row0 + (lane >> 2);
-  gemv_core<P, MT, DENSE>(a, p, p, a.w, a.w, pl, ra, ra + 8, wr, wk, wr_n);
+  gemv_core<P, MT, DENSE, XS>(a, p, p, a.w, a.w, pl, ra, ra + 8, wr, wk, wr_n);
 }
 
 }  // namespace lb
 
-// One extern "C" kernel per (policy, token tiles), with the argument list every launcher passes.
-#define LB_GEMV_KERNEL(NAME, POLICY, MT)                                                              \
+// One extern "C" kernel per (policy, token tiles), with the argument list every launcher passes; with GEMV_XS
+// also NAME_xs, the staged-x form (launched with xs_need bytes of dynamic shared memory or more). Two kernels,
+// not a branch in one: both loops in one kernel spilled at the 128-register cap where each alone did not.
+#define LB_GEMV_KERNEL_FORM(NAME, POLICY, MT, XS)                                                      \
   extern "C" __global__ void LB_GEMV_BOUNDS                                                            \
       NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint16_t* x,     \
            const float* xs, uint16_t* y, float* ws, int* cnt, int n, int k, int m, int splits,         \
            int group, int wk) {                                                                       \
     const lb::Args a{w, s, z, gscale, x, xs, y, ws, cnt, n, k, m, splits, group, wk};                  \
-    lb::gemv_body<POLICY, MT>(a);                                                                     \
+    lb::gemv_body<POLICY, MT, XS>(a);                                                                 \
   }
+#if GEMV_XS
+#define LB_GEMV_KERNEL(NAME, POLICY, MT) \
+  LB_GEMV_KERNEL_FORM(NAME, POLICY, MT, false) LB_GEMV_KERNEL_FORM(NAME##_xs, POLICY, MT, true)
+#else
+#define LB_GEMV_KERNEL(NAME, POLICY, MT) LB_GEMV_KERNEL_FORM(NAME, POLICY, MT, false)
+#endif

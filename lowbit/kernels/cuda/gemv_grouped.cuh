@@ -23,7 +23,7 @@ namespace lb {
 
 // Grids: gate/up (ceil(I / 8) / wr_n, splits, T * topk), pair p = grid z, token p / topk; down
 // (ceil(H / 16) / wr_n, topk * sub, T), split j * sub + s = part s of slot j's K, pair t * topk + j.
-template <class P, int MODE>
+template <class P, int MODE, bool XS>
 __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wr_n = (blockDim.x >> 5) / a0.wk, wr = warp % wr_n, wk = warp / wr_n;
@@ -41,7 +41,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     const Args au = expert_args(a, a0.w2, a0.s2, a0.z2, a0.g2, e);
     const Place pl{row0, gtile, (int)blockIdx.y, a0.splits, (int)blockIdx.y, 1.f, row0 < a0.n};
     const P pg(ag, row0), pu(au, row0);
-    gemv_core<P, 1, MOE_GATE_UP>(ag, pg, pu, ag.w, au.w, pl, row0 + g, row0 + g, wr, wk, wr_n);
+    gemv_core<P, 1, MOE_GATE_UP, XS>(ag, pg, pu, ag.w, au.w, pl, row0 + g, row0 + g, wr, wk, wr_n);
   } else {
     const int j = blockIdx.y / a0.sub, pair = blockIdx.z * a0.topk + j, e = __ldcg(a0.ids + pair);
     const int row0 = tile * 16;
@@ -52,7 +52,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     const P p(a, row0);
     const Place pl{row0, gtile, (int)blockIdx.y - j * a0.sub, a0.sub, (int)blockIdx.y,
                    __ldcg(a0.wts + pair) * p.out_scale(0), row0 < a0.n};
-    gemv_core<P, 1, MOE_DOWN>(a, p, p, a.w, a.w, pl, row0 + g, row0 + g + 8, wr, wk, wr_n);
+    gemv_core<P, 1, MOE_DOWN, XS>(a, p, p, a.w, a.w, pl, row0 + g, row0 + g + 8, wr, wk, wr_n);
   }
 }
 
@@ -60,7 +60,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
 
 // The grouped (MoE decode) pair of a policy: gemv_moe_gate_up_TAG and gemv_moe_down_TAG, one argument
 // list (down ignores the second tensor). n, k: the rows and K of ONE expert's matrix.
-#define LB_GEMV_MOE_KERNEL(NAME, POLICY, MODE)                                                        \
+#define LB_GEMV_MOE_KERNEL(NAME, POLICY, MODE, XS)                                                    \
   extern "C" __global__ void LB_GEMV_BOUNDS                                                            \
       NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint8_t* w2,     \
            const void* s2, const int* z2, const float* g2, const uint16_t* x, uint16_t* y, float* ws,  \
@@ -69,7 +69,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     lb::Args a{w, s, z, gscale, x, nullptr, y, ws, cnt, n, k, 1, splits, group, wk};                   \
     a.w2 = w2; a.s2 = s2; a.z2 = z2; a.g2 = g2; a.ids = ids; a.wts = wts;                               \
     a.ew = ew; a.es = es; a.ez = ez; a.topk = topk; a.sub = sub;                                       \
-    lb::gemv_grouped_body<POLICY, lb::MODE>(a);                                                       \
+    lb::gemv_grouped_body<POLICY, lb::MODE, XS>(a);                                                   \
   }
 // The down launch with its weights in shared memory: the same argument list (splits and sub unused; wk =
 // warps per slot).
@@ -83,7 +83,16 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     a.ids = ids; a.wts = wts; a.ew = ew; a.es = es; a.ez = ez; a.topk = topk;                          \
     lb::gemv_smem_body<POLICY, lb::MOE_DOWN>(a);                                                      \
   }
+// With GEMV_XS also the staged-x forms gemv_moe_gate_up_TAG_xs and gemv_moe_down_TAG_xs (common.cuh).
+#if GEMV_XS
+#define LB_GEMV_MOE_XS_KERNELS(TAG, POLICY)                                      \
+  LB_GEMV_MOE_KERNEL(gemv_moe_gate_up_##TAG##_xs, POLICY, MOE_GATE_UP, true)     \
+  LB_GEMV_MOE_KERNEL(gemv_moe_down_##TAG##_xs, POLICY, MOE_DOWN, true)
+#else
+#define LB_GEMV_MOE_XS_KERNELS(TAG, POLICY)
+#endif
 #define LB_GEMV_MOE_KERNELS(TAG, POLICY)                                  \
-  LB_GEMV_MOE_KERNEL(gemv_moe_gate_up_##TAG, POLICY, MOE_GATE_UP)         \
-  LB_GEMV_MOE_KERNEL(gemv_moe_down_##TAG, POLICY, MOE_DOWN)               \
+  LB_GEMV_MOE_KERNEL(gemv_moe_gate_up_##TAG, POLICY, MOE_GATE_UP, false)  \
+  LB_GEMV_MOE_KERNEL(gemv_moe_down_##TAG, POLICY, MOE_DOWN, false)        \
+  LB_GEMV_MOE_XS_KERNELS(TAG, POLICY)                                     \
   LB_GEMV_MOE_DOWN_SMEM_KERNEL(gemv_moe_down_smem_##TAG, POLICY)
