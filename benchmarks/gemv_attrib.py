@@ -5,8 +5,8 @@ Builds (textual patches of a copy of lowbit/kernels/cuda):
   base      the shipped source
   l1        the shipped source with the staged-x kernels off (gemv.XS = False: x through L1)
   xclamp    M = 1: lanes of tokens >= M read token M-1's x instead of zeros (a real, result-preserving change)
-  nox       x pairs are constants (no x loads; the permutes stay)
-  noperm    no x permute (the loads stay)
+  nox       x pairs are constants (no x loads; the permutes stay)        } these two patch the L1 form and
+  noperm    no x permute (the loads stay)                                } run with gemv.XS off
   nodecode  the weight words go to the mma as they are (no decode; nvfp4 then drops its scale loads too)
   nomma     each mma replaced by an xor of its operands into the accumulator
   loads     nox + noperm + nodecode + nomma: the loop's loads and addressing only
@@ -117,7 +117,7 @@ def run(out: Path, builds, src: Path, tmp: Path) -> None:
             times = {}
             for b in builds:
                 C.CUDA_DIR = tmp / b
-                G.XS = b != "l1"
+                G.XS = b not in ("l1", "nox", "noperm")
                 C._module.cache_clear()
                 C._function.cache_clear()
                 G._planned.cache_clear()
@@ -131,7 +131,7 @@ def run(out: Path, builds, src: Path, tmp: Path) -> None:
             for _ in range(5):  # round-robin over builds and configs
                 for b in builds:
                     C.CUDA_DIR = tmp / b
-                    G.XS = b != "l1"
+                    G.XS = b not in ("l1", "nox", "noperm")
                     C._module.cache_clear()
                     C._function.cache_clear()
                     G._planned.cache_clear()

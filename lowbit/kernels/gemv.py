@@ -7,7 +7,9 @@ Launch: CTAs of (row tiles x warps along K) warps, grid (ceil(N/(16*row tiles)),
 picks the CTA shape and the split-K factor (deterministic reductions) so the weight spreads evenly.
 Above TUNE_MIN_ELEMENTS the first call of a shape (M = 1 and M > 1 apart) times the planner's config, other
 configs and builds (VARIANTS; on sm_90+ the TMA-fed build, gemv_tma_*: one producer warp streams the weight
-through a shared-memory ring with the bulk tensor copy) and keeps the fastest.
+through a shared-memory ring with the bulk tensor copy) and keeps the fastest. The register loop runs its
+staged-x form (NAME_xs: the CTA's slab of x copied into shared memory first, pre-permuted; `xs_launch`) wherever
+that slab fits beside the kernel's occupancy, the L1 form elsewhere.
 """
 
 from __future__ import annotations

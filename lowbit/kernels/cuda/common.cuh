@@ -57,10 +57,15 @@
 // units of an iteration interleaved by lane ([unit][t]: one 128-bit shared load of the 4 lanes t reads 64
 // contiguous bytes, no bank conflict). The loop then reads its x pairs with shared loads: no permute, no
 // zeroing (lanes of tokens >= M read token M - 1: their C columns are never written), and no L1 hits queued
-// behind the streaming weight loads. Measured (H200, 2026-11-27, benchmarks/gemv_attrib.py): with its x loads
-// replaced by constants the int4 GEMV ran 18 % faster and without its x permutes 10 %.
-// Built as separate kernels (NAME_xs); the launchers take them where the slab fits beside the kernel's
-// occupancy (gemv.xs_bytes), else the L1 form.
+// behind the streaming weight loads. Why (H200, 2026-11-27, benchmarks/gemv_attrib.py, diagnostic builds of
+// the L1 form): with its x loads replaced by constants the int4 GEMV ran 18 % faster, without its x permutes
+// 10 %. Measured with this form (same runs, against the L1 form): int4 29568x8192 48-54 us against 58-59, nvfp4
+// 60 against 68; decode Mixtral-8x7B nvfp4 250-254 tok/s against 239-242, int4 299-303 against 264-267,
+// Qwen3-30B-A3B fp8 441-443 against 430-434. The same staging in the shared-memory build (gemv_smem.cuh, whose
+// weights are on chip before the PDL wait, so staging x only adds a step after it) made Qwen3 decode slower
+// (423-426 against 430-434 tok/s): not there.
+// Built as separate kernels (NAME_xs): both loops in one kernel spilled at the 128-register cap. The launchers
+// take them where the slab fits beside the kernel's occupancy (gemv.xs_bytes), else the L1 form.
 //
 // Preconditions (checked by the Python launcher, lowbit/kernels/gemv.py): pointers to contiguous device
 // arrays; 1 <= M <= 8*MT; cnt zeroed before first use (it is self-resetting) and not shared by two
