@@ -127,6 +127,7 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
     uq, usc, uz, ug = (_gemm._ptr(a) for a in _gemm._weight_args(ew.up))
     dq, dsc, dz, dg = (_gemm._ptr(a) for a in _gemm._weight_args(ew.down))
     u64 = np.uint64
+    xs = _gemv.XS and ew.scheme in _gemv.XS_GROUPED  # x staged in shared memory (gemv.xs_launch)
 
     def check(c):
         wr, wk, s = c
@@ -140,8 +141,7 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
         wr, wk, s = c
         bx = _cdiv(_cdiv(i_dim, 8), wr)
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32 if s > 1 else 0, bx * wr * t * k)
-        f, smem = _gemv.xs_launch(fg, gemv_fn("gate_up_xs", ew), ew.scheme, 1, h_dim, s, wr * wk) if _gemv.XS \
-            else (fg, 0)
+        f, smem = _gemv.xs_launch(fg, gemv_fn("gate_up_xs", ew), ew.scheme, 1, h_dim, s, wr * wk) if xs else (fg, 0)
         launch(f, (bx, s, t * k), (wr * wk * 32,),
                (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, h, ws, cnt, ids, wts,
                 *_expert_strides(ew.gate), np.int32(i_dim), np.int32(h_dim), np.int32(s), group, np.int32(wk),
@@ -170,8 +170,7 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
         wr, wk, s = c
         bx = _cdiv(_cdiv(h_dim, 16), wr)
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32, bx * wr * t)
-        f, smem = _gemv.xs_launch(fd, gemv_fn("down_xs", ew), ew.scheme, 1, i_dim, s, wr * wk) if _gemv.XS \
-            else (fd, 0)
+        f, smem = _gemv.xs_launch(fd, gemv_fn("down_xs", ew), ew.scheme, 1, i_dim, s, wr * wk) if xs else (fd, 0)
         launch(f, (bx, k * s, t), (wr * wk * 32,), down_args(ws, cnt, k * s, wk, s), shared_mem=smem)
 
     key = (gemv_name("down", ew), t, k, i_dim, h_dim, dev)

@@ -101,6 +101,7 @@ def test_staged_x_and_l1_forms(monkeypatch, scheme, act, opts, m, xs, n, k, cta,
         real(*a, shared_mem=shared_mem)
 
     monkeypatch.setattr(G, "XS", xs)
+    monkeypatch.setattr(G, "XS_DENSE", ("bf16", "fp8-block", "nvfp4", "int4"))  # every kernel form, taken or not
     monkeypatch.setattr(G, "launch_kernel", spy)
     _run(scheme, n, k, m, act, splits=splits, cta=cta, **opts)
     tag = "int4g128" if opts.get("group_size") == 128 else G._TAGS[(scheme, act)]
