@@ -213,3 +213,21 @@ def test_smem_rule_picks_the_most_warps_that_fit_one_wave(monkeypatch):
     assert gemv_smem.dense_warps(w(2048, 4096), 1, "bf16", 0) == 8
     monkeypatch.setattr(gemv_smem, "DENSE", False)
     assert gemv_smem.dense_warps(w(2048, 4096), 1, "bf16", 0) == 0
+
+
+def test_xs_bytes_sizes_the_slab_and_keeps_the_occupancy(monkeypatch):
+    """The staged-x form's shared memory (gemv.xs_bytes): M tokens x the largest K slab of the split x 2 bytes,
+    matching the kernel's xs_need; 0 where it would cost the kernel CTAs an SM, or with XS off."""
+    from types import SimpleNamespace
+
+    from lowbit.kernels import gemv as G
+
+    fn = SimpleNamespace(num_regs=128, shared_size_bytes=8192)  # 2 CTAs of 8 warps an SM
+    # int4: 128 elements an iteration; K = 4096 -> 32 iterations, 3 splits -> slabs of 10-11 iterations
+    assert G.xs_bytes(fn, "int4", 1, 4096, 3, 8) == 1 * 11 * 128 * 2
+    assert G.xs_bytes(fn, "bf16", 8, 4096, 1, 8) == 8 * 4096 * 2  # 64 KiB: 2 x (64 + 9) KiB fit 228 KiB
+    assert G.xs_bytes(fn, "int4", 8, 29568, 1, 8) == 0  # 462 KiB: never
+    small = SimpleNamespace(num_regs=64, shared_size_bytes=8192)  # 4 CTAs of 8 warps an SM
+    assert G.xs_bytes(small, "bf16", 8, 4096, 1, 8) == 0  # 4 x 73 KiB would not fit: the L1 form keeps 4 CTAs
+    monkeypatch.setattr(G, "XS", False)
+    assert G.xs_bytes(fn, "int4", 1, 4096, 3, 8) == 0
