@@ -107,6 +107,13 @@ def run(out: Path, builds, src: Path, tmp: Path) -> None:
     flush = cupy.empty(FLUSH_BYTES, dtype=cupy.uint8)
     cands = list(dict.fromkeys(((1, 8, 1), (2, 4, 1), (4, 1, 4), (4, 2, 2), (8, 1, 2), (8, 1, 4), (2, 4, 2),
                                 (4, 1, 6), (8, 1, 1), (4, 1, 2))))
+
+    def select(b: str) -> None:  # the build's sources and x form, compiled kernels forgotten
+        C.CUDA_DIR = tmp / b
+        G.XS = b not in ("l1", "nox", "noperm")
+        C._module.cache_clear()
+        C._function.cache_clear()
+        G._planned.cache_clear()
     with out.open("w") as f:
         f.write(json.dumps({"gpu": gpu, "copy_gbs": copy, "builds": builds}) + "\n")
         for scheme, n, k in SHAPES:
@@ -116,25 +123,16 @@ def run(out: Path, builds, src: Path, tmp: Path) -> None:
             row = {"scheme": scheme, "n": n, "k": k, "bytes": w.nbytes()}
             times = {}
             for b in builds:
-                C.CUDA_DIR = tmp / b
-                G.XS = b not in ("l1", "nox", "noperm")
-                C._module.cache_clear()
-                C._function.cache_clear()
-                G._planned.cache_clear()
-                G._TUNED.clear()
+                select(b)
                 fn = G._planned(G._FILES[scheme], "gemv_int4g128_m8" if scheme == "int4" else "gemv_nvfp4_m8",
                                 n, k, scheme, 0)[0]
-                row[f"{b}_regs"] = int(fn.num_regs)
+                row[f"{b}_regs"] = int(fn.num_regs)  # the L1 form's
                 for c in cands:
                     G.gemv(w, x, out=y, cta=c[:2], splits=c[2])
                 times[b] = {c: [] for c in cands}
             for _ in range(5):  # round-robin over builds and configs
                 for b in builds:
-                    C.CUDA_DIR = tmp / b
-                    G.XS = b not in ("l1", "nox", "noperm")
-                    C._module.cache_clear()
-                    C._function.cache_clear()
-                    G._planned.cache_clear()
+                    select(b)
                     for c in cands:
                         times[b][c].append(1e3 * time_once(lambda cc: G.gemv(w, x, out=y, cta=cc[:2], splits=cc[2]),
                                                            c, flush))

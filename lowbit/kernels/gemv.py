@@ -280,20 +280,25 @@ def xs_bytes(fn, scheme: str, m: int, k: int, parts: int, warps: int) -> int:
     if not XS:
         return 0
     ki = gemv_smem.KI[scheme]
-    need = m * -(-(-(-k // ki)) // parts) * ki * 2
+    iters = -(-k // ki)
+    need = m * -(-iters // parts) * ki * 2
     ctas = _ctas_per_sm(int(fn.num_regs), warps)
     return need if ctas * (need + int(fn.shared_size_bytes) + 1024) <= SM_SMEM else 0
 
 
+_XS_PLANS: dict = {}
+
+
 def xs_launch(fn, fx, scheme: str, m: int, k: int, parts: int, warps: int):
     """(kernel, dynamic shared memory) of a register-loop launch of fn: its staged-x form fx (NAME_xs) where
-    the slab fits (xs_bytes), else (fn, 0)."""
-    b = xs_bytes(fx, scheme, m, k, parts, warps)
-    if not b:
-        return fn, 0
-    if fx.max_dynamic_shared_size_bytes < b:
-        fx.max_dynamic_shared_size_bytes = b
-    return fx, b
+    the slab fits (xs_bytes), else (fn, 0). Kept per launch shape: the kernel attributes are driver calls."""
+    key = (fn, fx, scheme, m, k, parts, warps, XS)
+    if key not in _XS_PLANS:
+        b = xs_bytes(fx, scheme, m, k, parts, warps)
+        if b and fx.max_dynamic_shared_size_bytes < b:
+            fx.max_dynamic_shared_size_bytes = b
+        _XS_PLANS[key] = (fx, b) if b else (fn, 0)
+    return _XS_PLANS[key]
 
 
 def _planned_fn(file: str, name: str, scheme: str, variant: int = 0):
