@@ -273,15 +273,20 @@ def quantize_act_nvfp4(x, codes: bool = False):
     return (xq, xs, cd, sc) if codes else (xq, xs)
 
 
+def _xs_need(scheme: str, m: int, k: int, parts: int) -> int:
+    """Bytes of x a staged-x CTA holds: m tokens x the largest of `parts` K slabs (cuda/common.cuh xs_need)."""
+    ki = gemv_smem.KI[scheme]
+    iters = -(-k // ki)
+    return m * -(-iters // parts) * ki * 2
+
+
 def xs_bytes(fn, scheme: str, m: int, k: int, parts: int, warps: int) -> int:
     """Dynamic shared memory of a staged-x CTA (m tokens, the largest of `parts` K slabs; cuda/common.cuh
     xs_need), or 0 where x is not staged: XS off, or the slab would cost the kernel CTAs an SM (its register
     occupancy: _ctas_per_sm)."""
     if not XS:
         return 0
-    ki = gemv_smem.KI[scheme]
-    iters = -(-k // ki)
-    need = m * -(-iters // parts) * ki * 2
+    need = _xs_need(scheme, m, k, parts)
     ctas = _ctas_per_sm(int(fn.num_regs), warps)
     return need if ctas * (need + int(fn.shared_size_bytes) + 1024) <= SM_SMEM else 0
 
@@ -441,6 +446,23 @@ def _tma_fn(file: str, name: str, defines: tuple, dev: int):
     return fn
 
 
+def _tma_xs(fn, fx, scheme: str, m: int, k: int, s: int, wr: int, ring: int):
+    """(kernel, dynamic shared memory) of a TMA launch: the staged-x form fx (x after the ring) where the ring
+    plus the slab keep the CTAs an SM of the L1 form and the opt-in limit, else (fn, ring). Kept per shape."""
+    key = (fn, fx, scheme, m, k, s, wr, ring)
+    if key not in _XS_PLANS:
+        need = _xs_need(scheme, m, k, s)
+
+        def ctas(f, b):
+            return min(_ctas_per_sm(int(f.num_regs), wr + 1), SM_SMEM // (b + int(f.shared_size_bytes) + 1024))
+
+        fits = ring + need + int(fx.shared_size_bytes) <= SM_SMEM - 1024 and ctas(fx, ring + need) >= ctas(fn, ring)
+        if fits and fx.max_dynamic_shared_size_bytes < ring + need:
+            fx.max_dynamic_shared_size_bytes = ring + need
+        _XS_PLANS[key] = (fx, ring + need) if fits else (fn, ring)
+    return _XS_PLANS[key]
+
+
 def _launch_tma(w: GpuWeight, name: str, args: tuple, m: int, mt: int, wr: int, s: int, group: int, dev: int):
     """One launch of the TMA build: CTAs of wr consumer warps + a producer warp, grid (ceil(tiles / wr), s)."""
     from lowbit.kernels.tma import tensor_map_2d
@@ -448,8 +470,11 @@ def _launch_tma(w: GpuWeight, name: str, args: tuple, m: int, mt: int, wr: int, 
     d = compile_defines(w.scheme, TMA_VARIANT)
     if not 1 <= wr <= d["GEMV_WARPS"] or not 1 <= s <= 65535:
         raise KernelError(f"TMA GEMV: row tiles {wr} must be in 1..{d['GEMV_WARPS']} and splits {s} in 1..65535")
-    fn = _tma_fn(_FILES[w.scheme], name.replace("gemv_", "gemv_tma_", 1), tuple(sorted(d.items())), dev)
+    tname, defs = name.replace("gemv_", "gemv_tma_", 1), tuple(sorted(d.items()))
+    fn = _tma_fn(_FILES[w.scheme], tname, defs, dev)
     smem = tma_smem_bytes(w.scheme, wr, d)
+    if XS and w.scheme in XS_DENSE:
+        fn, smem = _tma_xs(fn, _tma_fn(_FILES[w.scheme], tname + "_xs", defs, dev), w.scheme, m, w.k, s, wr, smem)
     wt = args[0]
     wmap = tensor_map_2d(wt.view(np.uint8).reshape(w.n, -1), 16 * wr, 64, swizzle=0)
     tiles = -(-w.n // 16)

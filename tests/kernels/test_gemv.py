@@ -122,14 +122,30 @@ TMA_CASES = [("bf16", "bf16", {}), ("fp8-block", "bf16", {}), ("fp8-block", "fp8
 @pytest.mark.parametrize("m", [1, 8, 13])
 @pytest.mark.parametrize("n,k,cta,splits", [(300, 1024, (8, 1), 1), (131, 29568, (4, 1), 5), (1000, 640, (4, 1), 3),
                                             (77, 4096, (1, 1), 2), (2048, 1536, (8, 1), 7)])
-def test_tma_build(scheme, act, opts, m, n, k, cta, splits):
+@pytest.mark.parametrize("xs", [True, False])
+def test_tma_build(monkeypatch, scheme, act, opts, m, n, k, cta, splits, xs):
     """The TMA-fed GEMV (gemv_tma_body): ragged N (rows past N zero-filled by the copy engine), K tails inside a
-    stage and a stage past the split's end, split-K, every policy."""
+    stage and a stage past the split's end, split-K, every policy; x staged after the ring by the consumers
+    (NAME_xs, every scheme's form) and read through L1."""
     from lowbit.kernels import gemv as G
 
     if k % opts.get("group_size", 1):
         pytest.skip("K not a multiple of G")
+    monkeypatch.setattr(G, "XS", xs)
+    monkeypatch.setattr(G, "XS_DENSE", ("bf16", "fp8-block", "nvfp4", "int4"))
+    smem = []
+    real = G.launch_kernel
+
+    def spy(*a, shared_mem=0):
+        smem.append(shared_mem)
+        real(*a, shared_mem=shared_mem)
+
+    monkeypatch.setattr(G, "launch_kernel", spy)
     _run(scheme, n, k, m, act, splits=splits, cta=cta, variant=G.TMA_VARIANT, **opts)
+    ring = G.tma_smem_bytes(scheme, cta[0])
+    assert smem[-1] in ((ring, ring + G._xs_need(scheme, m, k, splits)) if xs else (ring,)), (smem, ring)
+    if xs and m == 1 and k <= 4096:  # a few KB of x fit beside the ring
+        assert smem[-1] > ring
 
 
 @pytest.mark.parametrize("scheme,act,opts", TMA_CASES)

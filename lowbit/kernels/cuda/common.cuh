@@ -235,20 +235,22 @@ __device__ __forceinline__ long xs_need(const Args& a, int s_len) {
 // flight together (one chunk at a time, the prologue of bf16 4096x4096 at M = 8 took 3.4x the M = 1 time on the
 // H200). Measured and dropped: the copies made with cp.async (16-byte asynchronous copies, the permute in place
 // after them) lost the gain at M = 1 (Mixtral nvfp4 decode 236 against 241 tok/s with x through L1).
+// tid / nthr: the calling thread's index among the nthr threads that share the copy (the TMA build: its consumers).
 template <class P>
-__device__ __forceinline__ void stage_x(const Args& a, uint4* xs, int s_beg, int s_len) {
+__device__ __forceinline__ void stage_x(const Args& a, uint4* xs, int s_beg, int s_len, int tid = threadIdx.x,
+                                        int nthr = blockDim.x) {
   constexpr int EC = P::EC, NP = EC / 2, NU = EC / 8, XB = 32 / NP;
   const int per_token = s_len * 4, chunks = a.m * per_token;  // lane chunks
-  for (int c0 = threadIdx.x; c0 < chunks; c0 += XB * blockDim.x) {
+  for (int c0 = tid; c0 < chunks; c0 += XB * nthr) {
     uint32_t X[XB][NP];
 #pragma unroll
     for (int b = 0; b < XB; ++b) {
-      const int c = c0 + b * blockDim.x, token = c / per_token, r = c - token * per_token;
+      const int c = c0 + b * nthr, token = c / per_token, r = c - token * per_token;
       load_x<NP>(a, c < chunks ? token : a.m, (s_beg * 4 + r) * EC, X[b]);  // token a.m: zeros, no load
     }
 #pragma unroll
     for (int b = 0; b < XB; ++b) {
-      const int c = c0 + b * blockDim.x, token = c / per_token, r = c - token * per_token;
+      const int c = c0 + b * nthr, token = c / per_token, r = c - token * per_token;
       if (c >= chunks) break;
       P::xperm(X[b]);
       uint4* dst = xs + ((long)token * per_token + (r & ~3)) * NU + (r & 3);

@@ -44,7 +44,8 @@ namespace lb {
 #ifndef GEMV_TMA_LATE
 #define GEMV_TMA_LATE 1
 #endif
-template <class P, int MT>
+// XS: x staged after the ring by the consumers (common.cuh "x in shared memory"; the launcher gives the room).
+template <class P, int MT, bool XS>
 __device__ __forceinline__ void gemv_tma_body(const Args& a, const void* wmap) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int EC = P::EC, KI = 4 * EC, U = GEMV_UNROLL, S = GEMV_TMA, D = GEMV_TMA_SIDE;
@@ -105,6 +106,17 @@ __device__ __forceinline__ void gemv_tma_body(const Args& a, const void* wmap) {
   for (int d = 0; d < D; ++d)
     if (d < nst) load_side(sa[d], sb[d], d);
   lb_pdl_wait();  // x (an earlier kernel's output) is read from here on
+  uint32_t xs[MT] = {};
+  if constexpr (XS) {  // the consumers copy the CTA's slab of x after the ring, then sync among themselves
+    uint4* xsm = reinterpret_cast<uint4*>(ring + (long)S * U * box);
+    const int s_len = it_end - s_beg;
+    if (dynamic_smem_bytes() < (uint32_t)(ring - tma_smem_raw) + S * U * box + xs_need<P>(a, s_len)) __trap();
+    stage_x<P>(a, xsm, s_beg, s_len, threadIdx.x, wr_n * 32);
+    asm volatile("bar.sync 1, %0;" ::"r"(wr_n * 32) : "memory");
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      xs[mt] = (uint32_t)__cvta_generic_to_shared(xsm + (long)min(g + 8 * mt, a.m - 1) * s_len * 4 * (EC / 8) + t);
+  }
   const uint8_t* mine = ring + (16 * warp + g) * 64 + t * 16;
   for (int st0 = 0; st0 < nst; st0 += D) {
 #pragma unroll
@@ -129,8 +141,8 @@ __device__ __forceinline__ void gemv_tma_body(const Args& a, const void* wmap) {
       // scheme was 5-20 % slower on the H200)
       if (st + D < nst) load_side(sa[d], sb[d], st + D);
       const int it0 = s_beg + st * U;
-      if (it0 + U <= fast_end) compute_stage<P, MT, U, true>(a, p, p, cur, xr, g, t, it0, it_end, acc);
-      else compute_stage<P, MT, U, false>(a, p, p, cur, xr, g, t, it0, it_end, acc);
+      if (it0 + U <= fast_end) compute_stage<P, MT, U, true, XS>(a, p, p, cur, xr, g, t, it0, it_end, acc, xs, s_beg);
+      else compute_stage<P, MT, U, false, XS>(a, p, p, cur, xr, g, t, it0, it_end, acc, xs, s_beg);
       if (GEMV_TMA_LATE) {
         __syncwarp();
         if (lane == 0) mbar_arrive(empty0 + 8 * s);
@@ -142,15 +154,22 @@ __device__ __forceinline__ void gemv_tma_body(const Args& a, const void* wmap) {
 }
 }  // namespace lb
 
-// The TMA-fed dense GEMV of a policy: the dense argument list after the weight's tensor map (device memory).
-#define LB_GEMV_TMA_KERNEL(NAME, POLICY, MT)                                                              \
+// The TMA-fed dense GEMV of a policy: the dense argument list after the weight's tensor map (device memory);
+// with GEMV_XS also NAME_xs, its staged-x form.
+#define LB_GEMV_TMA_KERNEL_FORM(NAME, POLICY, MT, XS)                                                     \
   extern "C" __global__ void __launch_bounds__((GEMV_WARPS + 1) * 32, GEMV_MIN_BLOCKS)                    \
       NAME(const void* wmap, const uint8_t* w, const void* s, const int* z, const float* gscale,           \
            const uint16_t* x, const float* xs, uint16_t* y, float* ws, int* cnt, int n, int k, int m,      \
            int splits, int group) {                                                                       \
     const lb::Args a{w, s, z, gscale, x, xs, y, ws, cnt, n, k, m, splits, group, 1};                       \
-    lb::gemv_tma_body<POLICY, MT>(a, wmap);                                                               \
+    lb::gemv_tma_body<POLICY, MT, XS>(a, wmap);                                                           \
   }
+#if GEMV_XS
+#define LB_GEMV_TMA_KERNEL(NAME, POLICY, MT) \
+  LB_GEMV_TMA_KERNEL_FORM(NAME, POLICY, MT, false) LB_GEMV_TMA_KERNEL_FORM(NAME##_xs, POLICY, MT, true)
+#else
+#define LB_GEMV_TMA_KERNEL(NAME, POLICY, MT) LB_GEMV_TMA_KERNEL_FORM(NAME, POLICY, MT, false)
+#endif
 #else
 #define LB_GEMV_TMA_KERNEL(NAME, POLICY, MT)
 #endif
