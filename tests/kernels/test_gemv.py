@@ -144,7 +144,7 @@ def test_tma_build(monkeypatch, scheme, act, opts, m, n, k, cta, splits, xs):
     _run(scheme, n, k, m, act, splits=splits, cta=cta, variant=G.TMA_VARIANT, **opts)
     ring = G.tma_smem_bytes(scheme, cta[0])
     assert smem[-1] in ((ring, ring + G._xs_need(scheme, m, k, splits)) if xs else (ring,)), (smem, ring)
-    if xs and m == 1 and k <= 4096:  # a few KB of x fit beside the ring
+    if xs and m == 1 and k <= 4096 and cta[0] >= 4:  # a few KB of x fit beside these rings, costing no CTA an SM
         assert smem[-1] > ring
 
 
