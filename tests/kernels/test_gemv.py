@@ -77,6 +77,21 @@ def test_every_build_variant(scheme, act, m, n, k, cta, splits):
         _run(scheme, n, k, m, act, splits=splits, cta=cta, variant=v)
 
 
+def _record_shared_mem(monkeypatch) -> list:
+    """The dynamic shared memory of every GEMV launch from here on (gemv.launch_kernel wrapped)."""
+    from lowbit.kernels import gemv as G
+
+    smem = []
+    real = G.launch_kernel
+
+    def spy(*a, shared_mem=0):
+        smem.append(shared_mem)
+        real(*a, shared_mem=shared_mem)
+
+    monkeypatch.setattr(G, "launch_kernel", spy)
+    return smem
+
+
 @pytest.mark.parametrize("scheme,act,opts", [("bf16", "bf16", {}), ("fp8-block", "bf16", {}), ("fp8-block", "fp8", {}),
                                              ("nvfp4", "bf16", {}), ("nvfp4", "nvfp4", {}),
                                              ("int4", "bf16", {"group_size": 128, "asymmetric": True}),
@@ -93,16 +108,9 @@ def test_staged_x_and_l1_forms(monkeypatch, scheme, act, opts, m, xs, n, k, cta,
 
     if k % opts.get("group_size", 1):
         pytest.skip("K not a multiple of G")
-    smem = []
-    real = G.launch_kernel
-
-    def spy(*a, shared_mem=0):
-        smem.append(shared_mem)
-        real(*a, shared_mem=shared_mem)
-
+    smem = _record_shared_mem(monkeypatch)
     monkeypatch.setattr(G, "XS", xs)
     monkeypatch.setattr(G, "XS_DENSE", ("bf16", "fp8-block", "nvfp4", "int4"))  # every kernel form, taken or not
-    monkeypatch.setattr(G, "launch_kernel", spy)
     _run(scheme, n, k, m, act, splits=splits, cta=cta, **opts)
     tag = "int4g128" if opts.get("group_size") == 128 else G._TAGS[(scheme, act)]
     fx = G._planned_fn(G._FILES[scheme], f"gemv_{tag}_m{8 if m <= 8 else 16}_xs", scheme)
@@ -133,14 +141,7 @@ def test_tma_build(monkeypatch, scheme, act, opts, m, n, k, cta, splits, xs):
         pytest.skip("K not a multiple of G")
     monkeypatch.setattr(G, "XS", xs)
     monkeypatch.setattr(G, "XS_DENSE", ("bf16", "fp8-block", "nvfp4", "int4"))
-    smem = []
-    real = G.launch_kernel
-
-    def spy(*a, shared_mem=0):
-        smem.append(shared_mem)
-        real(*a, shared_mem=shared_mem)
-
-    monkeypatch.setattr(G, "launch_kernel", spy)
+    smem = _record_shared_mem(monkeypatch)
     _run(scheme, n, k, m, act, splits=splits, cta=cta, variant=G.TMA_VARIANT, **opts)
     ring = G.tma_smem_bytes(scheme, cta[0])
     assert smem[-1] in ((ring, ring + G._xs_need(scheme, m, k, splits)) if xs else (ring,)), (smem, ring)
