@@ -280,29 +280,34 @@ def _xs_need(scheme: str, m: int, k: int, parts: int) -> int:
     return m * -(-iters // parts) * ki * 2
 
 
-def xs_bytes(fn, scheme: str, m: int, k: int, parts: int, warps: int) -> int:
-    """Dynamic shared memory of a staged-x CTA (m tokens, the largest of `parts` K slabs; cuda/common.cuh
-    xs_need), or 0 where x is not staged: XS off, or the slab would cost the kernel CTAs an SM (its register
-    occupancy: _ctas_per_sm)."""
+def xs_bytes(fx, scheme: str, m: int, k: int, parts: int, warps: int, base: int = 0, fn=None) -> int:
+    """Bytes of x a staged-x CTA of fx adds to its `base` dynamic shared memory (m tokens, the largest of `parts`
+    K slabs; cuda/common.cuh xs_need), or 0 where x is not staged: XS off, over the opt-in limit, or fewer CTAs an
+    SM than the L1 form fn (default fx) gets with `base` alone (registers of `warps`-warp CTAs, shared memory)."""
     if not XS:
         return 0
     need = _xs_need(scheme, m, k, parts)
-    ctas = _ctas_per_sm(int(fn.num_regs), warps)
-    return need if ctas * (need + int(fn.shared_size_bytes) + 1024) <= SM_SMEM else 0
+
+    def ctas(f, b):
+        return min(_ctas_per_sm(int(f.num_regs), warps), SM_SMEM // (b + int(f.shared_size_bytes) + 1024))
+
+    fits = base + need + int(fx.shared_size_bytes) <= SM_SMEM - 1024 and ctas(fx, base + need) >= ctas(fn or fx, base)
+    return need if fits else 0
 
 
 _XS_PLANS: dict = {}
 
 
-def xs_launch(fn, fx, scheme: str, m: int, k: int, parts: int, warps: int):
-    """(kernel, dynamic shared memory) of a register-loop launch of fn: its staged-x form fx (NAME_xs) where
-    the slab fits (xs_bytes), else (fn, 0). Kept per launch shape: the kernel attributes are driver calls."""
-    key = (fn, fx, scheme, m, k, parts, warps, XS)
+def xs_launch(fn, fx, scheme: str, m: int, k: int, parts: int, warps: int, base: int = 0):
+    """(kernel, dynamic shared memory) of a launch of fn (a register-loop kernel, or a TMA one with its ring of
+    `base` bytes): its staged-x form fx (NAME_xs) with the slab after `base` where it fits (xs_bytes), else
+    (fn, base). Kept per launch shape: the kernel attributes are driver calls."""
+    key = (fn, fx, scheme, m, k, parts, warps, base, XS)
     if key not in _XS_PLANS:
-        b = xs_bytes(fx, scheme, m, k, parts, warps)
-        if b and fx.max_dynamic_shared_size_bytes < b:
-            fx.max_dynamic_shared_size_bytes = b
-        _XS_PLANS[key] = (fx, b) if b else (fn, 0)
+        b = xs_bytes(fx, scheme, m, k, parts, warps, base, fn)
+        if b and fx.max_dynamic_shared_size_bytes < base + b:
+            fx.max_dynamic_shared_size_bytes = base + b
+        _XS_PLANS[key] = (fx, base + b) if b else (fn, base)
     return _XS_PLANS[key]
 
 
@@ -446,23 +451,6 @@ def _tma_fn(file: str, name: str, defines: tuple, dev: int):
     return fn
 
 
-def _tma_xs(fn, fx, scheme: str, m: int, k: int, s: int, wr: int, ring: int):
-    """(kernel, dynamic shared memory) of a TMA launch: the staged-x form fx (x after the ring) where the ring
-    plus the slab keep the CTAs an SM of the L1 form and the opt-in limit, else (fn, ring). Kept per shape."""
-    key = (fn, fx, scheme, m, k, s, wr, ring)
-    if key not in _XS_PLANS:
-        need = _xs_need(scheme, m, k, s)
-
-        def ctas(f, b):
-            return min(_ctas_per_sm(int(f.num_regs), wr + 1), SM_SMEM // (b + int(f.shared_size_bytes) + 1024))
-
-        fits = ring + need + int(fx.shared_size_bytes) <= SM_SMEM - 1024 and ctas(fx, ring + need) >= ctas(fn, ring)
-        if fits and fx.max_dynamic_shared_size_bytes < ring + need:
-            fx.max_dynamic_shared_size_bytes = ring + need
-        _XS_PLANS[key] = (fx, ring + need) if fits else (fn, ring)
-    return _XS_PLANS[key]
-
-
 def _launch_tma(w: GpuWeight, name: str, args: tuple, m: int, mt: int, wr: int, s: int, group: int, dev: int):
     """One launch of the TMA build: CTAs of wr consumer warps + a producer warp, grid (ceil(tiles / wr), s)."""
     from lowbit.kernels.tma import tensor_map_2d
@@ -474,7 +462,8 @@ def _launch_tma(w: GpuWeight, name: str, args: tuple, m: int, mt: int, wr: int, 
     fn = _tma_fn(_FILES[w.scheme], tname, defs, dev)
     smem = tma_smem_bytes(w.scheme, wr, d)
     if XS and w.scheme in XS_DENSE:
-        fn, smem = _tma_xs(fn, _tma_fn(_FILES[w.scheme], tname + "_xs", defs, dev), w.scheme, m, w.k, s, wr, smem)
+        fn, smem = xs_launch(fn, _tma_fn(_FILES[w.scheme], tname + "_xs", defs, dev), w.scheme, m, w.k, s, wr + 1,
+                             smem)
     wt = args[0]
     wmap = tensor_map_2d(wt.view(np.uint8).reshape(w.n, -1), 16 * wr, 64, swizzle=0)
     tiles = -(-w.n // 16)

@@ -113,8 +113,9 @@ def test_staged_x_and_l1_forms(monkeypatch, scheme, act, opts, m, xs, n, k, cta,
     monkeypatch.setattr(G, "XS_DENSE", ("bf16", "fp8-block", "nvfp4", "int4"))  # every kernel form, taken or not
     _run(scheme, n, k, m, act, splits=splits, cta=cta, **opts)
     tag = "int4g128" if opts.get("group_size") == 128 else G._TAGS[(scheme, act)]
-    fx = G._planned_fn(G._FILES[scheme], f"gemv_{tag}_m{8 if m <= 8 else 16}_xs", scheme)
-    staged = xs and G.xs_bytes(fx, scheme, m, k, splits, cta[0] * cta[1]) > 0
+    name = f"gemv_{tag}_m{8 if m <= 8 else 16}"
+    fn, fx = (G._planned_fn(G._FILES[scheme], name + sfx, scheme) for sfx in ("", "_xs"))
+    staged = xs and G.xs_bytes(fx, scheme, m, k, splits, cta[0] * cta[1], fn=fn) > 0
     assert smem and all((b > 0) == staged for b in smem), (smem, staged)
     if xs and m == 1 and k <= 4096:  # small slabs always fit
         assert staged
