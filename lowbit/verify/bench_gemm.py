@@ -53,7 +53,7 @@ def gpu_timeit(fn, iters: int = 20) -> float:
     launch cost hidden; lowbit.verify.bench.time_rotating)."""
     from lowbit.verify.bench import time_rotating
 
-    return time_rotating(fn, max(iters, 1), iters) * 1e-6
+    return time_rotating(fn, max(iters, 1), iters, warm=3) * 1e-6
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
