@@ -401,3 +401,88 @@ def test_moe_decode_fused_matches_reference(monkeypatch, scheme, opts, t):
         assert err < gc.MOE_BOUND, f"{scheme} {opts} T={t}: rel err {err:.3g}"
         checked += 1
     assert checked >= 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,opts", [s for s in SCHEMES if s[0] != "bf16"])
+@pytest.mark.parametrize("e,k,h,i,gate_up,norm,delta_bf16", [
+    (32, 8, 1024, 384, (4, 2, 1), "qwen3", True),     # a CTA per (8-row tiles, slot), 2 warps along K
+    (32, 3, 1024, 384, (8, 1, 1), "mixtral", False),  # 18 CTAs < E: producer warps take several experts
+    (8, 2, 2048, 256, (2, 1, 3), "mixtral", True),    # split K: the last-arriving CTA sums the partials
+    (200, 4, 512, 128, (2, 1, 1), "qwen3", False),    # E > the CTA's threads: the warp top-k
+])
+def test_route_gate_up_matches_the_two_launches(monkeypatch, scheme, opts, e, k, h, i, gate_up, norm, delta_bf16):
+    """moe_gemv.route_gate_up (router_add_norm and the gate/up GEMV in one kernel, one token): s = h + delta
+    exactly, x within one bf16 rounding of the float64 norm, the routing of that x as route_ref's, the gate/up
+    product bit for bit that of decode_gemv's gate/up launch on the same x and ids under the same plan, and the
+    down launch on it equal to the whole decode_gemv. Run three times on the same counters (the epochs move on)."""
+    import cupy
+
+    from lowbit.kernels import gemv as G
+    from lowbit.kernels import moe_gemv
+
+    monkeypatch.setattr(G, "XS", True)
+    mw, dense = _experts(scheme, opts, e, h, i, seed=20)
+    key = (moe_gemv.gemv_name("down", mw), 1, k, i, h, 0)
+    monkeypatch.setitem(moe_gemv._TUNED, key, (gate_up, (4, 1, 2)))
+    rng = np.random.default_rng(21 + e)
+    r = cupy.asarray(gc.random_bf16(rng, (e, h), 0.1 * (256 / h) ** 0.5))
+    nw = (1.0 + 0.2 * rng.standard_normal(h)).astype(np.float32)
+    for _ in range(3):
+        hh = rng.standard_normal((1, h), dtype=np.float32) * np.float32(3.0)
+        delta = gc.random_bf16(rng, (1, h)) if delta_bf16 else rng.standard_normal((1, h), dtype=np.float32)
+        h_dev = cupy.asarray(hh)
+        out = moe_gemv.route_gate_up(h_dev, cupy.asarray(delta), cupy.asarray(nw), 1e-6, r, k, norm, True, mw)
+        assert out is not None
+        s, x, ids, wts, mid = out
+        want_s = hh + delta.astype(np.float32)
+        np.testing.assert_array_equal(s.get(), want_s)
+        np.testing.assert_array_equal(h_dev.get(), hh)
+        s64 = want_s.astype(np.float64)
+        want_x = s64 / np.sqrt((s64 * s64).mean(axis=-1, keepdims=True) + 1e-6) * nw
+        got_x = x.get().astype(np.float64)
+        np.testing.assert_allclose(got_x, want_x, rtol=2.0**-7, atol=1e-30)
+        rids, rw, logits = ref.route_ref(got_x, r.get(), k, norm, True)
+        if ref.routing_margin(logits, k)[0] > 1e-3:
+            np.testing.assert_array_equal(ids.get(), rids)
+            np.testing.assert_allclose(wts.get(), rw, rtol=1e-4, atol=1e-6)
+        assert len(set(ids.get()[0].tolist())) == k and ids.get().min() >= 0 and ids.get().max() < e
+        cfg = (gate_up, ("smem", 2))
+        want_mid = moe_gemv.decode_gemv(x, ids, wts, mw, only="gate_up", cfg=cfg)
+        np.testing.assert_array_equal(mid.get().view(np.uint16), want_mid.get().view(np.uint16))
+        y = moe_gemv.decode_gemv(x, ids, wts, mw, cfg=cfg, mid=mid)
+        np.testing.assert_array_equal(y.get().view(np.uint16),
+                                      moe_gemv.decode_gemv(x, ids, wts, mw, cfg=cfg).get().view(np.uint16))
+        err = gc.rel_err(y.get().astype(np.float32), ref.moe_experts_ref(got_x.astype(np.float32), ids.get(),
+                                                                          wts.get(), *dense))
+        assert err < gc.MOE_BOUND
+
+
+@pytest.mark.gpu
+def test_route_gate_up_applies_only_where_it_can(monkeypatch):
+    """None (the caller runs the two launches) before the gate/up plan is timed, for more than one token, with
+    LOWBIT_MOE_ROUTE_GATE_UP off and for bf16 experts; a bad operand is a clear error."""
+    import cupy
+
+    from lowbit.kernels import moe_gemv
+
+    mw, _ = _experts("fp8-block", {}, 8, 256, 128, seed=22)
+    r = cupy.zeros((8, 256), numerics.BF16)
+    nw = cupy.ones(256, cupy.float32)
+    one = cupy.zeros((1, 256), cupy.float32)
+    key = (moe_gemv.gemv_name("down", mw), 1, 2, 128, 256, 0)
+    monkeypatch.delitem(moe_gemv._TUNED, key, raising=False)
+    assert moe_gemv.route_gate_up(one, one, nw, 1e-6, r, 2, "mixtral", True, mw) is None
+    monkeypatch.setitem(moe_gemv._TUNED, key, ((4, 2, 1), ("smem", 2)))
+    two = cupy.zeros((2, 256), cupy.float32)
+    assert moe_gemv.route_gate_up(two, two, nw, 1e-6, r, 2, "mixtral", True, mw) is None
+    monkeypatch.setattr(moe_gemv, "ROUTE_GATE_UP", False)
+    assert moe_gemv.route_gate_up(one, one, nw, 1e-6, r, 2, "mixtral", True, mw) is None
+    monkeypatch.setattr(moe_gemv, "ROUTE_GATE_UP", True)
+    assert moe_gemv.route_gate_up(one, one, nw, 1e-6, r, 2, "mixtral", True, mw) is not None
+    bw, _ = _experts("bf16", {}, 8, 256, 128, seed=23)
+    assert moe_gemv.route_gate_up(one, one, nw, 1e-6, r, 2, "mixtral", True, bw) is None
+    with pytest.raises(KernelError, match="delta"):
+        moe_gemv.route_gate_up(one, cupy.zeros((1, 128), cupy.float32), nw, 1e-6, r, 2, "mixtral", True, mw)
+    with pytest.raises(KernelError, match="router weight"):
+        moe_gemv.route_gate_up(one, one, nw, 1e-6, cupy.zeros((8, 256), cupy.float32), 2, "mixtral", True, mw)
