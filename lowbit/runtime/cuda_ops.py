@@ -31,9 +31,6 @@ _EXPERT = re.compile(r"(.*)\.experts\.(\d+)\.(\w+)$")
 
 
 class CudaOps:
-    #: (ids, gate/up product) of the MoE block whose router ran fused with its gate/up launch (add_norm_route)
-    _mid = None
-
     def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, cuda_graph: bool = True, act: str = "bf16",
                  fused: bool = True):
         import cupy
@@ -62,6 +59,7 @@ class CudaOps:
             log.info("experts run one by one (host sync per layer): CUDA graph decode is off")
             cuda_graph = False
         self.fused = _fused(fused)
+        self._mid = None  # (ids, gate/up product) of the MoE block whose router ran fused with its gate/up
         self._fuse_linears()
         self.decoder = _GraphDecoder(self, capture=cuda_graph)
 
