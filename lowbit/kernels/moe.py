@@ -133,14 +133,14 @@ def _ptrs(w: GpuWeight):
 DECODE_KERNELS = "gemv"
 
 
-def _decode(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None, mid=None):
+def _decode(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None):
     """only="gate_up" runs the first kernel alone (benchmark breakdown)."""
     import cupy
 
     if DECODE_KERNELS == "gemv":
         from lowbit.kernels.moe_gemv import decode_gemv
 
-        return decode_gemv(x, ids, wts, ew, out, only, mid=mid)
+        return decode_gemv(x, ids, wts, ew, out, only)
 
     t, k = ids.shape
     e, i_dim, h_dim = ew.num_experts, ew.intermediate, ew.hidden
@@ -189,10 +189,8 @@ def _prefill(x, ids, wts, ew: MoeWeights, act: str, out=None):
     return moe_router.combine(yd, perm, wts, t, out=out)
 
 
-def moe_experts(x, ids, wts, experts: MoeWeights, act: str = "bf16", path: str | None = None, out=None, mid=None):
-    """sum_j wts[t, j] * expert_{ids[t, j]}(x[t]) for routing decided already (ids int32, wts f32 [T, k]).
-    mid: the gate/up product of those experts made already (moe_gemv.route_gate_up; decode on the grouped
-    GEMVs only): then only the down projection runs."""
+def moe_experts(x, ids, wts, experts: MoeWeights, act: str = "bf16", path: str | None = None, out=None):
+    """sum_j wts[t, j] * expert_{ids[t, j]}(x[t]) for routing decided already (ids int32, wts f32 [T, k])."""
     import cupy
 
     if act not in ("bf16", "fp8"):
@@ -210,10 +208,7 @@ def moe_experts(x, ids, wts, experts: MoeWeights, act: str = "bf16", path: str |
     if out is not None and (out.shape != (x.shape[0], experts.hidden) or out.dtype != x.dtype
                             or not out.flags.c_contiguous):
         raise KernelError(f"{experts.gate.name}: out must be contiguous bf16 [{x.shape[0]}, {experts.hidden}]")
-    if mid is not None and not (use_decode and DECODE_KERNELS == "gemv"):
-        raise KernelError(f"{experts.gate.name}: a precomputed gate/up product (mid) is for the grouped-GEMV "
-                          "decode only")
-    return _decode(x, ids, wts, experts, out, mid=mid) if use_decode else _prefill(x, ids, wts, experts, act, out)
+    return _decode(x, ids, wts, experts, out) if use_decode else _prefill(x, ids, wts, experts, act, out)
 
 
 #: decode steps (T <= DECODE_MAX_TOKENS) run as one persistent launch (moe_decode_fused) when it fits.

@@ -45,11 +45,6 @@ DOWN_SMEM_MAX_BYTES = 160 * 1024
 GATE_UP_CANDIDATES = ((4, 2, 1), (4, 1, 2), (2, 4, 1), (8, 1, 1), (8, 1, 2))
 DOWN_CANDIDATES = ((4, 2, 1), (4, 1, 2), (8, 1, 1), (2, 4, 1), (4, 1, 4), (2, 2, 4))
 _TUNED: dict = {}
-#: decode (one token): router_add_norm and the gate/up launch as one kernel (route_gate_up) where x is staged
-#: (gemv.XS, the scheme in gemv.XS_GROUPED); LOWBIT_MOE_ROUTE_GATE_UP=0: two launches
-ROUTE_GATE_UP = os.environ.get("LOWBIT_MOE_ROUTE_GATE_UP", "1") != "0"
-#: route_gate_up's counters (tickets, producers done, epoch) per (device, CTAs of the grid, experts)
-_SYNC: dict = {}
 
 
 def gemv_name(kind: str, ew) -> str:
@@ -113,11 +108,10 @@ def down_smem_fits(ew, k: int, wk: int, device_id: int) -> bool:
     return gemv_smem.fits(ew.scheme, ew.intermediate, k, k * wk, wk, device_id)
 
 
-def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple | None = None, mid=None):
+def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple | None = None):
     """The grouped-GEMV decode. cfg = (gate_up plan, down plan) overrides the plans, a down plan being
     (row tiles, warps along K, splits) or ("smem", wk); else the first call of a shape times the
-    candidates and keeps the fastest of each launch (down_smem by rule where it fits, DOWN_SMEM).
-    mid: silu(gate) * up bf16 [T * k, I] made already (route_gate_up): only the down launch runs."""
+    candidates and keeps the fastest of each launch (down_smem by rule where it fits, DOWN_SMEM)."""
     import cupy
 
     from lowbit.kernels import gemv as _gemv
@@ -127,10 +121,7 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
     dev = x.device.id
     fg, fd = gemv_fn("gate_up", ew), gemv_fn("down", ew)
     group = np.int32(ew.gate.group_size if ew.scheme == "int4" else 0)
-    if mid is not None and (mid.shape != (t * k, i_dim) or mid.dtype != x.dtype or not mid.flags.c_contiguous):
-        raise KernelError(f"{ew.gate.name}: mid must be contiguous bf16 [{t * k}, {i_dim}], found {mid.dtype} "
-                          f"{tuple(mid.shape)}")
-    h = cupy.empty((t * k, i_dim), x.dtype) if mid is None else mid
+    h = cupy.empty((t * k, i_dim), x.dtype)
     out = cupy.empty((t, h_dim), x.dtype) if out is None else out
     gq, gsc, gz, gg = (_gemm._ptr(a) for a in _gemm._weight_args(ew.gate))
     uq, usc, uz, ug = (_gemm._ptr(a) for a in _gemm._weight_args(ew.up))
@@ -192,7 +183,7 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
         use_smem = (DOWN_SMEM and down_smem_fits(ew, k, DOWN_SMEM_WK, dev)
                     and down_smem_bytes(ew.scheme, k, i_dim, DOWN_SMEM_WK) <= DOWN_SMEM_MAX_BYTES)
         smem_down = ("smem", DOWN_SMEM_WK) if use_smem else None
-        if not _gemv.TUNE or cupy.cuda.get_current_stream().is_capturing() or mid is not None:
+        if not _gemv.TUNE or cupy.cuda.get_current_stream().is_capturing():
             cfg = (planned[0], smem_down or planned[1])  # timing is impossible inside a CUDA-graph capture
         else:
             flush = cupy.empty(FLUSH_BYTES, dtype=cupy.uint8)  # one for both tunings
@@ -201,71 +192,8 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
             best_dn = smem_down or fastest_config(down, fitting(planned[1], DOWN_CANDIDATES), flush)
             cfg = _TUNED[key] = (best_gu, best_dn)
             del flush
-    if mid is None:
-        gate_up(cfg[0])
+    gate_up(cfg[0])
     if only == "gate_up":
         return h
     down(cfg[1])
     return out
-
-
-def route_gate_up(h, delta, norm_w, eps: float, router_w, top_k: int, norm: str, norm_topk_prob: bool, ew):
-    """The decode step's entry into an MoE block for one token in ONE launch (gemv_moe_route_gate_up_*,
-    cuda/gemv_grouped.cuh): s = h + delta, x = bf16(rmsnorm(s) * norm_w), the router's top-k of x (as
-    moe_router.route_add_norm) and mid = silu(gate) * up of the chosen experts (as decode_gemv's gate/up
-    launch, with its timed plan). Returns (s, x, ids, weights, mid) for decode_gemv(..., mid=mid), or None where
-    it does not apply (ROUTE_GATE_UP off, x not staged for the scheme, more than one token, E > 256) or not yet:
-    it reuses the gate/up plan that the first decode_gemv call of the shape timed, and makes its counters
-    outside a CUDA-graph capture; the caller then runs route_add_norm and decode_gemv."""
-    import cupy
-
-    from lowbit.formats.numerics import BF16
-    from lowbit.kernels import device_buffers, moe_router
-    from lowbit.kernels import gemv as _gemv
-
-    e = router_w.shape[0]
-    if not (ROUTE_GATE_UP and _gemv.XS and ew.scheme in _gemv.XS_GROUPED and h.ndim == 2 and h.shape[0] == 1
-            and h.shape[1] == ew.hidden and ew.hidden % 32 == 0 and e <= moe_router.MAX_EXPERTS
-            and 1 <= top_k <= min(32, e)):
-        return None
-    moe_router.check_add_norm(h, delta, norm_w)
-    if router_w.shape != (e, h.shape[1]) or router_w.dtype != BF16 or not router_w.flags.c_contiguous:
-        raise KernelError(f"router: the router weight must be contiguous bfloat16 [E, {h.shape[1]}], found "
-                          f"{router_w.dtype} {tuple(router_w.shape)}")
-    if norm not in moe_router.NORMS:
-        raise KernelError(f"router: norm={norm!r} is not known; use one of {', '.join(moe_router.NORMS)}")
-    i_dim, h_dim, dev = ew.intermediate, ew.hidden, h.device.id
-    key = (gemv_name("down", ew), 1, top_k, i_dim, h_dim, dev)
-    if key not in _TUNED:
-        return None
-    wr, wk, s = _TUNED[key][0]
-    bx = _cdiv(_cdiv(i_dim, 8), wr)
-    skey = (dev, bx * s * top_k, e)
-    if skey not in _SYNC:
-        if cupy.cuda.get_current_stream().is_capturing():
-            return None
-        _SYNC[skey] = device_buffers.zeros(3, cupy.uint64)
-    f = gemv_fn("route_gate_up", ew)
-    ki = gemv_smem.KI[ew.scheme]
-    smem = _cdiv(h_dim, ki) * ki * 2 + 6 * h_dim  # the largest slab, the bf16 row, s in fp32
-    if f.max_dynamic_shared_size_bytes < smem:
-        f.max_dynamic_shared_size_bytes = smem
-    s_out = cupy.empty_like(h)
-    x = cupy.empty((1, h_dim), BF16)
-    ids = cupy.empty((1, top_k), cupy.int32)
-    wts = cupy.empty((1, top_k), cupy.float32)
-    logits = cupy.empty(e, cupy.float32)
-    mid = cupy.empty((top_k, i_dim), BF16)
-    ws, cnt = _gemv._WS.get(dev, bx * wr * top_k * s * 4 * 32 if s > 1 else 0, bx * wr * top_k)
-    gq, gsc, gz, gg = (_gemm._ptr(a) for a in _gemm._weight_args(ew.gate))
-    uq, usc, uz, ug = (_gemm._ptr(a) for a in _gemm._weight_args(ew.up))
-    u64, null = np.uint64, np.uint64(0)
-    df, db = (delta, null) if delta.dtype == cupy.float32 else (null, delta)
-    group = np.int32(ew.gate.group_size if ew.scheme == "int4" else 0)
-    launch(f, (bx, s, top_k), (wr * wk * 32,),
-           (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, mid, ws, cnt, ids, wts,
-            *_expert_strides(ew.gate), np.int32(i_dim), np.int32(h_dim), np.int32(s), group, np.int32(wk),
-            np.int32(top_k), h, df, db, norm_w, np.float32(eps), s_out, router_w, np.int32(e),
-            np.int32(moe_router.NORMS[norm]), np.int32(bool(norm_topk_prob)), logits, _SYNC[skey]),
-           shared_mem=smem)
-    return s_out, x, ids, wts, mid

@@ -127,8 +127,18 @@ def route_add_norm(h, delta, norm_w, eps: float, router_w, top_k: int, norm: str
 
     from lowbit.formats.numerics import BF16
 
-    check_add_norm(h, delta, norm_w)
+    if h.ndim != 2 or h.dtype != cupy.float32 or not h.flags.c_contiguous:
+        raise KernelError(f"router_add_norm: h must be contiguous float32 [T, H], found {h.dtype} {tuple(h.shape)}")
     t, hid = h.shape
+    if delta.shape != h.shape or delta.dtype not in (cupy.float32, BF16) or not delta.flags.c_contiguous:
+        raise KernelError(f"router_add_norm: delta must be contiguous float32 or bfloat16 {tuple(h.shape)}, "
+                          f"found {delta.dtype} {tuple(delta.shape)}")
+    if norm_w.shape != (hid,) or norm_w.dtype != cupy.float32:
+        raise KernelError(f"router_add_norm: the norm weight must be float32 [{hid}], found {norm_w.dtype} "
+                          f"{tuple(norm_w.shape)}")
+    if not 1 <= t <= LOGITS_KERNEL_MAX_T or hid > ADD_NORM_MAX_HIDDEN:
+        raise KernelError(f"router_add_norm: {t} tokens of hidden size {hid}: the fused launch takes 1.."
+                          f"{LOGITS_KERNEL_MAX_T} tokens and H <= {ADD_NORM_MAX_HIDDEN}; use add_rms_norm + route")
     x = cupy.empty((t, hid), BF16)
     _check_router(x, router_w)
     topk(cupy.empty((0, router_w.shape[0]), cupy.float32), top_k, norm, norm_topk_prob)  # validates the options
@@ -145,27 +155,6 @@ def route_add_norm(h, delta, norm_w, eps: float, router_w, top_k: int, norm: str
                                         np.int32(bool(norm_topk_prob)), logits, _counter(), ids, wts),
            shared_mem=2 * hid)
     return s, x, ids, wts
-
-
-def check_add_norm(h, delta, norm_w) -> None:
-    """The residual-update operands of route_add_norm (and moe_gemv.route_gate_up): h f32 [T, H], delta f32 or
-    bf16 [T, H], norm_w f32 [H], contiguous, 1 <= T <= LOGITS_KERNEL_MAX_T, H <= ADD_NORM_MAX_HIDDEN."""
-    import cupy
-
-    from lowbit.formats.numerics import BF16
-
-    if h.ndim != 2 or h.dtype != cupy.float32 or not h.flags.c_contiguous:
-        raise KernelError(f"router_add_norm: h must be contiguous float32 [T, H], found {h.dtype} {tuple(h.shape)}")
-    t, hid = h.shape
-    if delta.shape != h.shape or delta.dtype not in (cupy.float32, BF16) or not delta.flags.c_contiguous:
-        raise KernelError(f"router_add_norm: delta must be contiguous float32 or bfloat16 {tuple(h.shape)}, "
-                          f"found {delta.dtype} {tuple(delta.shape)}")
-    if norm_w.shape != (hid,) or norm_w.dtype != cupy.float32:
-        raise KernelError(f"router_add_norm: the norm weight must be float32 [{hid}], found {norm_w.dtype} "
-                          f"{tuple(norm_w.shape)}")
-    if not 1 <= t <= LOGITS_KERNEL_MAX_T or hid > ADD_NORM_MAX_HIDDEN:
-        raise KernelError(f"router_add_norm: {t} tokens of hidden size {hid}: the fused launch takes 1.."
-                          f"{LOGITS_KERNEL_MAX_T} tokens and H <= {ADD_NORM_MAX_HIDDEN}; use add_rms_norm + route")
 
 
 def align(ids, num_experts: int, bm: int) -> Permutation:

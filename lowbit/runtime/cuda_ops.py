@@ -59,7 +59,6 @@ class CudaOps:
             log.info("experts run one by one (host sync per layer): CUDA graph decode is off")
             cuda_graph = False
         self.fused = _fused(fused)
-        self._mid = None  # (ids, gate/up product) of the MoE block whose router ran fused with its gate/up
         self._fuse_linears()
         self.decoder = _GraphDecoder(self, capture=cuda_graph)
 
@@ -206,7 +205,7 @@ class CudaOps:
         """Decode: the residual update, the post-attention RMSNorm and the router in one launch
         (lowbit.kernels.moe_router.route_add_norm; LOWBIT_ROUTER_ADD_NORM=0 turns it off), as
         (h, x, (ids, weights)); None where it does not apply (then add_norm + router run)."""
-        from lowbit.kernels import moe, moe_router
+        from lowbit.kernels import moe_router
 
         w = self.lin.get(router)
         if not (self.fused and ROUTER_ADD_NORM and w is not None and w.scheme == "bf16" and w.experts is None
@@ -216,19 +215,8 @@ class CudaOps:
                 and h.flags.c_contiguous and delta.shape == h.shape
                 and delta.dtype in (self.xp.float32, self.bf16)):
             return None
-        delta = self.xp.ascontiguousarray(delta)
-        experts = self.moe.get(router.rsplit(".", 1)[0])
-        if experts is not None and moe.DECODE_KERNELS == "gemv":  # the gate/up launch fused in too, where it can
-            from lowbit.kernels.moe_gemv import route_gate_up
-
-            out = route_gate_up(h, delta, self.vector(norm), self.cfg.eps, w.tensors["weight"], top_k, "qwen3",
-                                renormalize, experts)
-            if out is not None:
-                s, x, ids, wts, mid = out
-                self._mid = (ids, mid)  # moe_experts on these ids runs the down launch only
-                return s, x, (ids, wts)
-        s, x, ids, wts = moe_router.route_add_norm(h, delta, self.vector(norm), self.cfg.eps, w.tensors["weight"],
-                                                   top_k, "qwen3", renormalize)
+        s, x, ids, wts = moe_router.route_add_norm(h, self.xp.ascontiguousarray(delta), self.vector(norm),
+                                                   self.cfg.eps, w.tensors["weight"], top_k, "qwen3", renormalize)
         return s, x, (ids, wts)
 
     def route(self, logits, top_k: int, renormalize: bool):
@@ -242,10 +230,8 @@ class CudaOps:
             from lowbit.kernels.moe import moe_experts
 
             ids = top if top.dtype == xp.int32 else top.astype(xp.int32)     # topk gives int32 / f32 already
-            mid = self._mid[1] if self._mid is not None and self._mid[0] is top else None
-            self._mid = None
             y = moe_experts(self._bf16_in(x), ids, w if w.dtype == xp.float32 else w.astype(xp.float32),
-                            self.moe[p], act=self.act, mid=mid)
+                            self.moe[p], act=self.act)
             return y if not self.cfg.shared_intermediate else y.astype(xp.float32)   # bf16: add_norm takes it
         out = xp.zeros(x.shape, xp.float32)
         top_h = xp.asnumpy(top)

@@ -261,23 +261,6 @@ __device__ __forceinline__ void stage_x(const Args& a, uint4* xs, int s_beg, int
   }
 }
 
-// stage_x for one token whose x row is already in shared memory (plain bf16, xrow; K a multiple of a lane
-// chunk's EC elements, so a chunk lies wholly inside K or past it): the same slab layout.
-template <class P>
-__device__ __forceinline__ void stage_x_row(const uint16_t* xrow, int k, uint4* xs, int s_beg, int s_len) {
-  constexpr int EC = P::EC, NP = EC / 2, NU = EC / 8;
-  for (int c = threadIdx.x; c < s_len * 4; c += blockDim.x) {
-    const int k0 = (s_beg * 4 + c) * EC;
-    uint32_t X[NP];
-#pragma unroll
-    for (int i = 0; i < NP; ++i) X[i] = k0 < k ? reinterpret_cast<const uint32_t*>(xrow + k0)[i] : 0u;
-    P::xperm(X);
-    uint4* dst = xs + (long)(c & ~3) * NU + (c & 3);
-#pragma unroll
-    for (int i = 0; i < NU; ++i) dst[4 * i] = make_uint4(X[4 * i], X[4 * i + 1], X[4 * i + 2], X[4 * i + 3]);
-  }
-}
-
 // The lane's x pairs of iteration it (it_rel = it - the slab's first) from the staged slab: xs[mt] is the shared
 // address of the lane's token row (tokens past M clamped to M - 1) plus its lane t. Volatile shared loads: the
 // compiler keeps them in program order with the mmas (asm volatile) instead of hoisting a stage's worth of x
@@ -513,9 +496,7 @@ __device__ __forceinline__ void compute_stage(const Args& a, const P& pa, const 
 // side_fast, decode, xperm, partial, out_scale. Iterations [it_beg, it_fast) run the fast loader (whole
 // stages of in-range chunks), the rest (a K tail, rows that are not 16-byte multiples) the general one.
 // Row ra of the tile comes from wA (policy pa), row rb from wB (pb).
-// XS: 0 x through L1, 1 x staged into shared memory here, 2 x staged by the caller (the fused router + gate/up
-// kernel, gemv_grouped.cuh, stages it from its own normalised row before the weights of this loop are known).
-template <class P, int MT, int MODE, int XS>
+template <class P, int MT, int MODE, bool XS>
 __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& pb, const uint8_t* wA,
                                           const uint8_t* wB, const Place& pl, int ra, int rb, int wr, int wk,
                                           int wr_n) {
@@ -552,7 +533,7 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
     load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it_beg, cur);
   }
   lb_pdl_wait();  // the first weights are in flight; x (an earlier kernel's output) is read from here on
-  if constexpr (XS == 1) {  // every warp of the CTA, active or not, takes part (one barrier)
+  if constexpr (XS) {  // every warp of the CTA, active or not, takes part (one barrier)
     if (dynamic_smem_bytes() < xs_need<P>(a, s_len)) __trap();  // a launcher bug: never read past the slab
     stage_x<P>(a, xs_smem, s_beg, s_len);
     __syncthreads();
@@ -561,7 +542,7 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
     for (int it0 = it_beg; it0 < it_fast; it0 += U) {
       Stage<P, MT, U> nxt;
       if (it0 + U < it_fast) load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it0 + U, nxt);
-      compute_stage<P, MT, U, true, XS != 0>(a, pa, pb, cur, xr, g, t, it0, it_fast, acc, xs, s_beg);
+      compute_stage<P, MT, U, true, XS>(a, pa, pb, cur, xr, g, t, it0, it_fast, acc, xs, s_beg);
       cur = nxt;
     }
   }
@@ -570,7 +551,7 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
     for (int it0 = it_fast; it0 < it_end; it0 += U) {
       Stage<P, MT, U> nxt;
       load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it0 + U, it_end, nxt);
-      compute_stage<P, MT, U, false, XS != 0>(a, pa, pb, cur, xr, g, t, it0, it_end, acc, xs, s_beg);
+      compute_stage<P, MT, U, false, XS>(a, pa, pb, cur, xr, g, t, it0, it_end, acc, xs, s_beg);
       cur = nxt;
     }
   }
