@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.kernels.launch import launch
-from lowbit.runtime.cuda_attend import ATTEND_SRC, Attention
+from lowbit.runtime.cuda_attend import ATTEND_EARLY, ATTEND_SRC, Attention
 
 
 _CUDA = Path(__file__).resolve().parents[1] / "kernels" / "cuda"
@@ -272,7 +272,8 @@ class Fused:
         import cupy
 
         self.cp = cupy
-        mod = cupy.RawModule(code=_SRC + ATTEND_SRC, options=("-std=c++17", f"-DLB_ADD_NORM_EARLY={ADD_NORM_EARLY:d}"))
+        mod = cupy.RawModule(code=_SRC + ATTEND_SRC, options=("-std=c++17", f"-DLB_ADD_NORM_EARLY={ADD_NORM_EARLY:d}",
+                                                               f"-DLB_ATTEND_EARLY={ATTEND_EARLY:d}"))
         self._rms = mod.get_function("rms_norm_f32")
         self._add_rms = mod.get_function("add_rms_norm")
         self._rope = mod.get_function("rope_f32")
