@@ -60,3 +60,47 @@ def test_header_comment(path):
     head = path.read_text().split("#include")[0].lower()
     for word in ("operands" if "act" not in path.name else "x bf16", "grid", "preconditions", "reference"):
         assert word in head, f"{path.name}: header comment lacks '{word}'"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("early", [0, 1])
+def test_runtime_fused_source_compiles(tmp_path, arch, early):
+    """The runtime's NVRTC module (lowbit/runtime/cuda_fused.py: the fused norms, RoPE, SwiGLU and the decode
+    attention) compiles with nvcc too, with the early PDL triggers on and off (ADD_NORM_EARLY, ATTEND_EARLY)."""
+    from lowbit.runtime.cuda_attend import ATTEND_SRC
+    from lowbit.runtime.cuda_fused import _SRC
+
+    src = tmp_path / "runtime_fused.cu"
+    src.write_text(_SRC + ATTEND_SRC)
+    cmd = ["nvcc", "-std=c++17", "-cubin", f"-arch={arch}", f"-DLB_ADD_NORM_EARLY={early}",
+           f"-DLB_ATTEND_EARLY={early}", "-o", str(tmp_path / "m.cubin"), str(src)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_runtime_early_triggers_take_effect(tmp_path):
+    """LB_ADD_NORM_EARLY / LB_ATTEND_EARLY each add one launch_dependents before the wait: in add_rms_norm and
+    in attend_split, and nowhere else."""
+    from lowbit.runtime.cuda_attend import ATTEND_SRC
+    from lowbit.runtime.cuda_fused import _SRC
+
+    src = tmp_path / "runtime_fused.cu"
+    src.write_text(_SRC + ATTEND_SRC)
+
+    def triggers(add_norm: int, attend: int) -> dict:
+        out = tmp_path / f"m{add_norm}{attend}.ptx"
+        cmd = ["nvcc", "-std=c++17", "-ptx", "-arch=sm_90a", f"-DLB_ADD_NORM_EARLY={add_norm}",
+               f"-DLB_ATTEND_EARLY={attend}", "-o", str(out), str(src)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        counts, name = {}, None
+        for line in out.read_text().splitlines():
+            if line.startswith(".visible .entry"):
+                name = line.split()[2].split("(")[0]
+            elif "griddepcontrol.launch_dependents" in line:
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    base = triggers(0, 0)
+    assert triggers(1, 0) == {**base, "add_rms_norm": base["add_rms_norm"] + 1}
+    assert triggers(0, 1) == {**base, "attend_split": base["attend_split"] + 1}
