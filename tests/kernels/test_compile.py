@@ -62,16 +62,23 @@ def test_header_comment(path):
         assert word in head, f"{path.name}: header comment lacks '{word}'"
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("early", [0, 1])
-def test_runtime_fused_source_compiles(tmp_path, arch, early):
-    """The runtime's NVRTC module (lowbit/runtime/cuda_fused.py: the fused norms, RoPE, SwiGLU and the decode
-    attention) compiles with nvcc too, with the early PDL triggers on and off (ADD_NORM_EARLY, ATTEND_EARLY)."""
+def _runtime_source(tmp_path):
+    """The runtime's NVRTC module source (lowbit/runtime/cuda_fused.py: the fused norms, RoPE, SwiGLU and the
+    decode attention) as a .cu file."""
     from lowbit.runtime.cuda_attend import ATTEND_SRC
     from lowbit.runtime.cuda_fused import _SRC
 
     src = tmp_path / "runtime_fused.cu"
     src.write_text(_SRC + ATTEND_SRC)
+    return src
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("early", [0, 1])
+def test_runtime_fused_source_compiles(tmp_path, arch, early):
+    """The runtime's NVRTC module compiles with nvcc too, with the early PDL triggers on and off
+    (ADD_NORM_EARLY, ATTEND_EARLY)."""
+    src = _runtime_source(tmp_path)
     cmd = ["nvcc", "-std=c++17", "-cubin", f"-arch={arch}", f"-DLB_ADD_NORM_EARLY={early}",
            f"-DLB_ATTEND_EARLY={early}", "-o", str(tmp_path / "m.cubin"), str(src)]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -81,11 +88,7 @@ def test_runtime_fused_source_compiles(tmp_path, arch, early):
 def test_runtime_early_triggers_take_effect(tmp_path):
     """LB_ADD_NORM_EARLY / LB_ATTEND_EARLY each add one launch_dependents before the wait: in add_rms_norm and
     in attend_split, and nowhere else."""
-    from lowbit.runtime.cuda_attend import ATTEND_SRC
-    from lowbit.runtime.cuda_fused import _SRC
-
-    src = tmp_path / "runtime_fused.cu"
-    src.write_text(_SRC + ATTEND_SRC)
+    src = _runtime_source(tmp_path)
 
     def triggers(add_norm: int, attend: int) -> dict:
         out = tmp_path / f"m{add_norm}{attend}.ptx"
