@@ -1,8 +1,7 @@
 """MoE decode step (routing given, CUDA graph of 32 steps with different tokens and routings): the two
 decode kernel families of lowbit.kernels.moe (DECODE_KERNELS "gemv" and "warp") side by side, the grouped
 GEMV with its down launch in shared memory (moe_gemv.DOWN_SMEM, "gemv") and split over K ("gemv_splitk"), and
-the grouped-GEMV launch plans around the planner's (with --sweep the gate/up launches in shared memory too), for
-Qwen3-30B-A3B (128 experts, top 8, 2048 x 768) and
+the grouped-GEMV launch plans around the planner's, for Qwen3-30B-A3B (128 experts, top 8, 2048 x 768) and
 Mixtral-8x7B (8 experts, top 2, 4096 x 14336) shapes. Roofline = the chosen experts' bytes at the copy
 bandwidth measured in the same run.
 Usage: python benchmarks/moe_decode_kernels.py OUT_DIR [--sweep] [--only=MODEL:SCHEME,...]"""
@@ -66,7 +65,7 @@ def main() -> None:
         row["regs"] = (int(fg.num_regs), int(fd.num_regs))
         if sweep:
             gu = {}
-            for c in dict.fromkeys((plan[0],) + GATE_UP + tuple(moe_gemv.gate_up_smem_candidates(mw, 0))):
+            for c in dict.fromkeys((plan[0],) + GATE_UP):
                 gu[c] = _graph_time(lambda j: moe_gemv.decode_gemv(xs[j], ids[j], wts[j], mw, only="gate_up",
                                                                    cfg=(c, plan[1])), steps) * 1e6
             dn = {}

@@ -1,9 +1,7 @@
 """The shared-memory GEMV build for decode (cuda/gemv_smem.cuh): a CTA per 16 output rows holds all of their K
 in shared memory, copied before its PDL wait, so that after the wait it only reads x and computes.
 
-Dense (`launch_dense`, gemv_smem_*_m8, M <= 8), the MoE down projection (`moe_gemv`, gemv_moe_down_smem_*) and
-the MoE gate/up projection (`moe_gemv`, gemv_moe_gate_up_smem_*: copied after the wait, as the experts are the
-router's output; its gain is every CTA's bytes requested at once).
+Dense (`launch_dense`, gemv_smem_*_m8, M <= 8) and the MoE down projection (`moe_gemv`, gemv_moe_down_smem_*).
 This module sizes their shared memory (the kernel's layout), says whether a launch fits (sm_90+, the device's
 opt-in shared-memory limit, one wave of CTAs for the dense form: its gain is weights already on chip when the
 previous kernel finishes, which a second wave would not have) and launches the dense form.
@@ -34,35 +32,14 @@ _BITS = {"bf16": 16, "fp8-block": 8, "nvfp4": 4, "int4": 4}
 _STATIC = 8 + 16 * 4 * 32 * 4 + 1024
 
 
-#: schemes whose side data the gate/up build (MOE_GATE_UP) reads at use instead of staging it in shared memory
-#: (fp8: one scale word a 128x128 block; the kernel's P::SIDE_AT_USE)
-SIDE_AT_USE = {"fp8-block"}
-#: static shared memory of the gate/up build (16 mbarriers and 16 warps x 16 fp32 sums) plus the reserved 1 KiB
-_STATIC_GATE_UP = 16 * 8 + 16 * 16 * 4 + 1024
-
-
-def smem_bytes(scheme: str, k: int, slots: int, warps: int, wk: int, side: bool = True) -> int:
+def smem_bytes(scheme: str, k: int, slots: int, warps: int, wk: int) -> int:
     """Dynamic shared memory of a CTA: slots x 16 rows of K at the padded pitch (gemv_smem.cuh's
-    smem_row_pitch), then (side) an 8-byte side slot per lane, row (2) and iteration of each of the `warps`
-    warps, each sweeping 1/wk of K."""
+    smem_row_pitch), then an 8-byte side slot per lane, row (2) and iteration of each of the `warps` warps,
+    each sweeping 1/wk of K."""
     row_bytes = k * _BITS[scheme] // 8
     pitch = -(-row_bytes // 128) * 128 + 64
     ipw = -(-(k // KI[scheme]) // wk)
-    return slots * 16 * pitch + (warps * ipw * 2 * 32 * SIDE_BYTES[scheme] if side else 0)
-
-
-def gate_up_smem_bytes(scheme: str, k: int, warps: int) -> int:
-    """Dynamic shared memory of a gate/up CTA (gemv_moe_gate_up_smem_*): 8 gate and 8 up rows of K (= hidden),
-    every warp sweeping 1/warps of K, side slots unless the scheme reads them at use (SIDE_AT_USE)."""
-    return smem_bytes(scheme, k, 1, warps, warps, side=scheme not in SIDE_AT_USE)
-
-
-def gate_up_fits(scheme: str, k: int, warps: int, device_id: int) -> bool:
-    """sm_90+, 1..MAX_WARPS warps with an iteration of K each at least, K a multiple of the iteration, the CTA's
-    shared memory within the opt-in limit."""
-    cc, optin, _, _, _ = _device(device_id)
-    return (cc >= 90 and 1 <= warps <= min(MAX_WARPS, k // KI[scheme]) and k % KI[scheme] == 0
-            and gate_up_smem_bytes(scheme, k, warps) <= optin)
+    return slots * 16 * pitch + warps * ipw * 2 * 32 * SIDE_BYTES[scheme]
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,12 +62,12 @@ def fits(scheme: str, k: int, slots: int, warps: int, wk: int, device_id: int) -
             and smem_bytes(scheme, k, slots, warps, wk) <= optin)
 
 
-def ctas_per_sm(fn, warps: int, smem: int, device_id: int, static: int = _STATIC) -> int:
+def ctas_per_sm(fn, warps: int, smem: int, device_id: int) -> int:
     """CTAs of `warps` warps and `smem` dynamic bytes that one SM holds at once (registers allocated per warp
-    in units of 256, shared memory (`static`: the kernel's static bytes plus the reserved 1 KiB), 2048 threads)."""
+    in units of 256, shared memory, 2048 threads)."""
     _, _, smem_sm, regs_sm, _ = _device(device_id)
     regs_warp = -(-int(fn.num_regs) * 32 // 256) * 256
-    return min(regs_sm // (regs_warp * warps), smem_sm // (smem + static), 2048 // (32 * warps))
+    return min(regs_sm // (regs_warp * warps), smem_sm // (smem + _STATIC), 2048 // (32 * warps))
 
 
 def _name(w, act: str) -> str:

@@ -43,10 +43,6 @@ DOWN_SMEM_MAX_BYTES = 160 * 1024
 #: from the sweep of benchmarks/moe_decode_kernels.py on H200 (2026-11-27), where the best plan differed
 #: by scheme and shape (gate/up 10-80 us, down 8-40 us: up to 2x between plans)
 GATE_UP_CANDIDATES = ((4, 2, 1), (4, 1, 2), (2, 4, 1), (8, 1, 1), (8, 1, 2))
-#: the gate/up launch with its rows in shared memory (("smem", warps), gemv_moe_gate_up_smem_*), timed beside the
-#: register plans with GATE_UP_SMEM_WARPS warps a CTA where it fits (LOWBIT_MOE_GATE_UP_SMEM=0: never)
-GATE_UP_SMEM = os.environ.get("LOWBIT_MOE_GATE_UP_SMEM", "1") != "0"
-GATE_UP_SMEM_WARPS = (2, 4, 8)
 DOWN_CANDIDATES = ((4, 2, 1), (4, 1, 2), (8, 1, 1), (2, 4, 1), (4, 1, 4), (2, 2, 4))
 _TUNED: dict = {}
 
@@ -107,23 +103,15 @@ def down_smem_bytes(scheme: str, k: int, i_dim: int, wk: int) -> int:
     return gemv_smem.smem_bytes(scheme, i_dim, k, k * wk, wk)
 
 
-def gate_up_smem_candidates(ew, device_id: int) -> list:
-    """The ("smem", warps) gate/up plans that fit these experts here (none with GATE_UP_SMEM off)."""
-    if not GATE_UP_SMEM:
-        return []
-    return [("smem", w) for w in GATE_UP_SMEM_WARPS if gemv_smem.gate_up_fits(ew.scheme, ew.hidden, w, device_id)]
-
-
 def down_smem_fits(ew, k: int, wk: int, device_id: int) -> bool:
     """Whether down_smem can run these experts (gemv_smem.fits: sm_90+, warps, I, shared memory)."""
     return gemv_smem.fits(ew.scheme, ew.intermediate, k, k * wk, wk, device_id)
 
 
 def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple | None = None):
-    """The grouped-GEMV decode. cfg = (gate_up plan, down plan) overrides the plans, each being (row tiles, warps
-    along K, splits) or ("smem", warps); else the first call of a shape times the candidates (the gate/up ones
-    in shared memory too, GATE_UP_SMEM) and keeps the fastest of each launch (down_smem by rule where it fits,
-    DOWN_SMEM)."""
+    """The grouped-GEMV decode. cfg = (gate_up plan, down plan) overrides the plans, a down plan being
+    (row tiles, warps along K, splits) or ("smem", wk); else the first call of a shape times the
+    candidates and keeps the fastest of each launch (down_smem by rule where it fits, DOWN_SMEM)."""
     import cupy
 
     from lowbit.kernels import gemv as _gemv
@@ -148,20 +136,6 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
                               f"1..{_gemv.WARPS} and splits in 1..1024")
 
     def gate_up(c):
-        if c[0] == "smem":  # a CTA per 8 rows and (token, slot), grid y: 8 gate + 8 up rows of K in shared memory
-            warps = c[1]
-            if not gemv_smem.gate_up_fits(ew.scheme, h_dim, warps, dev):
-                raise KernelError(f"{ew.gate.name}: the shared-memory gate/up launch does not fit {warps} warps of "
-                                  f"hidden size {h_dim} ({ew.scheme}) here; use a register plan")
-            f = gemv_fn("gate_up_smem", ew)
-            smem = gemv_smem.gate_up_smem_bytes(ew.scheme, h_dim, warps)
-            if f.max_dynamic_shared_size_bytes < smem:
-                f.max_dynamic_shared_size_bytes = smem
-            launch(f, (_cdiv(i_dim, 8), t * k), (warps * 32,),
-                   (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, h, _gemv.NULL,
-                    _gemv.NULL, ids, wts, *_expert_strides(ew.gate), np.int32(i_dim), np.int32(h_dim), np.int32(1),
-                    group, np.int32(warps), np.int32(k), np.int32(1)), shared_mem=smem)
-            return
         # tiles of 8 rows (gate rows i..i+7 with the same up rows), one grid z per (token, slot)
         check(c)
         wr, wk, s = c
@@ -213,8 +187,7 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
             cfg = (planned[0], smem_down or planned[1])  # timing is impossible inside a CUDA-graph capture
         else:
             flush = cupy.empty(FLUSH_BYTES, dtype=cupy.uint8)  # one for both tunings
-            best_gu = fastest_config(gate_up, fitting(planned[0], GATE_UP_CANDIDATES)
-                                     + gate_up_smem_candidates(ew, dev), flush)
+            best_gu = fastest_config(gate_up, fitting(planned[0], GATE_UP_CANDIDATES), flush)
             gate_up(best_gu)
             best_dn = smem_down or fastest_config(down, fitting(planned[1], DOWN_CANDIDATES), flush)
             cfg = _TUNED[key] = (best_gu, best_dn)

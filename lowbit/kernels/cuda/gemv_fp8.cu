@@ -23,7 +23,6 @@ template <bool A8>
 struct PolicyFP8 {
   static constexpr int EC = 16, BITS = 8;
   static constexpr bool PARTIAL = true, F16 = A8;  // A8: f16 mmas (x = f16 values of E4M3 codes)
-  static constexpr bool SIDE_AT_USE = true;  // one scale a 128x128 block: read through L1 at use (gemv_smem.cuh)
   const float* s;
   const float* xs;
   int kb_count, m, rowblock;
@@ -84,7 +83,4 @@ LB_GEMV_TMA_KERNEL(gemv_tma_fp8_a8_m8, PolicyFP8<true>, 1)
 LB_GEMV_TMA_KERNEL(gemv_tma_fp8_a8_m16, PolicyFP8<true>, 2)
 LB_GEMV_SMEM_KERNEL(gemv_smem_fp8_m8, PolicyFP8<false>)
 LB_GEMV_SMEM_KERNEL(gemv_smem_fp8_a8_m8, PolicyFP8<true>)
-// gate/up in shared memory: Qwen3-30B-A3B's 8 x 16 rows of 2 KiB fit 6 CTAs of 4 warps an SM (one wave)
-#undef LB_GU_SMEM_BOUNDS
-#define LB_GU_SMEM_BOUNDS __launch_bounds__(256, 3)
 LB_GEMV_MOE_KERNELS(fp8, PolicyFP8<false>)

@@ -10,8 +10,6 @@
 //    atomics on y.
 //  down_smem (gemv_moe_down_smem_*, small experts): a CTA = 16 output rows x every slot of one token, the
 //    slots' rows held in shared memory (gemv_smem.cuh).
-//  gate_up_smem (gemv_moe_gate_up_smem_*): a CTA = 8 gate rows + the same 8 up rows of one (token, slot), all
-//    of K in shared memory, copied right after the wait (gemv_smem.cuh).
 // Launched with PDL, a grouped GEMV waits before anything else (the expert ids are the router's output);
 // gate/up triggers its dependents only after that wait, so when the down launch starts the router has
 // finished and down_smem may read the ids and copy its weights before its own wait.
@@ -85,24 +83,6 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     a.ids = ids; a.wts = wts; a.ew = ew; a.es = es; a.ez = ez; a.topk = topk;                          \
     lb::gemv_smem_body<POLICY, lb::MOE_DOWN>(a);                                                      \
   }
-// The gate/up launch with its rows in shared memory (gemv_smem.cuh MOE_GATE_UP): the same argument list (splits
-// and sub unused; wk = the CTA's warps, each sweeping 1/wk of K).
-// LB_GU_SMEM_BOUNDS: its launch bounds, which a scheme's file may redefine before LB_GEMV_MOE_KERNELS (fp8: fewer
-// registers, so that the CTAs that fit an SM's shared memory fit its registers too).
-#ifndef LB_GU_SMEM_BOUNDS
-#define LB_GU_SMEM_BOUNDS __launch_bounds__(512)
-#endif
-#define LB_GEMV_MOE_GATE_UP_SMEM_KERNEL(NAME, POLICY)                                                 \
-  extern "C" __global__ void LB_GU_SMEM_BOUNDS                                                         \
-      NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint8_t* w2,     \
-           const void* s2, const int* z2, const float* g2, const uint16_t* x, uint16_t* y, float* ws,  \
-           int* cnt, const int* ids, const float* wts, long long ew, long long es, long long ez, int n, \
-           int k, int splits, int group, int wk, int topk, int sub) {                                 \
-    lb::Args a{w, s, z, gscale, x, nullptr, y, ws, cnt, n, k, 1, 1, group, wk};                        \
-    a.w2 = w2; a.s2 = s2; a.z2 = z2; a.g2 = g2; a.ids = ids; a.wts = wts;                               \
-    a.ew = ew; a.es = es; a.ez = ez; a.topk = topk;                                                    \
-    lb::gemv_smem_body<POLICY, lb::MOE_GATE_UP>(a);                                                   \
-  }
 // With GEMV_XS also the staged-x forms gemv_moe_gate_up_TAG_xs and gemv_moe_down_TAG_xs (common.cuh).
 #if GEMV_XS
 #define LB_GEMV_MOE_XS_KERNELS(TAG, POLICY)                                      \
@@ -115,5 +95,4 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
   LB_GEMV_MOE_KERNEL(gemv_moe_gate_up_##TAG, POLICY, MOE_GATE_UP, false)  \
   LB_GEMV_MOE_KERNEL(gemv_moe_down_##TAG, POLICY, MOE_DOWN, false)        \
   LB_GEMV_MOE_XS_KERNELS(TAG, POLICY)                                     \
-  LB_GEMV_MOE_DOWN_SMEM_KERNEL(gemv_moe_down_smem_##TAG, POLICY)         \
-  LB_GEMV_MOE_GATE_UP_SMEM_KERNEL(gemv_moe_gate_up_smem_##TAG, POLICY)
+  LB_GEMV_MOE_DOWN_SMEM_KERNEL(gemv_moe_down_smem_##TAG, POLICY)

@@ -13,15 +13,6 @@
 //    the slot's routing weight (and the expert's out_scale) before the sum. The expert ids are read before
 //    the wait: the gate/up launch before it triggers only after its own wait (gemv_grouped.cuh), so the
 //    router has finished when this kernel starts.
-//  MOE_GATE_UP (gemv_moe_gate_up_smem_*): grid (ceil(I / 8), T * topk); the CTA's 16 rows are rows row0..row0+7
-//    of the gate and the same rows of the up projection of expert ids[pair], pair = blockIdx.y; warp w sweeps
-//    part w of K (= H); the epilogue writes silu(gate) * up. The expert is the router's output, so the copy is
-//    issued after the PDL wait (and the trigger after it, as in gemv_grouped.cuh); its gain is depth: every
-//    CTA of the launch (one wave where the rows fit the GPU's shared memory) requests all of its bytes at once,
-//    where the register loop keeps ~2 KB a warp in flight. Each warp's part of K completes its own mbarrier, so
-//    that a warp computes as soon as its part is in (the compute overlaps the later parts' arrival), and its x
-//    is prefetched into L1 while it waits. Side data that is one word per 128x128 block
-//    (fp8: P::SIDE_AT_USE) is read through L1 at use instead of staged, so that more CTAs fit an SM.
 // Shared memory (dynamic): rows at a pitch of a multiple of 128 bytes plus 64 (the two rows a quarter-warp
 // reads fall in different banks), then warps x iterations x 2 rows x 32 lanes x 8 bytes of side data
 // (none for bf16); lowbit/kernels/gemv_smem.py computes the same size.
@@ -40,68 +31,36 @@ namespace lb {
 
 __host__ __device__ constexpr long smem_row_pitch(long row_bytes) { return (row_bytes + 127) / 128 * 128 + 64; }
 
-// Whether a policy's side data is one word per 128x128 block (P::SIDE_AT_USE): read at use, not staged.
-template <class P, class = void>
-struct side_at_use : std::false_type {};
-template <class P>
-struct side_at_use<P, std::void_t<decltype(P::SIDE_AT_USE)>> : std::bool_constant<P::SIDE_AT_USE> {};
-
 template <class P, int MODE>
 __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int EC = P::EC, KI = 4 * EC, U = GEMV_UNROLL;
-  constexpr bool GU = MODE == MOE_GATE_UP;
   using Side = typename P::Side;
   constexpr bool HAS_SIDE = !std::is_empty<Side>::value;
-  constexpr bool STAGE_SIDE = HAS_SIDE && !(GU && side_at_use<P>::value);  // gemv_smem.py: side_staged
   static_assert(sizeof(Side) <= 8, "a lane's side data must fit its 8-byte slot");
   extern __shared__ __align__(128) uint8_t dsm[];
-  __shared__ __align__(8) uint64_t bar[GU ? 16 : 1];  // gate/up: one a warp (its part of K), else one
-  __shared__ float red[GU ? 16 * 2 * 8 : 16 * 4 * 32];  // the warps' C tiles (gate/up: entries 0 and 2 of lanes t = 0)
+  __shared__ __align__(8) uint64_t bar;
+  __shared__ float red[16 * 4 * 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int nw = blockDim.x >> 5, row0 = blockIdx.x * (GU ? 8 : 16);
+  const int nw = blockDim.x >> 5, row0 = blockIdx.x * 16;
   const int slots = MODE == MOE_DOWN ? a0.topk : 1, wk = MODE == MOE_DOWN ? a0.wk : nw;
   const int j = warp / wk, part = warp % wk, token = MODE == MOE_DOWN ? (int)blockIdx.y : 0;
   const long row_bytes = (long)a0.k * P::BITS / 8, pitch = smem_row_pitch(row_bytes);
   const int iters = a0.k / KI, ipw = (iters + wk - 1) / wk;
   const int it_beg = min(iters, part * ipw), it_end = min(iters, it_beg + ipw);
   uint64_t* sides = reinterpret_cast<uint64_t*>(dsm + (long)slots * 16 * pitch) + (long)warp * ipw * 64 + lane;
-  const uint32_t b0 = (uint32_t)__cvta_generic_to_shared(&bar[0]), b = GU ? b0 + 8 * warp : b0;
+  const uint32_t b = (uint32_t)__cvta_generic_to_shared(&bar);
   if (threadIdx.x == 0) {
-    if constexpr (GU) {  // warp w's barrier completes with its part of the 16 rows: 64 bytes a row an iteration
-      for (int w = 0; w < nw; ++w) mbar_init(b0 + 8 * w, 1);
-      mbar_fence_init();
-      for (int w = 0; w < nw; ++w) {
-        const int beg = min(iters, w * ipw), end = min(iters, beg + ipw);
-        mbar_arrive_expect_tx(b0 + 8 * w, (uint32_t)(16 * 64 * (end - beg)));
-      }
-    } else {
-      mbar_init(b, 1);
-      mbar_fence_init();
-      mbar_arrive_expect_tx(b, (uint32_t)(slots * 16 * row_bytes));
-    }
+    mbar_init(b, 1);
+    mbar_fence_init();
+    mbar_arrive_expect_tx(b, (uint32_t)(slots * 16 * row_bytes));
   }
   __syncthreads();
-  if constexpr (GU) {
-    lb_pdl_wait();     // the expert ids and x are earlier kernels' outputs
-    lb_pdl_trigger();  // after the wait: the down launch may then read the router's ids before its own
-  }
-  const int pair = GU ? (int)blockIdx.y : 0;
-  const long e_gu = GU ? __ldcg(a0.ids + pair) : 0;
-  for (int i = threadIdx.x; i < (GU ? nw : slots) * 16; i += blockDim.x) {  // row i & 15 of slot i >> 4 (clamped past N)
-    if constexpr (GU) {  // row i & 15 (0-7: gate rows row0 + i, 8-15: the same rows of up), K part of warp i >> 4
-      const int ri = i & 15, w = i >> 4, r = min(row0 + (ri & 7), a0.n - 1);
-      const int beg = min(iters, w * ipw), end = min(iters, beg + ipw);
-      if (end > beg)
-        bulk_load((uint32_t)__cvta_generic_to_shared(dsm + ri * pitch + beg * 64),
-                  (ri < 8 ? a0.w : a0.w2) + e_gu * a0.ew + r * row_bytes + beg * 64, (uint32_t)(64 * (end - beg)),
-                  b0 + 8 * w);
-    } else {
-      const long e = MODE == MOE_DOWN ? __ldcg(a0.ids + token * slots + (i >> 4)) : 0;
-      const int r = min(row0 + (i & 15), a0.n - 1);
-      bulk_load((uint32_t)__cvta_generic_to_shared(dsm + i * pitch), a0.w + e * a0.ew + r * row_bytes,
-                (uint32_t)row_bytes, b);
-    }
+  for (int i = threadIdx.x; i < slots * 16; i += blockDim.x) {  // row i & 15 of slot i >> 4 (clamped past N)
+    const long e = MODE == MOE_DOWN ? __ldcg(a0.ids + token * slots + (i >> 4)) : 0;
+    const int r = min(row0 + (i & 15), a0.n - 1);
+    bulk_load((uint32_t)__cvta_generic_to_shared(dsm + i * pitch), a0.w + e * a0.ew + r * row_bytes,
+              (uint32_t)row_bytes, b);
   }
   Args a = a0;
   float pscale = 1.f;
@@ -110,20 +69,13 @@ __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
     a.x += (long)pair * a0.k;
     a = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, __ldcg(a0.ids + pair));
   }
-  Args au = a;  // gate/up: the up projection's tensors (the second policy)
-  if constexpr (GU) {
-    a.x += (long)(pair / a0.topk) * a0.k;
-    a.y += (long)pair * a0.n;
-    au = expert_args(a, a0.w2, a0.s2, a0.z2, a0.g2, (int)e_gu);
-    a = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, (int)e_gu);
-  }
-  const P p(a, row0), pb(au, row0);  // pb: rows g + 8 (gate/up: the up rows; else the same tensor as p)
+  const P p(a, row0);
   if constexpr (MODE == MOE_DOWN) pscale = __ldcg(a0.wts + token * slots + j) * p.out_scale(0);
-  const int rca = min(row0 + g, a.n - 1), rcb = GU ? rca : min(row0 + g + 8, a.n - 1);
-  if constexpr (STAGE_SIDE) {
+  const int rca = min(row0 + g, a.n - 1), rcb = min(row0 + g + 8, a.n - 1);
+  if constexpr (HAS_SIDE) {
     for (int it = it_beg; it < it_end; ++it) {
       const int k0 = (it * 4 + t) * EC;
-      const Side sa = p.side_fast(rca, k0), sb = pb.side_fast(rcb, k0);
+      const Side sa = p.side_fast(rca, k0), sb = p.side_fast(rcb, k0);
       uint64_t va = 0, vb = 0;
       memcpy(&va, &sa, sizeof(Side));
       memcpy(&vb, &sb, sizeof(Side));
@@ -131,18 +83,12 @@ __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
       sides[(it - it_beg) * 64 + 32] = vb;
     }
   }
-  if constexpr (!GU) {
-    lb_pdl_trigger();
-    lb_pdl_wait();  // x is the previous kernel's output
-  }
+  lb_pdl_trigger();
+  lb_pdl_wait();  // x is the previous kernel's output
   float acc[1][4];
   const uint16_t* xr[1];
   start_tile<1, EC>(a, g, t, acc, xr);
   const uint8_t* wa = dsm + (j * 16 + g) * pitch + t * 16;
-  if constexpr (GU) {  // x (the router's output, in L2) into L1 while the weights are in flight
-    if (xr[0] != nullptr)
-      for (int it = it_beg; it < it_end; ++it) asm volatile("prefetch.global.L1 [%0];" ::"l"(xr[0] + it * 4 * EC));
-  }
   mbar_wait(b, 0);
   for (int it0 = it_beg; it0 < it_end; it0 += U) {
     Stage<P, 1, U> st;
@@ -151,51 +97,27 @@ __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
       const int it = min(it0 + u, it_end - 1);  // past it_end: not computed (compute_stage's general form)
       st.wa[u] = *reinterpret_cast<const uint4*>(wa + it * 64);
       st.wb[u] = *reinterpret_cast<const uint4*>(wa + 8 * pitch + it * 64);
-      if constexpr (STAGE_SIDE) {
+      if constexpr (HAS_SIDE) {
         const uint64_t va = sides[(it - it_beg) * 64], vb = sides[(it - it_beg) * 64 + 32];
         memcpy(&st.sa[u], &va, sizeof(Side));
         memcpy(&st.sb[u], &vb, sizeof(Side));
-      } else if constexpr (HAS_SIDE) {
-        const int k0 = (it * 4 + t) * EC;
-        st.sa[u] = p.side_fast(rca, k0);
-        st.sb[u] = pb.side_fast(rcb, k0);
       }
     }
-    if (it0 + U <= it_end) compute_stage<P, 1, U, true>(a, p, pb, st, xr, g, t, it0, it_end, acc);
-    else compute_stage<P, 1, U, false>(a, p, pb, st, xr, g, t, it0, it_end, acc);
+    if (it0 + U <= it_end) compute_stage<P, 1, U, true>(a, p, p, st, xr, g, t, it0, it_end, acc);
+    else compute_stage<P, 1, U, false>(a, p, p, st, xr, g, t, it0, it_end, acc);
   }
-  // C tile entry r = 2h + q: row g + 8h, token 2t + q (MOE_DOWN, MOE_GATE_UP: token 0 only, i.e. lanes t = 0,
-  // q = 0; gate/up: h = 0 the gate row, h = 1 the up row)
-  if constexpr (GU) {
-    if (t == 0) {
-      red[warp * 16 + g] = acc[0][0];
-      red[warp * 16 + 8 + g] = acc[0][2];
-    }
-  } else {
+  // C tile entry r = 2h + q: row g + 8h, token 2t + q (MOE_DOWN: token 0 only, i.e. lanes t = 0, q = 0)
 #pragma unroll
-    for (int r = 0; r < 4; ++r) red[(warp * 4 + r) * 32 + lane] = acc[0][r] * pscale;
-  }
+  for (int r = 0; r < 4; ++r) red[(warp * 4 + r) * 32 + lane] = acc[0][r] * pscale;
   __syncthreads();
-  if constexpr (GU) {
-    if (threadIdx.x < 8 && row0 + (int)threadIdx.x < a0.n) {  // row row0 + i: the warps' gate and up sums
-      float vg = 0.f, vu = 0.f;
-      for (int w = 0; w < nw; ++w) {
-        vg += red[w * 16 + threadIdx.x];
-        vu += red[w * 16 + 8 + threadIdx.x];
-      }
-      a.y[row0 + threadIdx.x] =
-          __bfloat16_as_ushort(__float2bfloat16_rn(silu(vg * p.out_scale(0)) * (vu * pb.out_scale(0))));
-    }
-  } else {
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) {  // a CTA may have fewer than 128 threads
-      const int r = i >> 5, l = i & 31;
-      const int row = row0 + (l >> 2) + 8 * (r >> 1), tok = 2 * (l & 3) + (r & 1);
-      if (row < a0.n && tok < (MODE == MOE_DOWN ? 1 : a0.m)) {
-        float v = 0.f;
-        for (int w = 0; w < nw; ++w) v += red[(w * 4 + r) * 32 + l];
-        if constexpr (MODE != MOE_DOWN) v *= p.out_scale(tok);
-        a0.y[(long)(token + tok) * a0.n + row] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
-      }
+  for (int i = threadIdx.x; i < 128; i += blockDim.x) {  // a CTA may have fewer than 128 threads
+    const int r = i >> 5, l = i & 31;
+    const int row = row0 + (l >> 2) + 8 * (r >> 1), tok = 2 * (l & 3) + (r & 1);
+    if (row < a0.n && tok < (MODE == MOE_DOWN ? 1 : a0.m)) {
+      float v = 0.f;
+      for (int w = 0; w < nw; ++w) v += red[(w * 4 + r) * 32 + l];
+      if constexpr (MODE != MOE_DOWN) v *= p.out_scale(tok);
+      a0.y[(long)(token + tok) * a0.n + row] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
     }
   }
 #endif
