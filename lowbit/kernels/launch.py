@@ -24,14 +24,13 @@ import numpy as np
 
 from lowbit.errors import KernelError
 
-_CLUSTER_DIMENSION, _PROGRAMMATIC_STREAM_SERIALIZATION = 4, 6  # CUlaunchAttributeID
-_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID
 
 
 class _LaunchAttribute(ctypes.Structure):
-    # CUlaunchAttribute: the id, padding to 8 bytes, a 64-byte value union (PDL: its leading int; cluster
-    # dimension: its leading three unsigned ints)
-    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_uint * 16)]
+    # CUlaunchAttribute: the id, padding to 8 bytes, a 64-byte value union (here its leading int)
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int),
+                ("value_pad", ctypes.c_char * 60)]
 
 
 class _LaunchConfig(ctypes.Structure):
@@ -98,12 +97,11 @@ class _Packer(threading.local):
         self.buf = ctypes.create_string_buffer(8 * _MAX_ARGS)
         base = ctypes.addressof(self.buf)
         self.params = (ctypes.c_void_p * _MAX_ARGS)(*[base + 8 * i for i in range(_MAX_ARGS)])
-        self.attrs = (_LaunchAttribute * 2)()
-        self.attrs[0].id = _PROGRAMMATIC_STREAM_SERIALIZATION
-        self.attrs[0].value[0] = 1  # programmaticStreamSerializationAllowed
-        self.attrs[1].id = _CLUSTER_DIMENSION  # used by launches with a cluster shape (numAttrs 2)
+        self.attr = _LaunchAttribute()
+        self.attr.id = _PROGRAMMATIC_STREAM_SERIALIZATION
+        self.attr.value = 1  # programmaticStreamSerializationAllowed
         self.cfg = _LaunchConfig()
-        self.cfg.attrs = ctypes.cast(self.attrs, ctypes.POINTER(_LaunchAttribute))
+        self.cfg.attrs = ctypes.pointer(self.attr)
         self.cfg.numAttrs = 1
         self.formats: dict[tuple, str] = {}
 
@@ -130,29 +128,8 @@ def _dims(d) -> tuple[int, int, int]:
     return d + (1,) * (3 - len(d))
 
 
-@functools.lru_cache(maxsize=None)
-def _func_set_attribute():
-    f = ctypes.CDLL("libcuda.so.1").cuFuncSetAttribute
-    f.restype = ctypes.c_int
-    f.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    return f
-
-
-def allow_cluster(fn, size: int) -> bool:
-    """Whether fn may be launched in clusters of `size` CTAs here (sm_90+, PDL launches on): up to 8 always, up
-    to 16 where the driver accepts the non-portable size for this function."""
-    func = getattr(fn, "kernel", fn)
-    if not pdl_enabled() or not hasattr(func, "ptr") or size > 16:
-        return False
-    if size <= 8:
-        return True
-    return _func_set_attribute()(func.ptr, _NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1) == 0
-
-
-def launch(fn, grid, block, args, shared_mem: int = 0, cluster: tuple | None = None) -> None:
-    """fn(grid, block, args, shared_mem=...) with PDL where it is on (see the module docstring). cluster: a
-    cluster shape (x, y, z) for a kernel that reads its cluster size (%cluster_nctarank) and works without one
-    too: it is launched in clusters only on the PDL path (check allow_cluster first)."""
+def launch(fn, grid, block, args, shared_mem: int = 0) -> None:
+    """fn(grid, block, args, shared_mem=...) with PDL where it is on (see the module docstring)."""
     func = getattr(fn, "kernel", fn)  # a cupy RawKernel holds its cupy.cuda.function.Function here
     if not pdl_enabled() or not hasattr(func, "ptr"):
         fn(grid, block, args, shared_mem=shared_mem)
@@ -165,15 +142,7 @@ def launch(fn, grid, block, args, shared_mem: int = 0, cluster: tuple | None = N
     cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = _dims(block)
     cfg.sharedMemBytes = int(shared_mem)
     cfg.hStream = cupy.cuda.get_current_stream().ptr
-    if cluster is not None:
-        value = _PACKER.attrs[1].value
-        value[0], value[1], value[2] = _dims(cluster)
-        cfg.numAttrs = 2
-    try:
-        err = _driver()(ctypes.byref(cfg), func.ptr, params, None)
-    finally:
-        cfg.numAttrs = 1
+    err = _driver()(ctypes.byref(cfg), func.ptr, params, None)
     if err != 0:
         raise KernelError(f"cuLaunchKernelEx failed with CUresult {err} (grid {grid}, block {block}, "
-                          f"{shared_mem} bytes of shared memory, cluster {cluster}); LOWBIT_PDL=0 launches "
-                          "without PDL")
+                          f"{shared_mem} bytes of shared memory); LOWBIT_PDL=0 launches without PDL")

@@ -3,9 +3,7 @@
 Two kernels, the same math (tests/runtime/test_attend.py checks both against float64 numpy):
   attend_split  the default: the keys [t0, T) of a head are cut into ranges (flash-decoding), a block per
                 (head, range); each block writes its range's (max, exp-sum, unnormalised output) and the
-                last block of the head to finish combines them in range order, or (launched in clusters of a
-                head's ranges, ATTEND_CLUSTER) block rank 0 combines them from the blocks' shared memory after a
-                cluster barrier. Deterministic.
+                last block of the head to finish combines them in range order. Deterministic.
   attend_f32    one block per query head over all its keys (LOWBIT_ATTEND_SPLIT=0).
 Causal up to the device-held position, optional sliding window; keys past the position are never read
 (a captured graph replays at any position below its span). The CUDA source is appended to the fused
@@ -32,10 +30,6 @@ ATTEND_QKV = os.environ.get("LOWBIT_ATTEND_QKV", "1") != "0"
 #: weights while the q|k|v GEMV still runs. Same run, H100, 2026-11-28: Qwen3-30B-A3B fp8 decode 407.0 / 410.9
 #: tok/s against 400.0 / 402.8 (LOWBIT_ATTEND_EARLY=0: after the wait)
 ATTEND_EARLY = os.environ.get("LOWBIT_ATTEND_EARLY", "1") != "0"
-#: attend_split launched in clusters of a head's ranges (sm_90+, PDL launches; up to 16 blocks where the driver
-#: allows that size, else up to 8): the last step combines the ranges through distributed shared memory after a
-#: cluster barrier instead of a global workspace, a fence and an atomic ticket (LOWBIT_ATTEND_CLUSTER=0: never)
-ATTEND_CLUSTER = os.environ.get("LOWBIT_ATTEND_CLUSTER", "1") != "0"
 
 ATTEND_SRC = r"""
 // Keys [a0, a1) of one kv head (kb: [max_ctx, d]) against the query qs ([d], shared memory, ready): the
@@ -169,14 +163,6 @@ extern "C" __global__ void attend_split(const float* q, float* k,
             if (j < d) { k[at] = kv; v[at] = vv; }
         }
     }
-    // clustered (launched in clusters of the head's `splits` blocks, see the launcher): the partials stay in each
-    // block's shared memory and rank 0 combines them through distributed shared memory after a cluster barrier,
-    // instead of the global workspace, a fence, an atomic ticket and two L2 round trips
-    unsigned ncta;
-    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(ncta));
-    const bool clustered = ncta > 1;
-    __shared__ float cw[2 + LB_SPLIT_THREADS];  // clustered: this block's {m, l, o[0..d)}
-    if (clustered) w = cw;
     if (n > 0) {
         float* qs = sh;
         float* s = sh + d;
@@ -197,54 +183,6 @@ extern "C" __global__ void attend_split(const float* q, float* k,
     } else if (threadIdx.x == 0) {
         w[0] = __int_as_float(0xff800000);
         w[1] = 0.f;
-    }
-    if (clustered) {  // every thread of every block of the cluster reaches both barriers
-        __shared__ float cwsc[32];
-        asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-        unsigned rank;
-        asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-        if (rank == 0) {
-            const int active = min(splits, (T - t0 + per - 1) / per);
-            const unsigned base = (unsigned)__cvta_generic_to_shared(cw);
-            if (threadIdx.x < 32) {
-                const int lane = threadIdx.x;
-                float m = __int_as_float(0xff800000), l = 0.f;
-                if (lane < active) {
-                    unsigned ra;
-                    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(base), "r"(lane));
-                    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(m) : "r"(ra));
-                    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(l) : "r"(ra + 4));
-                }
-                float M = m;
-                for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-                const float e = lane < active ? expf(m - M) : 0.f;
-                float L = l * e;
-                for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
-                cwsc[lane] = e / L;
-            }
-            __syncthreads();
-            for (int j = threadIdx.x; j < d; j += blockDim.x) {
-                float o[LB_SPLIT_MAX];  // every range's column j in flight together, then summed in range order
-#pragma unroll
-                for (int q2 = 0; q2 < LB_SPLIT_MAX; ++q2) {
-                    o[q2] = 0.f;
-                    if (q2 < active) {
-                        unsigned ra;
-                        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
-                                     : "=r"(ra) : "r"(base + 4u * (2 + j)), "r"(q2));
-                        asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(o[q2]) : "r"(ra));
-                    }
-                }
-                float acc = 0.f;
-#pragma unroll
-                for (int q2 = 0; q2 < LB_SPLIT_MAX; ++q2)
-                    if (q2 < active) acc += o[q2] * cwsc[q2];
-                if (outb) outb[(long long)h * d + j] = to_bf16_rne(acc); else out[(long long)h * d + j] = acc;
-            }
-        }
-        // no block leaves (and frees its shared memory) before rank 0 has read it
-        asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-        return;
     }
     __threadfence();
     __syncthreads();
@@ -277,7 +215,7 @@ extern "C" __global__ void attend_split(const float* q, float* k,
     }
     if (threadIdx.x == 0) cnt[h] = 0;
 }
-""".replace("LB_SPLIT_THREADS", str(SPLIT_THREADS)).replace("LB_SPLIT_MAX", str(SPLIT_MAX))
+""".replace("LB_SPLIT_THREADS", str(SPLIT_THREADS))
 
 
 
@@ -297,7 +235,6 @@ class Attention:
         self._attend = mod.get_function("attend_f32")
         self._attend_split = mod.get_function("attend_split")
         self._split_bufs: dict = {}
-        self._cluster_ok: dict = {}
 
     def _split_ws(self, heads: int, splits: int, d: int):
         """attend_split's partials [heads, splits, d + 2] f32 and per-head counters (zeroed once, self-resetting),
@@ -341,23 +278,13 @@ class Attention:
                       np.float32(qkv["eps"])) if qkv else (null,) * 6 + (np.float32(0),))
             self._launch(self._attend_split, (heads, splits), (SPLIT_THREADS,),
                          common + (ws, cnt, np.int32(SPLIT_MIN_KEYS)) + fused + (np.int32(heads), np.int32(kv_heads)),
-                         shared_mem=4 * (d + per), cluster=(1, splits, 1) if self._clustered(splits) else None)
+                         shared_mem=4 * (d + per))
         else:
             if qkv is not None:
                 raise ValueError("attend: the fused q|k|v input needs attend_split (LOWBIT_ATTEND_SPLIT=1)")
             smem = 4 * (d + span + 4 + max(1, ATTEND_THREADS // d) * d)
             self._launch(self._attend, (heads,), (ATTEND_THREADS,), common, shared_mem=smem)
         return out
-
-    def _clustered(self, splits: int) -> bool:
-        """Whether attend_split runs its `splits` ranges of a head as one cluster (ATTEND_CLUSTER)."""
-        if not ATTEND_CLUSTER or splits < 2:
-            return False
-        if splits not in self._cluster_ok:
-            from lowbit.kernels.launch import allow_cluster
-
-            self._cluster_ok[splits] = allow_cluster(self._attend_split, splits)
-        return self._cluster_ok[splits]
 
     @staticmethod
     def fuses_qkv(d: int) -> bool:

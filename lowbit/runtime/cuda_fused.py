@@ -355,11 +355,11 @@ class Fused:
         return self._silu(g, u)
 
     @staticmethod
-    def _launch(fn, grid, block, args, shared_mem: int = 0, cluster: tuple | None = None):
+    def _launch(fn, grid, block, args, shared_mem: int = 0):
         """With programmatic dependent launch where it is on (lowbit.kernels.launch; LOWBIT_FUSED_PDL=0: these
-        kernels launch plainly, the GEMVs keep PDL), in clusters of `cluster` where given (attend_split)."""
+        kernels launch plainly, the GEMVs keep PDL)."""
         if FUSED_PDL:
-            launch(fn, grid, block, args, shared_mem, cluster=cluster)
+            launch(fn, grid, block, args, shared_mem)
         else:
             fn(grid, block, args, shared_mem=shared_mem)
 

@@ -133,33 +133,3 @@ def test_attend_fused_with_qkv_matches_numpy(norms, bias, heads, kv_heads, d, t_
     others[p] = False
     np.testing.assert_array_equal(kg[:, others], k[:, others])  # NaNs compare equal here
     np.testing.assert_array_equal(vg[:, others], v[:, others])
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("heads,kv_heads,d,t_len,span,window", CASES)
-def test_attend_split_in_clusters_equals_the_atomic_combine(monkeypatch, heads, kv_heads, d, t_len, span, window):
-    """attend_split launched in clusters of a head's ranges (rank 0 combines them through distributed shared
-    memory, ATTEND_CLUSTER) gives the same bits as the global workspace + atomic ticket combine; on an sm_90+
-    device with PDL launches the clustered form is really taken (up to 16 ranges: the non-portable size)."""
-    import cupy
-
-    from lowbit.kernels.launch import pdl_enabled
-    from lowbit.runtime import cuda_attend, cuda_fused
-
-    fused = cuda_fused.Fused()
-    rng = np.random.default_rng(t_len)
-    q = cupy.asarray(rng.standard_normal((heads, d), dtype=np.float32))
-    k = cupy.asarray(rng.standard_normal((kv_heads, span, d), dtype=np.float32))
-    v = cupy.asarray(rng.standard_normal((kv_heads, span, d), dtype=np.float32))
-    pos = cupy.asarray([t_len - 1], dtype=cupy.int32)
-    splits = cuda_attend.attend_splits(span)
-    if splits > 1 and pdl_enabled() and cuda_fused.FUSED_PDL:
-        assert fused._attention._clustered(splits), f"{splits} ranges were not launched as a cluster"
-    got = {}
-    for clustered in (True, False):
-        monkeypatch.setattr(cuda_attend, "ATTEND_CLUSTER", clustered)
-        for bf16 in (False, True):
-            got[clustered, bf16] = cupy.asnumpy(fused.attend(q, k, v, pos, span, 1 / np.sqrt(d), window, bf16=bf16))
-    for bf16 in (False, True):
-        np.testing.assert_array_equal(got[True, bf16].view(np.uint16 if bf16 else np.uint32),
-                                      got[False, bf16].view(np.uint16 if bf16 else np.uint32))
