@@ -76,8 +76,6 @@
 #include <cuda_fp8.h>
 #include <stdint.h>
 
-#include <type_traits>
-
 #include "gemv_math.cuh"
 #include "pdl.cuh"
 
@@ -238,37 +236,11 @@ __device__ __forceinline__ long xs_need(const Args& a, int s_len) {
 // H200). Measured and dropped: the copies made with cp.async (16-byte asynchronous copies, the permute in place
 // after them) lost the gain at M = 1 (Mixtral nvfp4 decode 236 against 241 tok/s with x through L1).
 // tid / nthr: the calling thread's index among the nthr threads that share the copy (the TMA build: its consumers).
-//
-// X_F16 policies (P::X_F16, the fp8 W8A16 grouped GEMVs): x is staged as f16 for f16 mmas, whose E4M3 weight codes
-// then cost one hardware cvt a pair (e4m3x2 -> f16x2) instead of four instructions to bf16x2. Each token's
-// values are scaled by a power of two 2^s chosen from the token's largest magnitude over the slab (s = 15 - its
-// exponent: every bf16 value of the slab is then exact in f16, down to magnitudes 2^-24 / 2^s, i.e. 2^-39 of
-// the largest, where f16 rounds them), and lb_xinv[token] = 2^-s undoes it in P::partial. Every thread of the
-// CTA must call stage_x for these (two barriers inside).
-__shared__ float lb_xinv[16];  // X_F16: 2^-s of each token of the staged slab
-__shared__ int lb_xmax[16];    // X_F16: the bits of each token's largest magnitude (atomicMax)
-
-template <class P, class = void>
-struct x_f16 : std::false_type {};
-template <class P>
-struct x_f16<P, std::void_t<decltype(P::X_F16)>> : std::bool_constant<P::X_F16> {};
-
-// bf16 pair -> f16 pair of the values times sc (a power of two: exact where the result is an f16 normal)
-__device__ __forceinline__ uint32_t bf16x2_to_f16x2_scaled(uint32_t v, float sc) {
-  const __half2 h = __floats2half2_rn(__uint_as_float(v << 16) * sc, __uint_as_float(v & 0xffff0000u) * sc);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
 template <class P>
 __device__ __forceinline__ void stage_x(const Args& a, uint4* xs, int s_beg, int s_len, int tid = threadIdx.x,
                                         int nthr = blockDim.x) {
   constexpr int EC = P::EC, NP = EC / 2, NU = EC / 8, XB = 32 / NP;
-  constexpr bool XH = x_f16<P>::value;
   const int per_token = s_len * 4, chunks = a.m * per_token;  // lane chunks
-  if constexpr (XH) {
-    if (tid < 16) lb_xmax[tid] = 0;
-    __syncthreads();
-  }
   for (int c0 = tid; c0 < chunks; c0 += XB * nthr) {
     uint32_t X[XB][NP];
 #pragma unroll
@@ -285,38 +257,7 @@ __device__ __forceinline__ void stage_x(const Args& a, uint4* xs, int s_beg, int
 #pragma unroll
       for (int i = 0; i < NU; ++i)
         dst[4 * i] = make_uint4(X[b][4 * i], X[b][4 * i + 1], X[b][4 * i + 2], X[b][4 * i + 3]);
-      if constexpr (XH) {  // the chunk's largest magnitude (bf16 bits << 16 order like the floats they are)
-        uint32_t mx = 0u;
-#pragma unroll
-        for (int i = 0; i < NP; ++i) mx = max(mx, max((X[b][i] << 16) & 0x7fff0000u, X[b][i] & 0x7fff0000u));
-        atomicMax(&lb_xmax[token], (int)mx);
-      }
     }
-  }
-  if constexpr (XH) {  // the tokens' scales, then the chunks this thread wrote converted in place
-    __syncthreads();
-    if (tid < a.m) {
-      const int e = min(127, (int)((uint32_t)lb_xmax[tid] >> 23) - 127), sh = e < -85 ? 100 : 15 - e;  // 2^sh
-      lb_xinv[tid] = __uint_as_float((uint32_t)(127 - sh) << 23);
-    }
-    for (int c0 = tid; c0 < chunks; c0 += XB * nthr)
-#pragma unroll
-      for (int b = 0; b < XB; ++b) {
-        const int c = c0 + b * nthr, token = c / per_token, r = c - token * per_token;
-        if (c >= chunks) break;
-        const int e = min(127, (int)((uint32_t)lb_xmax[token] >> 23) - 127), sh = e < -85 ? 100 : 15 - e;
-        const float sc = __uint_as_float((uint32_t)(127 + sh) << 23);
-        uint4* dst = xs + ((long)token * per_token + (r & ~3)) * NU + (r & 3);
-#pragma unroll
-        for (int i = 0; i < NU; ++i) {
-          uint4 v = dst[4 * i];
-          v.x = bf16x2_to_f16x2_scaled(v.x, sc);
-          v.y = bf16x2_to_f16x2_scaled(v.y, sc);
-          v.z = bf16x2_to_f16x2_scaled(v.z, sc);
-          v.w = bf16x2_to_f16x2_scaled(v.w, sc);
-          dst[4 * i] = v;
-        }
-      }
   }
 }
 

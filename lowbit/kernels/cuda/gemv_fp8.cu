@@ -19,13 +19,10 @@
 #include "gemv_grouped.cuh"
 #include "gemv_tma.cuh"
 
-// XH (W8A16 only, the staged-x grouped GEMVs): x staged as f16 scaled per token by a power of two (common.cuh
-// stage_x, X_F16), so that the weight codes take the A8 path's one-cvt f16 decode; partial() undoes the scale.
-template <bool A8, bool XH = false>
+template <bool A8>
 struct PolicyFP8 {
   static constexpr int EC = 16, BITS = 8;
-  static constexpr bool PARTIAL = true, F16 = A8 || XH;  // f16 mmas (A8: x = f16 values of E4M3 codes)
-  static constexpr bool X_F16 = XH;
+  static constexpr bool PARTIAL = true, F16 = A8;  // A8: f16 mmas (x = f16 values of E4M3 codes)
   const float* s;
   const float* xs;
   int kb_count, m, rowblock;
@@ -47,7 +44,7 @@ struct PolicyFP8 {
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      if constexpr (F16) {
+      if constexpr (A8) {
         A[2 * i] = lb::e4m3x2_to_f16x2((uint16_t)(w[i] & 0xffffu));
         A[2 * i + 1] = lb::e4m3x2_to_f16x2((uint16_t)(w[i] >> 16));
       } else {
@@ -68,9 +65,6 @@ struct PolicyFP8 {
         const int t0 = 8 * mt + 2 * t, t1 = t0 + 1;
         x0 = t0 < m ? __ldca(xs + (long)t0 * kb_count + kb) : 0.f;
         x1 = t1 < m ? __ldca(xs + (long)t1 * kb_count + kb) : 0.f;
-      } else if (XH) {  // the staged tokens' 2^-s (tokens past M read token M - 1's x: never written)
-        x0 = lb::lb_xinv[min(8 * mt + 2 * t, m - 1)];
-        x1 = lb::lb_xinv[min(8 * mt + 2 * t + 1, m - 1)];
       }
       acc[mt][0] += part[mt][0] * (sa.sw * x0); acc[mt][1] += part[mt][1] * (sa.sw * x1);
       acc[mt][2] += part[mt][2] * (sb.sw * x0); acc[mt][3] += part[mt][3] * (sb.sw * x1);
@@ -89,9 +83,4 @@ LB_GEMV_TMA_KERNEL(gemv_tma_fp8_a8_m8, PolicyFP8<true>, 1)
 LB_GEMV_TMA_KERNEL(gemv_tma_fp8_a8_m16, PolicyFP8<true>, 2)
 LB_GEMV_SMEM_KERNEL(gemv_smem_fp8_m8, PolicyFP8<false>)
 LB_GEMV_SMEM_KERNEL(gemv_smem_fp8_a8_m8, PolicyFP8<true>)
-// The grouped GEMVs' staged-x forms with x in f16 (GEMV_FP8_XH, default 1; LOWBIT_GEMV_FP8_XH=0: bf16)
-#ifndef GEMV_FP8_XH
-#define GEMV_FP8_XH 1
-#endif
-using PolicyFP8XS = PolicyFP8<false, GEMV_FP8_XH != 0>;
-LB_GEMV_MOE_KERNELS_XSP(fp8, PolicyFP8<false>, PolicyFP8XS)
+LB_GEMV_MOE_KERNELS(fp8, PolicyFP8<false>)

@@ -91,10 +91,8 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
 #else
 #define LB_GEMV_MOE_XS_KERNELS(TAG, POLICY)
 #endif
-#define LB_GEMV_MOE_KERNELS(TAG, POLICY) LB_GEMV_MOE_KERNELS_XSP(TAG, POLICY, POLICY)
-// XSPOLICY: the staged-x forms' policy (fp8: x staged in f16, PolicyFP8XS)
-#define LB_GEMV_MOE_KERNELS_XSP(TAG, POLICY, XSPOLICY)                    \
+#define LB_GEMV_MOE_KERNELS(TAG, POLICY)                                  \
   LB_GEMV_MOE_KERNEL(gemv_moe_gate_up_##TAG, POLICY, MOE_GATE_UP, false)  \
   LB_GEMV_MOE_KERNEL(gemv_moe_down_##TAG, POLICY, MOE_DOWN, false)        \
-  LB_GEMV_MOE_XS_KERNELS(TAG, XSPOLICY)                                   \
+  LB_GEMV_MOE_XS_KERNELS(TAG, POLICY)                                     \
   LB_GEMV_MOE_DOWN_SMEM_KERNEL(gemv_moe_down_smem_##TAG, POLICY)
