@@ -254,8 +254,10 @@ FUSED_PDL = os.environ.get("LOWBIT_FUSED_PDL", "1") != "0"
 #: add_rms_norm triggers the next kernel's launch before its own PDL wait, so that the GEMV after it (the next
 #: layer's q|k|v, or the MLP's gate/up) copies its weights while the kernels before the norm still run (the MoE
 #: down launch computes from shared memory and leaves DRAM idle). Same run, H100, 2026-11-28: Qwen3-30B-A3B fp8
-#: decode 403.8 / 406.3 tok/s against 392.8 / 393.5, Mixtral-8x7B nvfp4 233.2 against 227.8. LOWBIT_ADD_NORM_EARLY=0:
-#: after the wait, as the other small kernels (pdl.cuh)
+#: decode 403.8 / 406.3 tok/s against 392.8 / 393.5, Mixtral-8x7B nvfp4 233.2 against 227.8. Same run, H200, both
+#: early triggers (this and cuda_attend.ATTEND_EARLY) against neither: Qwen3 fp8 452.7 / 451.5 against 438.2 / 436.2,
+#: Mixtral nvfp4 255.3 / 256.4 against 251.5 / 251.7. LOWBIT_ADD_NORM_EARLY=0: after the wait, as the other small
+#: kernels (pdl.cuh)
 ADD_NORM_EARLY = os.environ.get("LOWBIT_ADD_NORM_EARLY", "1") != "0"
 
 
