@@ -30,17 +30,29 @@ ATTEND_QKV = os.environ.get("LOWBIT_ATTEND_QKV", "1") != "0"
 #: weights while the q|k|v GEMV still runs. Same run, H100, 2026-11-28: Qwen3-30B-A3B fp8 decode 407.0 / 410.9
 #: tok/s against 400.0 / 402.8 (LOWBIT_ATTEND_EARLY=0: after the wait)
 ATTEND_EARLY = os.environ.get("LOWBIT_ATTEND_EARLY", "1") != "0"
+#: attend_split copies its range's cached keys and values into shared memory before its PDL wait (cp.async), when
+#: they fit STAGE_SMEM bytes with the query and scores (LOWBIT_ATTEND_STAGE=0: read from global memory after it)
+ATTEND_STAGE = os.environ.get("LOWBIT_ATTEND_STAGE", "1") != "0"
+STAGE_SMEM = 44 * 1024
 
 ATTEND_SRC = r"""
-// Keys [a0, a1) of one kv head (kb: [max_ctx, d]) against the query qs ([d], shared memory, ready): the
-// scaled scores into s[0 .. a1 - a0), then s <- exp(s - mx); mx and the sum of s out. Each warp takes KPW keys
-// at a time (independent loads in flight), lanes split d. Every thread of the block calls it (barriers inside;
-// it ends on one).
-__device__ __forceinline__ void range_softmax(const float* qs, const float* kb, int a0, int a1, int d, float scale, float* s,
+// 16-byte asynchronous copies global -> shared, L2 only (cp.async.cg; sm_80 and later)
+__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// The n keys kr[0 .. n) ([n, d]: a range's rows of one kv head, in global or shared memory) against the query
+// qs ([d], shared memory, ready): the scaled scores into s[0 .. n), then s <- exp(s - mx); mx and the sum of s
+// out. Each warp takes KPW keys at a time (independent loads in flight), lanes split d. Every thread of the
+// block calls it (barriers inside; it ends on one).
+__device__ __forceinline__ void range_softmax(const float* qs, const float* kr, int n, int d, float scale, float* s,
                               float* red, float& mx, float& sum) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, n = a1 - a0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     constexpr int KPW = 4;
-    for (int tb = a0 + warp * KPW; tb < a1; tb += warps * KPW) {
+    for (int tb = warp * KPW; tb < n; tb += warps * KPW) {
         float acc[KPW];
 #pragma unroll
         for (int u = 0; u < KPW; ++u) acc[u] = 0.f;
@@ -48,13 +60,13 @@ __device__ __forceinline__ void range_softmax(const float* qs, const float* kb, 
             const float qj = qs[j];
 #pragma unroll
             for (int u = 0; u < KPW; ++u)
-                if (tb + u < a1) acc[u] += qj * kb[(long long)(tb + u) * d + j];
+                if (tb + u < n) acc[u] += qj * kr[(long long)(tb + u) * d + j];
         }
 #pragma unroll
         for (int u = 0; u < KPW; ++u) {
             float a = acc[u];
             for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-            if (lane == 0 && tb + u < a1) s[tb + u - a0] = a * scale;
+            if (lane == 0 && tb + u < n) s[tb + u] = a * scale;
         }
     }
     __syncthreads();
@@ -86,7 +98,7 @@ extern "C" __global__ void attend_f32(const float* q, const float* k,
     const float* kb = k + (long long)kvh * max_ctx * d;
     const float* vb = v + (long long)kvh * max_ctx * d;
     float mx, sum;
-    range_softmax(qs, kb, t0, T, d, scale, s, red, mx, sum);
+    range_softmax(qs, kb + (long long)t0 * d, T - t0, d, scale, s, red, mx, sum);
     // out = sum_t p_t v_t: the block's threads split (d columns) x (key slices), several independent
     // loads in flight per thread; the slices' partials are summed in shared memory in a fixed order
     const int slices = max(1, (int)blockDim.x / d), n_t = T - t0, per = (n_t + slices - 1) / slices;
@@ -111,7 +123,14 @@ extern "C" __global__ void attend_f32(const float* q, const float* k,
 // unnormalised output o[d] to ws[h][split] = {m, l, o[0..d)} (l = 0: empty range, o not written). The last
 // block of head h to finish (counter cnt[h], self-resetting) combines them in split order:
 // out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s, over the non-empty ranges (at most 32).
-// Deterministic; the same range_softmax as attend_f32 per range. Shared memory: [d] query + [per] scores.
+// Deterministic; the same range_softmax as attend_f32 per range. Shared memory: [d] query + [per] scores, and
+// with stage != 0 the range's keys and values ([per, d] each, after the scores rounded up to 4 floats).
+//
+// stage (the launcher: d % 4 == 0 and the staged rows fit the shared memory): before its PDL wait a block
+// copies its range's cached keys and values older than the position (written by earlier steps' attention,
+// which completed before any kernel of this step could start; L2 is the point of coherence and the copies,
+// cp.async.cg, do not go through L1) into shared memory, so that their DRAM reads overlap the q|k|v GEMV
+// instead of following it; the position's own k and v go from registers to shared memory as they are made.
 //
 // Fused with qkv_rope_store (qy non-null, blockDim.x >= d): q is not read but made from the stacked q|k|v GEMV
 // output (bias, q_norm, RoPE: head_in, head_value) by every block of the head, and the blocks whose range holds the
@@ -126,7 +145,7 @@ extern "C" __global__ void attend_split(const float* q, float* k,
                                         float* ws, int* cnt, int min_per,
                                         const unsigned short* qy, const float* qbias, const float* qn,
                                         const float* kn, const float* cs, const float* sn, float qeps,
-                                        int heads, int kv_heads) {
+                                        int heads, int kv_heads, int stage) {
     extern __shared__ float sh[];
     __shared__ float red[32];
     __shared__ int last;
@@ -144,6 +163,19 @@ extern "C" __global__ void attend_split(const float* q, float* k,
         kin = head_in(qbias, kn, cs, sn, p, heads + kvh, 1, d);
         vin = head_in(qbias, nullptr, cs, sn, p, heads + kv_heads + kvh, 2, d);
     }
+    const int s_pad = (per + 3) / 4 * 4;
+    float* ks = sh + d + s_pad;      // stage: the range's keys [per, d], then its values
+    float* vs = ks + (long long)per * d;
+    if (stage && n > 0) {            // rows [a0, a1 - 1) or [a0, a1): older than the position (not written here)
+        const int old = n - (a1 == T ? 1 : 0), chunks = old * d / 4;
+        const float* kg = k + ((long long)kvh * max_ctx + a0) * d;
+        const float* vg = v + ((long long)kvh * max_ctx + a0) * d;
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+            cp_async16(ks + 4 * c, kg + 4 * c);
+            cp_async16(vs + 4 * c, vg + 4 * c);
+        }
+        cp_async_commit();
+    }
 #if LB_ATTEND_EARLY
     lb_pdl_trigger();  // the o_proj GEMV may copy its weights while the q|k|v GEMV still runs
 #endif
@@ -160,23 +192,34 @@ extern "C" __global__ void attend_split(const float* q, float* k,
             const long long at = ((long long)kvh * max_ctx + p) * d + j;
             const float kv = head_value(yk, kin, kn != nullptr, 1, d, qeps, red, row);
             const float vv = head_value(yv, vin, false, 2, d, qeps, red, row);
-            if (j < d) { k[at] = kv; v[at] = vv; }
+            if (j < d) {
+                k[at] = kv;
+                v[at] = vv;
+                if (stage) { ks[(p - a0) * d + j] = kv; vs[(p - a0) * d + j] = vv; }
+            }
         }
     }
     if (n > 0) {
         float* qs = sh;
         float* s = sh + d;
-        if (qy == nullptr)
+        if (qy == nullptr) {
             for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = q[(long long)h * d + j];
+            if (stage && a1 == T)  // the position's row: the kernel before this one wrote it
+                for (int j = threadIdx.x; j < d; j += blockDim.x) {
+                    ks[(p - a0) * d + j] = k[((long long)kvh * max_ctx + p) * d + j];
+                    vs[(p - a0) * d + j] = v[((long long)kvh * max_ctx + p) * d + j];
+                }
+        }
+        if (stage) cp_async_wait_all();
         __syncthreads();
-        const float* kb = k + (long long)kvh * max_ctx * d;
-        const float* vb = v + (long long)kvh * max_ctx * d;
+        const float* kr = stage ? ks : k + ((long long)kvh * max_ctx + a0) * d;
+        const float* vr = stage ? vs : v + ((long long)kvh * max_ctx + a0) * d;
         float mx, sum;
-        range_softmax(qs, kb, a0, a1, d, scale, s, red, mx, sum);
+        range_softmax(qs, kr, n, d, scale, s, red, mx, sum);
         for (int j = threadIdx.x; j < d; j += blockDim.x) {
             float acc = 0.f;
 #pragma unroll 8
-            for (int t = 0; t < n; ++t) acc += s[t] * vb[(long long)(a0 + t) * d + j];
+            for (int t = 0; t < n; ++t) acc += s[t] * vr[(long long)t * d + j];
             w[2 + j] = acc;
         }
         if (threadIdx.x == 0) { w[0] = mx; w[1] = sum; }
@@ -217,6 +260,16 @@ extern "C" __global__ void attend_split(const float* q, float* k,
 }
 """.replace("LB_SPLIT_THREADS", str(SPLIT_THREADS))
 
+
+
+def split_stage(d: int, per: int) -> bool:
+    """Whether attend_split stages its ranges' keys and values (per keys of d floats each) in shared memory."""
+    return ATTEND_STAGE and d % 4 == 0 and split_smem(d, per, True) <= STAGE_SMEM
+
+
+def split_smem(d: int, per: int, stage: bool) -> int:
+    """attend_split's dynamic shared memory: the query, the scores and, staged, the range's keys and values."""
+    return 4 * (d + (-(-per // 4) * 4 + 2 * per * d if stage else per))
 
 
 def attend_splits(span: int) -> int:
@@ -273,12 +326,14 @@ class Attention:
             splits = attend_splits(span)
             ws, cnt = self._split_ws(heads, splits, d)
             per = max(SPLIT_MIN_KEYS, -(-span // splits))
+            stage = split_stage(d, per) and k_cache.data.ptr % 16 == 0 and v_cache.data.ptr % 16 == 0
             opt = lambda a: null if a is None else a  # noqa: E731
             fused = ((qkv["y"], opt(qkv.get("bias")), opt(qkv.get("qn")), opt(qkv.get("kn")), qkv["cos"], qkv["sin"],
                       np.float32(qkv["eps"])) if qkv else (null,) * 6 + (np.float32(0),))
             self._launch(self._attend_split, (heads, splits), (SPLIT_THREADS,),
-                         common + (ws, cnt, np.int32(SPLIT_MIN_KEYS)) + fused + (np.int32(heads), np.int32(kv_heads)),
-                         shared_mem=4 * (d + per))
+                         common + (ws, cnt, np.int32(SPLIT_MIN_KEYS)) + fused
+                         + (np.int32(heads), np.int32(kv_heads), np.int32(stage)),
+                         shared_mem=split_smem(d, per, stage))
         else:
             if qkv is not None:
                 raise ValueError("attend: the fused q|k|v input needs attend_split (LOWBIT_ATTEND_SPLIT=1)")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 
-
 def reference(q, k, v, t_len, group, window):
     heads, d = q.shape
     t0 = t_len - window if window and t_len > window else 0
@@ -43,15 +42,30 @@ def test_attend_splits_plan_the_ranges_and_their_shared_memory():
             assert per * s >= t and per <= host_per
 
 
+def test_attend_split_stages_ranges_that_fit_its_shared_memory():
+    """The ranges' keys and values go to shared memory when, with the query and the scores, they fit STAGE_SMEM
+    (the short spans of a chat's first graph buckets) and d is a multiple of 4 (16-byte copies); longer ranges
+    are read from global memory. The sizes are those the kernel lays out."""
+    from lowbit.runtime import cuda_attend as ca
+
+    assert ca.split_smem(128, 16, False) == 4 * (128 + 16)
+    assert ca.split_smem(128, 16, True) == 4 * (128 + 16 + 2 * 16 * 128)
+    assert ca.split_smem(64, 17, True) == 4 * (64 + 20 + 2 * 17 * 64)
+    if ca.ATTEND_STAGE:
+        assert ca.split_stage(128, 16) and ca.split_stage(128, 32) and ca.split_stage(64, 64)
+        assert not ca.split_stage(128, 64) and not ca.split_stage(256, 32) and not ca.split_stage(66, 16)
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("split,stage", [(True, True), (True, False), (False, False)])
 @pytest.mark.parametrize("heads,kv_heads,d,t_len,span,window", CASES)
-def test_attend_matches_numpy(monkeypatch, split, heads, kv_heads, d, t_len, span, window):
+def test_attend_matches_numpy(monkeypatch, split, stage, heads, kv_heads, d, t_len, span, window):
     import cupy
 
     from lowbit.runtime import cuda_attend, cuda_fused
 
     monkeypatch.setattr(cuda_attend, "ATTEND_SPLIT", split)
+    monkeypatch.setattr(cuda_attend, "ATTEND_STAGE", stage)
     fused = cuda_fused.Fused()
     seed = int(np.random.SeedSequence().entropy % 2**32)
     rng = np.random.default_rng(seed)
@@ -85,16 +99,21 @@ def qkv_reference(y, bias, qn, kn, cos, sin, p, heads, kv_heads, d, eps):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("stage", [True, False])
 @pytest.mark.parametrize("norms,bias", [(True, False), (False, True), (False, False)])
 @pytest.mark.parametrize("heads,kv_heads,d,t_len,span,window", CASES)
-def test_attend_fused_with_qkv_matches_numpy(norms, bias, heads, kv_heads, d, t_len, span, window):
+def test_attend_fused_with_qkv_matches_numpy(monkeypatch, stage, norms, bias, heads, kv_heads, d, t_len, span,
+                                             window):
     """attend(qkv=...): q, and the position's k and v, made from the q|k|v GEMV output inside attend_split
     (bias, q/k RMSNorm, RoPE) as qkv_rope_store makes them; the k and v land in the caches at the position,
-    every other cache row is left as it was."""
+    every other cache row is left as it was. Staged (the ranges' rows copied to shared memory before the PDL
+    wait) and not."""
     import cupy
 
     from lowbit.formats.numerics import BF16
-    from lowbit.runtime import cuda_fused
+    from lowbit.runtime import cuda_attend, cuda_fused
+
+    monkeypatch.setattr(cuda_attend, "ATTEND_STAGE", stage)
 
     fused = cuda_fused.Fused()
     seed = int(np.random.SeedSequence().entropy % 2**32)
