@@ -43,10 +43,6 @@ DOWN_SMEM_MAX_BYTES = 160 * 1024
 #: from the sweep of benchmarks/moe_decode_kernels.py on H200 (2026-11-27), where the best plan differed
 #: by scheme and shape (gate/up 10-80 us, down 8-40 us: up to 2x between plans)
 GATE_UP_CANDIDATES = ((4, 2, 1), (4, 1, 2), (2, 4, 1), (8, 1, 1), (8, 1, 2))
-#: the gate/up launch asks L2 for its rows' bytes first thing (bulk prefetches, sm_90+), as much of them as fits
-#: this fraction of the L2 cache (the leading part of every warp's slice when they do not all fit);
-#: LOWBIT_MOE_L2_PREFETCH=0: none
-L2_PREFETCH = float(os.environ.get("LOWBIT_MOE_L2_PREFETCH", "0.5"))
 DOWN_CANDIDATES = ((4, 2, 1), (4, 1, 2), (8, 1, 1), (2, 4, 1), (4, 1, 4), (2, 2, 4))
 _TUNED: dict = {}
 
@@ -112,28 +108,6 @@ def down_smem_fits(ew, k: int, wk: int, device_id: int) -> bool:
     return gemv_smem.fits(ew.scheme, ew.intermediate, k, k * wk, wk, device_id)
 
 
-@functools.lru_cache(maxsize=None)
-def _l2_bytes(device_id: int) -> int:
-    import cupy
-
-    return int(cupy.cuda.runtime.getDeviceProperties(device_id)["l2CacheSize"])
-
-
-def prefetch_bytes(expert_bytes: int, row_bytes: int, pairs: int, splits: int, wk: int, l2_bytes: int,
-                   fraction: float | None = None) -> int:
-    """The gate/up launch's Args::pf: how many leading bytes of each warp's K slice of a row (row_bytes /
-    (splits * wk)) it prefetches to L2, so that the gate and up rows of `pairs` (token, slot) pairs, at most
-    fraction (default L2_PREFETCH) * l2_bytes in all, are requested at once; 0 when off. A multiple of 16."""
-    fraction = L2_PREFETCH if fraction is None else fraction
-    if fraction <= 0:
-        return 0
-    total = 2 * pairs * expert_bytes
-    share = min(1.0, fraction * l2_bytes / total)
-    if share >= 1.0:
-        return 1 << 30
-    return max(16, int(row_bytes * share / (splits * wk)) // 16 * 16)
-
-
 def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple | None = None):
     """The grouped-GEMV decode. cfg = (gate_up plan, down plan) overrides the plans, a down plan being
     (row tiles, warps along K, splits) or ("smem", wk); else the first call of a shape times the
@@ -168,12 +142,10 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
         bx = _cdiv(_cdiv(i_dim, 8), wr)
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32 if s > 1 else 0, bx * wr * t * k)
         f, smem = _gemv.xs_launch(fg, gemv_fn("gate_up_xs", ew), ew.scheme, 1, h_dim, s, wr * wk) if xs else (fg, 0)
-        strides = _expert_strides(ew.gate)
-        pf = prefetch_bytes(int(strides[0]), int(strides[0]) // i_dim, t * k, s, wk, _l2_bytes(dev))
         launch(f, (bx, s, t * k), (wr * wk * 32,),
                (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, h, ws, cnt, ids, wts,
-                *strides, np.int32(i_dim), np.int32(h_dim), np.int32(s), group, np.int32(wk),
-                np.int32(k), np.int32(pf)), shared_mem=smem)
+                *_expert_strides(ew.gate), np.int32(i_dim), np.int32(h_dim), np.int32(s), group, np.int32(wk),
+                np.int32(k), np.int32(1)), shared_mem=smem)
 
     def down_args(ws, cnt, splits, wk, sub):
         return (u64(dq), u64(dsc), u64(dz), u64(dg), _gemv.NULL, _gemv.NULL, _gemv.NULL, _gemv.NULL, h, out, ws,

@@ -267,46 +267,6 @@ def test_moe_decode_gemv_launch_plans(monkeypatch, scheme, opts, cfg, xs):
         assert err < gc.MOE_BOUND, f"{scheme} {opts} {cfg} T={t}: rel err {err:.3g}"
 
 
-def test_gate_up_prefetch_bytes():
-    # every byte when the pairs' gate and up rows fit the L2 share; else the same leading share of every warp's
-    # slice (a multiple of 16, at least 16); none when off
-    from lowbit.kernels.moe_gemv import prefetch_bytes
-
-    l2 = 50 << 20
-    assert prefetch_bytes(768 * 2048, 2048, 8, 1, 2, l2, 0.5) == 1 << 30  # Qwen3 fp8: 25 MB of 25 MB
-    assert prefetch_bytes(768 * 2048, 2048, 8, 1, 2, l2, 0.0) == 0
-    pf = prefetch_bytes(14336 * 2048, 2048, 2, 1, 2, l2, 0.5)  # Mixtral nvfp4: 117 MB, 21 % of it
-    assert pf % 16 == 0 and pf == int(2048 * (0.5 * l2 / (4 * 14336 * 2048)) / 2) // 16 * 16
-    assert prefetch_bytes(1 << 30, 64, 8, 4, 8, l2, 0.5) == 16
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("scheme,opts", SCHEMES)
-@pytest.mark.parametrize("fraction", [0.0, 1e-9, 0.5])
-@pytest.mark.parametrize("cfg", [((2, 4, 3), (4, 2, 2)), ((4, 1, 2), ("smem", 2))])
-def test_moe_decode_gate_up_l2_prefetch(monkeypatch, scheme, opts, fraction, cfg):
-    # the gate/up launch's L2 prefetch (moe_gemv.L2_PREFETCH) off, 16 bytes of each slice, every byte: the
-    # same results (poisoned outputs, ragged routings, warps along K and K splits)
-    import cupy
-
-    from lowbit.kernels import moe_gemv
-
-    monkeypatch.setattr(moe_gemv, "L2_PREFETCH", fraction)
-    e, k, h, i = 8, 3, 1024, 384
-    mw, dense = _experts(scheme, opts, e, h, i, seed=14)
-    rng = np.random.default_rng(15)
-    for t in (1, 3):
-        x = gc.random_bf16(rng, (t, h))
-        ids = _ragged_ids(t, e, k, rng, "all_on_one" if t == 3 else "random")
-        wts = rng.random((t, k)).astype(np.float32)
-        out = cupy.full((t, h), np.nan, dtype=numerics.BF16)
-        moe_gemv.decode_gemv(cupy.asarray(x), cupy.asarray(ids, dtype=cupy.int32), cupy.asarray(wts), mw, out=out,
-                             cfg=cfg)
-        want = ref.moe_experts_ref(x, ids, wts, *dense)
-        err = gc.rel_err(out.get().astype(np.float32), want)
-        assert err < gc.MOE_BOUND, f"{scheme} {opts} prefetch {fraction} {cfg} T={t}: rel err {err:.3g}"
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("scheme,opts", SCHEMES)
 def test_moe_decode_down_smem_qwen3_layout(scheme, opts):

@@ -134,16 +134,7 @@ struct Args {
   const float* wts = nullptr;   // routing weight of each (token, slot) [T * topk] (down)
   long long ew = 0, es = 0, ez = 0;  // bytes per expert of the stacked weight, scales, zero points
   int topk = 1, sub = 1;        // slots per token; K splits per slot (down)
-  long long pf = 0;             // gate/up: leading bytes of each warp's K slice of a row prefetched to L2 (0: none)
 };
-
-// Asks L2 to fetch `bytes` (a multiple of 16) at the 16-byte aligned p, without waiting (sm_90+: a bulk
-// prefetch, issued by the copy engine; earlier: nothing).
-__device__ __forceinline__ void l2_prefetch_bulk(const void* p, long long bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"((unsigned)bytes) : "memory");
-#endif
-}
 
 enum Mode { DENSE = 0, MOE_GATE_UP = 1, MOE_DOWN = 2 };
 
@@ -520,18 +511,6 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
   const int it_end = pl.active ? s_beg + s_len * (wk + 1) / a.wk : it_beg;
   const int full = (row_bytes & 15) == 0 ? a.k / KI : 0;  // iterations whose 4 chunks lie inside K
   const int it_fast = it_beg + max(0, min(it_end, full) - it_beg) / U * U;
-  if constexpr (MODE == MOE_GATE_UP) {
-    // the MoE gate/up: every byte of the warp's slices of its rows is requested at once (L2 bulk prefetches),
-    // so that DRAM streams them at full rate while the loop below works through them at its own pace
-    if (a.pf > 0 && t == 0 && full > 0 && it_end > it_beg) {
-      const long b0 = (long)it_beg * KI * P::BITS / 8, b1 = min(row_bytes, (long)it_end * KI * P::BITS / 8);
-      const long len = min((long)a.pf, b1 - b0) & ~15L;
-      if (len > 0) {
-        if (ra < a.n) l2_prefetch_bulk(wA + (long)ra * row_bytes + b0, len);
-        if (rb < a.n) l2_prefetch_bulk(wB + (long)rb * row_bytes + b0, len);
-      }
-    }
-  }
   float acc[MT][4];
   const uint16_t* xr[MT];
   start_tile<MT, EC>(a, g, t, acc, xr);

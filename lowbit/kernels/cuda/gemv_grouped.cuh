@@ -37,8 +37,6 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     Args a = a0;
     a.x += (long)(pair / a0.topk) * a0.k;
     a.y += (long)pair * a0.n;
-    a.pf = a0.sub;  // gate/up reads `sub` as the L2 prefetch length (Args::pf)
-    a.sub = 1;
     const Args ag = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, e);
     const Args au = expert_args(a, a0.w2, a0.s2, a0.z2, a0.g2, e);
     const Place pl{row0, gtile, (int)blockIdx.y, a0.splits, (int)blockIdx.y, 1.f, row0 < a0.n};
@@ -61,8 +59,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
 }  // namespace lb
 
 // The grouped (MoE decode) pair of a policy: gemv_moe_gate_up_TAG and gemv_moe_down_TAG, one argument
-// list (down ignores the second tensor). n, k: the rows and K of ONE expert's matrix. sub: down, K splits per
-// slot; gate/up, the bytes of each warp's row slice it prefetches to L2 (Args::pf; 0: none).
+// list (down ignores the second tensor). n, k: the rows and K of ONE expert's matrix.
 #define LB_GEMV_MOE_KERNEL(NAME, POLICY, MODE, XS)                                                    \
   extern "C" __global__ void LB_GEMV_BOUNDS                                                            \
       NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint8_t* w2,     \
