@@ -141,8 +141,6 @@ def _decode(x, ids, wts, ew: MoeWeights, out=None, only: str | None = None):
         from lowbit.kernels.moe_gemv import decode_gemv
 
         return decode_gemv(x, ids, wts, ew, out, only)
-    if isinstance(ids, moe_router.LogitsRouting):
-        ids, wts = ids.materialize()
 
     t, k = ids.shape
     e, i_dim, h_dim = ew.num_experts, ew.intermediate, ew.hidden
@@ -192,13 +190,8 @@ def _prefill(x, ids, wts, ew: MoeWeights, act: str, out=None):
 
 
 def moe_experts(x, ids, wts, experts: MoeWeights, act: str = "bf16", path: str | None = None, out=None):
-    """sum_j wts[t, j] * expert_{ids[t, j]}(x[t]) for routing decided already (ids int32, wts f32 [T, k]), or
-    left as logits (ids a moe_router.LogitsRouting: the grouped decode GEMVs rank them; other paths rank first)."""
+    """sum_j wts[t, j] * expert_{ids[t, j]}(x[t]) for routing decided already (ids int32, wts f32 [T, k])."""
     import cupy
-
-    routing = ids if isinstance(ids, moe_router.LogitsRouting) else None
-    if routing is not None:
-        ids, wts = routing.ids, routing.wts
 
     if act not in ("bf16", "fp8"):
         raise KernelError(f"{experts.gate.name}: act={act!r}; use 'bf16' or 'fp8'")
@@ -215,10 +208,6 @@ def moe_experts(x, ids, wts, experts: MoeWeights, act: str = "bf16", path: str |
     if out is not None and (out.shape != (x.shape[0], experts.hidden) or out.dtype != x.dtype
                             or not out.flags.c_contiguous):
         raise KernelError(f"{experts.gate.name}: out must be contiguous bf16 [{x.shape[0]}, {experts.hidden}]")
-    if routing is not None:
-        if use_decode and routing.logits.shape == (x.shape[0], experts.num_experts):
-            return _decode(x, routing, wts, experts, out)
-        ids, wts = routing.materialize()
     return _decode(x, ids, wts, experts, out) if use_decode else _prefill(x, ids, wts, experts, act, out)
 
 

@@ -115,14 +115,7 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
     import cupy
 
     from lowbit.kernels import gemv as _gemv
-    from lowbit.kernels.moe_router import NORMS, LogitsRouting
 
-    if isinstance(ids, LogitsRouting):  # the kernels rank the logits (Args::logits), gate/up writes ids / wts
-        r = ids
-        ids, wts = r.ids, r.wts
-        route = (r.logits, np.int32(r.logits.shape[1]), np.int32(NORMS[r.norm] | int(r.norm_topk_prob) << 1))
-    else:
-        route = (_gemv.NULL, np.int32(0), np.int32(0))
     t, k = ids.shape
     i_dim, h_dim = ew.intermediate, ew.hidden
     dev = x.device.id
@@ -152,12 +145,12 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
         launch(f, (bx, s, t * k), (wr * wk * 32,),
                (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, h, ws, cnt, ids, wts,
                 *_expert_strides(ew.gate), np.int32(i_dim), np.int32(h_dim), np.int32(s), group, np.int32(wk),
-                np.int32(k), np.int32(1), *route), shared_mem=smem)
+                np.int32(k), np.int32(1)), shared_mem=smem)
 
     def down_args(ws, cnt, splits, wk, sub):
         return (u64(dq), u64(dsc), u64(dz), u64(dg), _gemv.NULL, _gemv.NULL, _gemv.NULL, _gemv.NULL, h, out, ws,
                 cnt, ids, wts, *_expert_strides(ew.down), np.int32(h_dim), np.int32(i_dim), np.int32(splits), group,
-                np.int32(wk), np.int32(k), np.int32(sub), *route)
+                np.int32(wk), np.int32(k), np.int32(sub))
 
     def down(c):
         if c[0] == "smem":

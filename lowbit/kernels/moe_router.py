@@ -24,32 +24,6 @@ MAX_EXPERTS = 256  # router_topk keeps E/32 <= MAXV values per lane
 
 
 @dataclass
-class LogitsRouting:
-    """A decode step's routing left as the router's logits (route_add_norm(defer=True)): the grouped decode GEMVs
-    (lowbit.kernels.moe_gemv) rank them themselves and the gate/up launch fills ids and wts; any other consumer
-    calls materialize() first, which ranks them with router_topk."""
-
-    logits: object  # f32 [T, E]
-    ids: object  # int32 [T, k]: written by the gate/up launch (or materialize)
-    wts: object  # f32 [T, k]
-    norm: str
-    norm_topk_prob: bool
-
-    @property
-    def top_k(self) -> int:
-        return self.ids.shape[1]
-
-    def materialize(self):
-        """(ids, wts) ranked from the logits now (router_topk), as route() would give them."""
-        import cupy
-
-        ids, wts = topk(self.logits, self.top_k, self.norm, self.norm_topk_prob)
-        cupy.copyto(self.ids, ids)
-        cupy.copyto(self.wts, wts)
-        return self.ids, self.wts
-
-
-@dataclass
 class Permutation:
     offs: object  # int32 [E+1]: rows of expert e are [offs[e], offs[e+1]) in sorted order
     tile_offs: object  # int32 [E+1]: cumulative ceil(rows/bm)
@@ -144,13 +118,11 @@ ADD_NORM_MAX_HIDDEN = 16384
 
 
 def route_add_norm(h, delta, norm_w, eps: float, router_w, top_k: int, norm: str = "mixtral",
-                   norm_topk_prob: bool = True, defer: bool = False):
+                   norm_topk_prob: bool = True):
     """The decode step's entry into an MoE block in one launch (router_add_norm):
     s = h + delta, x = bf16(rmsnorm(s) * norm_w), then route(x, router_w, ...).
     h f32 [T, H], delta f32 or bf16 [T, H], norm_w f32 [H], router_w bf16 [E, H], 1 <= T <= LOGITS_KERNEL_MAX_T.
-    Returns (s f32 [T, H] (a new array: h is not changed), x bf16 [T, H], ids int32 [T, k], weights f32 [T, k]).
-    defer=True: the launch writes only the logits (no top-k, no last-block ticket) and ids is a LogitsRouting
-    (the grouped decode GEMVs rank the logits themselves), weights its wts."""
+    Returns (s f32 [T, H] (a new array: h is not changed), x bf16 [T, H], ids int32 [T, k], weights f32 [T, k])."""
     import cupy
 
     from lowbit.formats.numerics import BF16
@@ -180,11 +152,8 @@ def route_add_norm(h, delta, norm_w, eps: float, router_w, top_k: int, norm: str
     f = get_function("moe_route.cu", "router_add_norm")
     launch(f, (-(-e // 8), t), (256,), (h, df, db, norm_w, np.float32(eps), s, x, router_w, np.int32(e),
                                         np.int32(hid), np.int32(t), np.int32(top_k), np.int32(NORMS[norm]),
-                                        np.int32(bool(norm_topk_prob)), logits, _counter(),
-                                        null if defer else ids, null if defer else wts),
+                                        np.int32(bool(norm_topk_prob)), logits, _counter(), ids, wts),
            shared_mem=2 * hid)
-    if defer:
-        return s, x, LogitsRouting(logits, ids, wts, norm, bool(norm_topk_prob)), wts
     return s, x, ids, wts
 
 

@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 BUCKET = 256
 #: decode: add_rms_norm + router in one kernel (moe_router.route_add_norm); LOWBIT_ROUTER_ADD_NORM=0: two
 ROUTER_ADD_NORM = os.environ.get("LOWBIT_ROUTER_ADD_NORM", "1") != "0"
-#: decode: router_add_norm writes only the logits and the experts' grouped GEMVs rank them themselves
-#: (moe_router.LogitsRouting), so the router needs no last-block top-k; LOWBIT_ROUTE_IN_EXPERTS=0: it ranks them
-ROUTE_IN_EXPERTS = os.environ.get("LOWBIT_ROUTE_IN_EXPERTS", "1") != "0"
 _EXPERT = re.compile(r"(.*)\.experts\.(\d+)\.(\w+)$")
 
 
@@ -218,13 +215,8 @@ class CudaOps:
                 and h.flags.c_contiguous and delta.shape == h.shape
                 and delta.dtype in (self.xp.float32, self.bf16)):
             return None
-        from lowbit.kernels import moe
-
-        defer = (ROUTE_IN_EXPERTS and moe.DECODE_KERNELS == "gemv" and h.shape[0] <= moe.DECODE_MAX_TOKENS
-                 and self.moe.get(router.rsplit(".", 1)[0]) is not None)
         s, x, ids, wts = moe_router.route_add_norm(h, self.xp.ascontiguousarray(delta), self.vector(norm),
-                                                   self.cfg.eps, w.tensors["weight"], top_k, "qwen3", renormalize,
-                                                   defer=defer)
+                                                   self.cfg.eps, w.tensors["weight"], top_k, "qwen3", renormalize)
         return s, x, (ids, wts)
 
     def route(self, logits, top_k: int, renormalize: bool):
@@ -233,21 +225,14 @@ class CudaOps:
         return topk(self.xp.ascontiguousarray(logits), top_k, "qwen3", renormalize)
 
     def moe_experts(self, p: str, x, top, w, names, mlp):
-        from lowbit.kernels.moe_router import LogitsRouting
-
         xp = self.xp
         if self.moe.get(p) is not None:
             from lowbit.kernels.moe import moe_experts
 
-            if isinstance(top, LogitsRouting):  # ranked inside the grouped GEMVs (add_norm_route)
-                y = moe_experts(self._bf16_in(x), top, None, self.moe[p], act=self.act)
-            else:
-                ids = top if top.dtype == xp.int32 else top.astype(xp.int32)  # topk gives int32 / f32 already
-                y = moe_experts(self._bf16_in(x), ids, w if w.dtype == xp.float32 else w.astype(xp.float32),
-                                self.moe[p], act=self.act)
+            ids = top if top.dtype == xp.int32 else top.astype(xp.int32)     # topk gives int32 / f32 already
+            y = moe_experts(self._bf16_in(x), ids, w if w.dtype == xp.float32 else w.astype(xp.float32),
+                            self.moe[p], act=self.act)
             return y if not self.cfg.shared_intermediate else y.astype(xp.float32)   # bf16: add_norm takes it
-        if isinstance(top, LogitsRouting):
-            top, w = top.materialize()
         out = xp.zeros(x.shape, xp.float32)
         top_h = xp.asnumpy(top)
         for e in np.unique(top_h):

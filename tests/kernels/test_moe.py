@@ -142,50 +142,6 @@ def test_router_add_norm_matches_reference(delta_bf16, norm, norm_topk, t, e, k,
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("scheme,opts", SCHEMES)
-@pytest.mark.parametrize("norm,norm_topk", [("mixtral", True), ("qwen3", True), ("qwen3", False)])
-def test_moe_decode_routes_from_logits(monkeypatch, scheme, opts, norm, norm_topk):
-    """route_add_norm(defer=True) leaves the routing as logits (moe_router.LogitsRouting) and the grouped decode
-    GEMVs rank them themselves: the same logits as the ranking launch, the gate/up launch writes the same ids and
-    (to float rounding) weights as the router's top-k, and the experts' output matches the reference of that
-    routing, with the down launch in shared memory and split-K, and through the warp kernels (materialize)."""
-    import cupy
-
-    from lowbit.kernels import moe, moe_gemv, moe_router
-
-    e, k, h, i = 16, 4, 512, 384
-    mw, dense = _experts(scheme, opts, e, h, i, seed=16)
-    rng = np.random.default_rng(17)
-    for t in (1, 3):
-        hh = rng.standard_normal((t, h), dtype=np.float32)
-        delta = gc.random_bf16(rng, (t, h))
-        nw = (1.0 + 0.2 * rng.standard_normal(h)).astype(np.float32)
-        r = cupy.asarray(gc.random_bf16(rng, (e, h), 0.1 * (256 / h) ** 0.5))
-        args = (cupy.asarray(hh), cupy.asarray(delta), cupy.asarray(nw), 1e-6, r, k, norm, norm_topk)
-        s0, x0, ids0, wts0 = moe_router.route_add_norm(*args)
-        for cfg in (((4, 2, 1), ("smem", 2)), ((2, 4, 3), (4, 2, 2)), None, "warp"):
-            s1, x1, routing, wts1 = moe_router.route_add_norm(*args, defer=True)
-            assert isinstance(routing, moe_router.LogitsRouting) and wts1 is routing.wts
-            np.testing.assert_array_equal(x1.get(), x0.get())
-            routing.ids.fill(-1)
-            routing.wts.fill(np.nan)
-            out = cupy.full((t, h), np.nan, dtype=numerics.BF16)
-            if cfg == "warp":
-                monkeypatch.setattr(moe, "DECODE_KERNELS", "warp")
-                moe.moe_experts(x1, routing, None, mw, out=out)
-                monkeypatch.setattr(moe, "DECODE_KERNELS", "gemv")
-            elif cfg is None:
-                moe.moe_experts(x1, routing, None, mw, out=out)
-            else:
-                moe_gemv.decode_gemv(x1, routing, None, mw, out=out, cfg=cfg)
-            np.testing.assert_array_equal(routing.ids.get(), ids0.get(), err_msg=f"{cfg} T={t}")
-            np.testing.assert_allclose(routing.wts.get(), wts0.get(), rtol=1e-5, atol=1e-7)
-            want = ref.moe_experts_ref(x0.get(), ids0.get(), wts0.get(), *dense)
-            err = gc.rel_err(out.get().astype(np.float32), want)
-            assert err < gc.MOE_BOUND, f"{scheme} {opts} {norm} {cfg} T={t}: rel err {err:.3g}"
-
-
-@pytest.mark.gpu
 def test_router_add_norm_rejects_bad_input():
     import cupy
 

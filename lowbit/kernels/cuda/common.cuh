@@ -74,7 +74,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
-#include "moe_topk.cuh"
 #include <stdint.h>
 
 #include "gemv_math.cuh"
@@ -135,30 +134,9 @@ struct Args {
   const float* wts = nullptr;   // routing weight of each (token, slot) [T * topk] (down)
   long long ew = 0, es = 0, ez = 0;  // bytes per expert of the stacked weight, scales, zero points
   int topk = 1, sub = 1;        // slots per token; K splits per slot (down)
-  // Routing from the router's logits [T, experts] (non-null: gemv_grouped.cuh, route_from_logits) instead of
-  // ids / wts, which the gate/up launch then writes; norm | renorm << 1 as in moe_route.cu
-  const float* logits = nullptr;
-  int experts = 0, route_norm = 0;
 };
 
 enum Mode { DENSE = 0, MOE_GATE_UP = 1, MOE_DOWN = 2 };
-
-// Token t's routing into shared sid / swt [topk] (every thread of the CTA calls it: one barrier). From the
-// logits when Args::logits is set, else copied from ids / wts.
-__device__ __noinline__ void route_token_warp(const float* lrow, int experts, int topk, int route_norm, int* sid,
-                                              float* swt) {
-  topk_row(lrow, experts, topk, route_norm & 1, route_norm >> 1, sid, swt, threadIdx.x & 31);
-}
-
-__device__ __forceinline__ void route_token(const Args& a, int t, int* sid, float* swt) {
-  if (a.logits != nullptr) {
-    if (threadIdx.x < 32) route_token_warp(a.logits + (long)t * a.experts, a.experts, a.topk, a.route_norm, sid, swt);
-  } else if (threadIdx.x < a.topk) {
-    sid[threadIdx.x] = __ldcg(a.ids + (long)t * a.topk + threadIdx.x);
-    swt[threadIdx.x] = a.wts != nullptr ? __ldcg(a.wts + (long)t * a.topk + threadIdx.x) : 0.f;
-  }
-  __syncthreads();
-}
 
 template <class T>
 __device__ __forceinline__ const T* byte_offset(const T* p, long long bytes) {

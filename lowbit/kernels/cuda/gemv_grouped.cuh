@@ -15,17 +15,11 @@
 // finished and down_smem may read the ids and copy its weights before its own wait.
 // Preconditions (moe.py): H and I multiples of 32; T * topk <= 65535; contiguous, 16-byte aligned operands.
 // Reference: lowbit/verify/moe_reference.py (moe_experts_ref).
-// Routing from the logits (Args::logits non-null; moe_router.route_add_norm(defer=True)): the router launch
-// before gate/up only writes the logits, and every grouped CTA ranks its token's logits itself (warp 0,
-// moe_topk.cuh: the same ids and weights as the router's own top-k), so that the router needs no last-block
-// ticket and the gate/up launch no separate ids load; the gate/up CTAs (x, y) = (0, 0) of a token's first
-// slot also write its ids and weights out for later readers.
 #pragma once
 #include "common.cuh"
 #include "gemv_smem.cuh"
 
 namespace lb {
-
 
 // Grids: gate/up (ceil(I / 8) / wr_n, splits, T * topk), pair p = grid z, token p / topk; down
 // (ceil(H / 16) / wr_n, topk * sub, T), split j * sub + s = part s of slot j's K, pair t * topk + j.
@@ -37,19 +31,9 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
   const int g = lane >> 2;
   if (MODE != MOE_GATE_UP) lb_pdl_trigger();
   lb_pdl_wait();  // the expert ids and x come from earlier kernels
-  __shared__ int sid[32];
-  __shared__ float swt[32];
   if (MODE == MOE_GATE_UP) {
-    const int pair = blockIdx.z, tok = pair / a0.topk, slot = pair - tok * a0.topk, row0 = tile * 8;
-    // from the logits: the down launch ranks them itself, so it may start before this CTA has its expert
-    if (a0.logits != nullptr) lb_pdl_trigger();
-    int e = a0.logits != nullptr ? topk_pick(a0.logits + (long)tok * a0.experts, a0.experts, slot, lane)
-                                 : __ldcg(a0.ids + pair);
-    asm volatile("" : "+r"(e));  // opaque: otherwise the two sources of e cost 300 bytes of spills (fp8 xs)
-    if (a0.logits != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && slot == 0 && warp == 0)  // the routing out
-      route_token_warp(a0.logits + (long)tok * a0.experts, a0.experts, a0.topk, a0.route_norm,
-                       const_cast<int*>(a0.ids) + (long)tok * a0.topk, const_cast<float*>(a0.wts) + (long)tok * a0.topk);
-    if (a0.logits == nullptr) lb_pdl_trigger();  // after the wait: the down launch may then read the router's ids
+    const int pair = blockIdx.z, e = __ldcg(a0.ids + pair), row0 = tile * 8;
+    lb_pdl_trigger();  // after the wait: the down launch may then read the router's ids before its own
     Args a = a0;
     a.x += (long)(pair / a0.topk) * a0.k;
     a.y += (long)pair * a0.n;
@@ -59,11 +43,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     const P pg(ag, row0), pu(au, row0);
     gemv_core<P, 1, MOE_GATE_UP, XS>(ag, pg, pu, ag.w, au.w, pl, row0 + g, row0 + g, wr, wk, wr_n);
   } else {
-    const int j = blockIdx.y / a0.sub, pair = blockIdx.z * a0.topk + j;
-    route_token(a0, blockIdx.z, sid, swt);  // a barrier
-    int e = sid[j];
-    float wt = swt[j];
-    asm volatile("" : "+r"(e), "+f"(wt));  // opaque, as in gate/up
+    const int j = blockIdx.y / a0.sub, pair = blockIdx.z * a0.topk + j, e = __ldcg(a0.ids + pair);
     const int row0 = tile * 16;
     Args a = a0;
     a.x += (long)pair * a0.k;
@@ -71,7 +51,7 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
     a = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, e);
     const P p(a, row0);
     const Place pl{row0, gtile, (int)blockIdx.y - j * a0.sub, a0.sub, (int)blockIdx.y,
-                   wt * p.out_scale(0), row0 < a0.n};
+                   __ldcg(a0.wts + pair) * p.out_scale(0), row0 < a0.n};
     gemv_core<P, 1, MOE_DOWN, XS>(a, p, p, a.w, a.w, pl, row0 + g, row0 + g + 8, wr, wk, wr_n);
   }
 }
@@ -85,12 +65,10 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
       NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint8_t* w2,     \
            const void* s2, const int* z2, const float* g2, const uint16_t* x, uint16_t* y, float* ws,  \
            int* cnt, const int* ids, const float* wts, long long ew, long long es, long long ez, int n, \
-           int k, int splits, int group, int wk, int topk, int sub, const float* logits, int experts,   \
-           int route_norm) {                                                                          \
+           int k, int splits, int group, int wk, int topk, int sub) {                                 \
     lb::Args a{w, s, z, gscale, x, nullptr, y, ws, cnt, n, k, 1, splits, group, wk};                   \
     a.w2 = w2; a.s2 = s2; a.z2 = z2; a.g2 = g2; a.ids = ids; a.wts = wts;                               \
     a.ew = ew; a.es = es; a.ez = ez; a.topk = topk; a.sub = sub;                                       \
-    a.logits = logits; a.experts = experts; a.route_norm = route_norm;                                 \
     lb::gemv_grouped_body<POLICY, lb::MODE, XS>(a);                                                   \
   }
 // The down launch with its weights in shared memory: the same argument list (splits and sub unused; wk =
@@ -100,11 +78,9 @@ __device__ __forceinline__ void gemv_grouped_body(const Args& a0) {
       NAME(const uint8_t* w, const void* s, const int* z, const float* gscale, const uint8_t* w2,     \
            const void* s2, const int* z2, const float* g2, const uint16_t* x, uint16_t* y, float* ws,  \
            int* cnt, const int* ids, const float* wts, long long ew, long long es, long long ez, int n, \
-           int k, int splits, int group, int wk, int topk, int sub, const float* logits, int experts,   \
-           int route_norm) {                                                                          \
+           int k, int splits, int group, int wk, int topk, int sub) {                                 \
     lb::Args a{w, s, z, gscale, x, nullptr, y, ws, cnt, n, k, 1, 1, group, wk};                        \
     a.ids = ids; a.wts = wts; a.ew = ew; a.es = es; a.ez = ez; a.topk = topk;                          \
-    a.logits = logits; a.experts = experts; a.route_norm = route_norm;                                 \
     lb::gemv_smem_body<POLICY, lb::MOE_DOWN>(a);                                                      \
   }
 // With GEMV_XS also the staged-x forms gemv_moe_gate_up_TAG_xs and gemv_moe_down_TAG_xs (common.cuh).

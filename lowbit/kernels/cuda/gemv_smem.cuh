@@ -10,9 +10,9 @@
 //  DENSE (gemv_smem_*_m8): y[M, N] = x @ W^T, M <= 8; grid ceil(N / 16); warp w sweeps part w of K.
 //  MOE_DOWN (gemv_moe_down_smem_*): grid (ceil(H / 16), T); warp w sweeps part w % wk of the K (= I) of slot
 //    w / wk of token blockIdx.y, i.e. the 16 rows of expert ids[token * topk + slot]; its C tile is scaled by
-//    the slot's routing weight (and the expert's out_scale) before the sum. The expert ids (or the router's
-//    logits, route_token) are read before the wait: the gate/up launch before it triggers only after its own
-//    wait (gemv_grouped.cuh), so the router has finished when this kernel starts.
+//    the slot's routing weight (and the expert's out_scale) before the sum. The expert ids are read before
+//    the wait: the gate/up launch before it triggers only after its own wait (gemv_grouped.cuh), so the
+//    router has finished when this kernel starts.
 // Shared memory (dynamic): rows at a pitch of a multiple of 128 bytes plus 64 (the two rows a quarter-warp
 // reads fall in different banks), then warps x iterations x 2 rows x 32 lanes x 8 bytes of side data
 // (none for bf16); lowbit/kernels/gemv_smem.py computes the same size.
@@ -55,12 +55,9 @@ __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
     mbar_fence_init();
     mbar_arrive_expect_tx(b, (uint32_t)(slots * 16 * row_bytes));
   }
-  __shared__ int sid[32];
-  __shared__ float swt[32];
-  if constexpr (MODE == MOE_DOWN) route_token(a0, token, sid, swt);  // a barrier
   __syncthreads();
   for (int i = threadIdx.x; i < slots * 16; i += blockDim.x) {  // row i & 15 of slot i >> 4 (clamped past N)
-    const long e = MODE == MOE_DOWN ? sid[i >> 4] : 0;
+    const long e = MODE == MOE_DOWN ? __ldcg(a0.ids + token * slots + (i >> 4)) : 0;
     const int r = min(row0 + (i & 15), a0.n - 1);
     bulk_load((uint32_t)__cvta_generic_to_shared(dsm + i * pitch), a0.w + e * a0.ew + r * row_bytes,
               (uint32_t)row_bytes, b);
@@ -70,12 +67,10 @@ __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
   if constexpr (MODE == MOE_DOWN) {
     const int pair = token * slots + j;
     a.x += (long)pair * a0.k;
-    int e = sid[j];
-    asm volatile("" : "+r"(e));  // opaque (see gemv_grouped.cuh)
-    a = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, e);
+    a = expert_args(a, a0.w, a0.s, a0.z, a0.gscale, __ldcg(a0.ids + pair));
   }
   const P p(a, row0);
-  if constexpr (MODE == MOE_DOWN) pscale = swt[j] * p.out_scale(0);
+  if constexpr (MODE == MOE_DOWN) pscale = __ldcg(a0.wts + token * slots + j) * p.out_scale(0);
   const int rca = min(row0 + g, a.n - 1), rcb = min(row0 + g + 8, a.n - 1);
   if constexpr (HAS_SIDE) {
     for (int it = it_beg; it < it_end; ++it) {

@@ -175,8 +175,6 @@ extern "C" __global__ void router_fused(const bf16* x, const bf16* __restrict__ 
 // (rows of a few KB, read from L2; the same code and order in every block, so the same x), keeps x in
 // shared memory for its logits, and block (0, t) writes h_out[t] = s and x_out[t] = x for the experts.
 // h_out must not alias h (other blocks still read h). Dynamic shared memory: 2 * H bytes.
-// ids == nullptr: only the logits are written (no top-k, no last-block ticket): the grouped decode GEMVs after it
-// rank them themselves (gemv_grouped.cuh, Args::logits).
 extern "C" __global__ void router_add_norm(const float* h, const float* df, const unsigned short* db,
                                            const float* __restrict__ nw, float eps, float* h_out,
                                            unsigned short* x_out, const bf16* __restrict__ wr, int E, int H, int T,
@@ -241,7 +239,7 @@ extern "C" __global__ void router_add_norm(const float* h, const float* df, cons
     }
     __syncthreads();
     router_logits_body(reinterpret_cast<const bf16*>(xs), wr, E, H, logits, &pre);
-    if (ids != nullptr) router_finish(E, T, k, norm, renorm, logits, counter, ids, wts);
+    router_finish(E, T, k, norm, renorm, logits, counter, ids, wts);
 }
 
 extern "C" __global__ void moe_align(const int* __restrict__ ids, int n, int k, int E, int bm,
