@@ -27,11 +27,6 @@
 
 #include <type_traits>
 
-// GEMV_SMEM_XPF: 1 = after the PDL wait each warp prefetches its whole K slice of x into L1 (see the body)
-#ifndef GEMV_SMEM_XPF
-#define GEMV_SMEM_XPF 1
-#endif
-
 namespace lb {
 
 __host__ __device__ constexpr long smem_row_pitch(long row_bytes) { return (row_bytes + 127) / 128 * 128 + 64; }
@@ -90,18 +85,6 @@ __device__ __forceinline__ void gemv_smem_body(const Args& a0) {
   }
   lb_pdl_trigger();
   lb_pdl_wait();  // x is the previous kernel's output
-#if GEMV_SMEM_XPF
-  {  // x: every 128-byte line of the warp's K slice of its rows asked of L1 at once (one L2 round trip), so that
-     // the loop's x loads hit L1 instead of making a round trip a stage
-    constexpr int LPI = (KI * 2 + 127) / 128;  // lines an iteration of one row spans
-    const int n_it = it_end - it_beg, per_row = n_it * LPI;
-    for (int i = lane; i < a.m * per_row; i += 32) {
-      const int tok = i / per_row, r = i - tok * per_row;
-      const uint16_t* px = a.x + (long)tok * a.k + (long)(it_beg + r / LPI) * KI + (r % LPI) * 64;
-      asm volatile("prefetch.global.L1 [%0];" ::"l"(px));
-    }
-  }
-#endif
   float acc[1][4];
   const uint16_t* xr[1];
   start_tile<1, EC>(a, g, t, acc, xr);
