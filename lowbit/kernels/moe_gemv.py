@@ -2,7 +2,8 @@
 
 Two launches per step, both with programmatic dependent launch (lowbit.kernels.launch):
   gate/up  gemv_moe_gate_up_*: a warp's 16-row mma tile holds 8 gate rows and the same 8 up rows of the
-           expert of one (token, slot); the epilogue writes silu(gate) * up to h [T * k, I].
+           expert of one (token, slot); the epilogue writes silu(gate) * up to h [T * k, I]. Its weight chunks
+           stream through a per-warp ring in shared memory (GEMV_RING stages in flight, ring_bytes).
   down     gemv_moe_down_smem_* where it fits (DOWN_SMEM): a CTA per 16 output rows and token, holding
            those rows of every chosen expert in shared memory. It reads the routing and copies the weights
            before its PDL wait, i.e. while the gate/up launch still runs (the gate/up kernel triggers its
@@ -45,6 +46,7 @@ DOWN_SMEM_MAX_BYTES = 160 * 1024
 GATE_UP_CANDIDATES = ((4, 2, 1), (4, 1, 2), (2, 4, 1), (8, 1, 1), (8, 1, 2))
 DOWN_CANDIDATES = ((4, 2, 1), (4, 1, 2), (8, 1, 1), (2, 4, 1), (4, 1, 4), (2, 2, 4))
 _TUNED: dict = {}
+_SMEM_SET: set = set()
 
 
 def gemv_name(kind: str, ew) -> str:
@@ -108,6 +110,19 @@ def down_smem_fits(ew, k: int, wk: int, device_id: int) -> bool:
     return gemv_smem.fits(ew.scheme, ew.intermediate, k, k * wk, wk, device_id)
 
 
+@functools.lru_cache(maxsize=None)
+def ring_bytes(scheme: str, warps: int) -> int:
+    """Shared memory of the gate/up launch's per-warp weight rings (cuda/common.cuh GEMV_RING: stages x
+    GEMV_UNROLL iterations x 1 KiB a warp), placed before its x slab; 0 where the build has none. Cached, as the
+    compiled kernels are (gemv_fn): the environment is read once."""
+    from lowbit.kernels.gemv import compile_defines
+
+    d = compile_defines(scheme)
+    if d["GEMV_XPREFETCH"]:
+        return 0
+    return warps * d["GEMV_RING"] * d["GEMV_UNROLL"] * 1024
+
+
 def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple | None = None):
     """The grouped-GEMV decode. cfg = (gate_up plan, down plan) overrides the plans, a down plan being
     (row tiles, warps along K, splits) or ("smem", wk); else the first call of a shape times the
@@ -141,7 +156,13 @@ def decode_gemv(x, ids, wts, ew, out=None, only: str | None = None, cfg: tuple |
         wr, wk, s = c
         bx = _cdiv(_cdiv(i_dim, 8), wr)
         ws, cnt = _gemv._WS.get(dev, bx * wr * t * k * s * 4 * 32 if s > 1 else 0, bx * wr * t * k)
-        f, smem = _gemv.xs_launch(fg, gemv_fn("gate_up_xs", ew), ew.scheme, 1, h_dim, s, wr * wk) if xs else (fg, 0)
+        ring = ring_bytes(ew.scheme, wr * wk)
+        f, smem = (_gemv.xs_launch(fg, gemv_fn("gate_up_xs", ew), ew.scheme, 1, h_dim, s, wr * wk, ring) if xs
+                   else (fg, ring))
+        if (f, smem) not in _SMEM_SET:  # a driver call: once per kernel and size
+            if f.max_dynamic_shared_size_bytes < smem:
+                f.max_dynamic_shared_size_bytes = smem
+            _SMEM_SET.add((f, smem))
         launch(f, (bx, s, t * k), (wr * wk * 32,),
                (u64(gq), u64(gsc), u64(gz), u64(gg), u64(uq), u64(usc), u64(uz), u64(ug), x, h, ws, cnt, ids, wts,
                 *_expert_strides(ew.gate), np.int32(i_dim), np.int32(h_dim), np.int32(s), group, np.int32(wk),

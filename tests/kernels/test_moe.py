@@ -267,6 +267,28 @@ def test_moe_decode_gemv_launch_plans(monkeypatch, scheme, opts, cfg, xs):
         assert err < gc.MOE_BOUND, f"{scheme} {opts} {cfg} T={t}: rel err {err:.3g}"
 
 
+def test_gate_up_ring_bytes(monkeypatch):
+    # the gate/up launch's per-warp weight rings (GEMV_RING stages of GEMV_UNROLL 1 KiB iterations a warp): 64 KiB
+    # for an 8-warp CTA by default; none with LOWBIT_GEMV_RING=0 or the x-prefetch build (no ring in the kernel)
+    from lowbit.kernels import moe_gemv
+
+    for var in ("LOWBIT_GEMV_RING", "LOWBIT_GEMV_UNROLL", "LOWBIT_GEMV_XPREFETCH"):
+        monkeypatch.delenv(var, raising=False)
+    moe_gemv.ring_bytes.cache_clear()
+    try:
+        assert moe_gemv.ring_bytes("fp8-block", 8) == 8 * 4 * 2 * 1024
+        assert moe_gemv.ring_bytes("nvfp4", 2) == 2 * 4 * 2 * 1024
+        moe_gemv.ring_bytes.cache_clear()
+        monkeypatch.setenv("LOWBIT_GEMV_RING", "0")
+        assert moe_gemv.ring_bytes("fp8-block", 8) == 0
+        moe_gemv.ring_bytes.cache_clear()
+        monkeypatch.setenv("LOWBIT_GEMV_RING", "3")
+        monkeypatch.setenv("LOWBIT_GEMV_XPREFETCH", "1")
+        assert moe_gemv.ring_bytes("int4", 4) == 0
+    finally:
+        moe_gemv.ring_bytes.cache_clear()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("scheme,opts", SCHEMES)
 def test_moe_decode_down_smem_qwen3_layout(scheme, opts):

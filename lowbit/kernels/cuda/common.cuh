@@ -106,6 +106,13 @@
 #define GEMV_XPREFETCH 0
 #endif
 
+// GEMV_RING: S > 0 = the MoE gate/up launch (MODE MOE_GATE_UP) keeps S stages of its weight chunks in flight
+// through a per-warp ring in shared memory filled by 16-byte cp.async copies (S * GEMV_UNROLL KiB a warp, before
+// the x slab), instead of one stage in registers; 0 = the register loop.
+#ifndef GEMV_RING
+#define GEMV_RING 0
+#endif
+
 // GEMV_XS: 1 = also build the register loop's staged-x kernels (NAME_xs, see "x in shared memory" above);
 // 0 = only the L1 form.
 #ifndef GEMV_XS
@@ -492,6 +499,81 @@ __device__ __forceinline__ void compute_stage(const Args& a, const P& pa, const 
   }
 }
 
+__device__ __forceinline__ const uint8_t* wa_base(const uint8_t* w, int row, long row_bytes, int t) {
+  return w + (long)row * row_bytes + t * 16;
+}
+
+__device__ __forceinline__ void cp_async_cg16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ uint4 lds16(uint32_t a) {
+  uint4 r;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(a));
+  return r;
+}
+
+// The fast iterations [it_beg, it_fast) of a warp through its ring (GEMV_RING): stage j (U iterations) is copied
+// into slot j % S by the lane's own 16-byte cp.async copies S - 1 stages before it is computed, so that S - 1
+// stages of every warp are in flight while one is computed (the register loop holds one). Each lane reads back
+// only the chunks it copied itself: no barrier. The side data (scales) are loaded a stage ahead in registers.
+// ring: the shared address of the lane's first slot. Stages x first (XS), after the prologue's copies are issued.
+template <class P, int MT, int U, int S, bool XS>
+__device__ __forceinline__ void ring_loop(const Args& a, const P& pa, const P& pb, const uint8_t* wa,
+                                          const uint8_t* wb, int rca, int rcb, const uint16_t* const (&xr)[MT],
+                                          int g, int t, int it_beg, int it_fast, int s_beg, int s_len,
+                                          float (&acc)[MT][4], const uint32_t (&xs)[MT], uint32_t ring) {
+  extern __shared__ uint4 xs_smem[];
+  const int nst = (it_fast - it_beg) / U;
+  auto issue = [&](int j) {
+    const uint32_t slot = ring + (uint32_t)(j % S) * U * 1024;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const long it = it_beg + j * U + u;
+      cp_async_cg16(slot + u * 1024, wa + it * 64);
+      cp_async_cg16(slot + u * 1024 + 512, wb + it * 64);
+    }
+  };
+  auto sides = [&](Stage<P, MT, U>& st, int j) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k0 = ((it_beg + j * U + u) * 4 + t) * P::EC;
+      st.sa[u] = pa.side_fast(rca, k0);
+      st.sb[u] = pb.side_fast(rcb, k0);
+    }
+  };
+#pragma unroll
+  for (int j = 0; j < S - 1; ++j) {
+    if (j < nst) issue(j);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
+  Stage<P, MT, U> cur;
+  sides(cur, 0);
+  if constexpr (XS) {  // every warp of the CTA takes part (one barrier)
+    stage_x<P>(a, xs_smem + (long)(blockDim.x >> 5) * S * U * 64, s_beg, s_len);
+    __syncthreads();
+  }
+  for (int j = 0; j < nst; ++j) {
+    if (j + S - 1 < nst) issue(j + S - 1);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+    Stage<P, MT, U> nxt;
+    if (j + 1 < nst) sides(nxt, j + 1);
+    asm volatile("cp.async.wait_group %0;" ::"n"(S - 1) : "memory");  // stage j has landed
+    const uint32_t slot = ring + (uint32_t)(j % S) * U * 1024;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      cur.wa[u] = lds16(slot + u * 1024);
+      cur.wb[u] = lds16(slot + u * 1024 + 512);
+    }
+    compute_stage<P, MT, U, true, XS>(a, pa, pb, cur, xr, g, t, it_beg + j * U, it_fast, acc, xs, s_beg);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      cur.sa[u] = nxt.sa[u];
+      cur.sb[u] = nxt.sb[u];
+    }
+  }
+}
+
 // The GEMV main loop, shared by every scheme and mode. P supplies EC, BITS, PARTIAL, Side, side,
 // side_fast, decode, xperm, partial, out_scale. Iterations [it_beg, it_fast) run the fast loader (whole
 // stages of in-range chunks), the rest (a K tail, rows that are not 16-byte multiples) the general one.
@@ -515,15 +597,45 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
   const uint16_t* xr[MT];
   start_tile<MT, EC>(a, g, t, acc, xr);
   extern __shared__ uint4 xs_smem[];
+  // the gate/up ring (GEMV_RING): S stages x U iterations x rows a, b x 32 lanes x 16 bytes a warp, before the slab
+  constexpr int S = (MODE == MOE_GATE_UP && GEMV_XPREFETCH == 0) ? GEMV_RING : 0;
+  const long ring_bytes = S > 0 ? (long)(blockDim.x >> 5) * S * U * 1024 : 0;
   uint32_t xs[MT];  // shared addresses (load_x_staged)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
-    xs[mt] = (uint32_t)__cvta_generic_to_shared(xs_smem + min(g + 8 * mt, a.m - 1) * s_len * 4 * (EC / 8) + t);
+    xs[mt] = (uint32_t)__cvta_generic_to_shared(xs_smem + ring_bytes / 16 +
+                                                min(g + 8 * mt, a.m - 1) * s_len * 4 * (EC / 8) + t);
 
   const bool fast = it_fast > it_beg;
   const int rca = min(ra, a.n - 1), rcb = min(rb, a.n - 1);
   const uint8_t* wa = wA + (long)rca * row_bytes + t * 16;
   const uint8_t* wb = wB + (long)rcb * row_bytes + t * 16;
+#if GEMV_RING
+  if constexpr (S > 0) {
+    if (fast) {
+      if (dynamic_smem_bytes() < ring_bytes + (XS ? xs_need<P>(a, s_len) : 0)) __trap();  // a launcher bug
+      ring_loop<P, MT, U, S, XS>(a, pa, pb, wa_base(wA, rca, row_bytes, t), wa_base(wB, rcb, row_bytes, t), rca,
+                                 rcb, xr, g, t, it_beg, it_fast, s_beg, s_len, acc, xs,
+                                 (uint32_t)__cvta_generic_to_shared(xs_smem) + (threadIdx.x >> 5) * S * U * 1024 +
+                                     (threadIdx.x & 31) * 16);
+    } else if constexpr (XS) {
+      stage_x<P>(a, xs_smem + ring_bytes / 16, s_beg, s_len);
+      __syncthreads();
+    }
+    if (it_end > it_fast) {
+      Stage<P, MT, U> cur;
+      load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it_fast, it_end, cur);
+      for (int it0 = it_fast; it0 < it_end; it0 += U) {
+        Stage<P, MT, U> nxt;
+        load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it0 + U, it_end, nxt);
+        compute_stage<P, MT, U, false, XS>(a, pa, pb, cur, xr, g, t, it0, it_end, acc, xs, s_beg);
+        cur = nxt;
+      }
+    }
+    epilogue<P, MT, MODE>(a, pa, pb, acc, pl, wr, wk, wr_n);
+    return;
+  }
+#endif
   // double-buffered: stage i+1's loads are issued before stage i is computed
   Stage<P, MT, U> cur;
   if (fast) {
