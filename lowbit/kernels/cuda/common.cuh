@@ -517,7 +517,8 @@ __device__ __forceinline__ uint4 lds16(uint32_t a) {
 // into slot j % S by the lane's own 16-byte cp.async copies S - 1 stages before it is computed, so that S - 1
 // stages of every warp are in flight while one is computed (the register loop holds one). Each lane reads back
 // only the chunks it copied itself: no barrier. The side data (scales) are loaded a stage ahead in registers.
-// ring: the shared address of the lane's first slot. Stages x first (XS), after the prologue's copies are issued.
+// ring: the shared address of the lane's first slot. Stages x (XS) after the prologue's copies are issued: every
+// warp of the CTA calls it (it_fast == it_beg: no stage of its own).
 template <class P, int MT, int U, int S, bool XS>
 __device__ __forceinline__ void ring_loop(const Args& a, const P& pa, const P& pb, const uint8_t* wa,
                                           const uint8_t* wb, int rca, int rcb, const uint16_t* const (&xr)[MT],
@@ -548,7 +549,7 @@ __device__ __forceinline__ void ring_loop(const Args& a, const P& pa, const P& p
     asm volatile("cp.async.commit_group;" ::: "memory");
   }
   Stage<P, MT, U> cur;
-  sides(cur, 0);
+  if (nst > 0) sides(cur, 0);
   if constexpr (XS) {  // every warp of the CTA takes part (one barrier)
     stage_x<P>(a, xs_smem + (long)(blockDim.x >> 5) * S * U * 64, s_beg, s_len);
     __syncthreads();
@@ -612,16 +613,12 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
   const uint8_t* wb = wB + (long)rcb * row_bytes + t * 16;
 #if GEMV_RING
   if constexpr (S > 0) {
-    if (fast) {
-      if (dynamic_smem_bytes() < ring_bytes + (XS ? xs_need<P>(a, s_len) : 0)) __trap();  // a launcher bug
-      ring_loop<P, MT, U, S, XS>(a, pa, pb, wa_base(wA, rca, row_bytes, t), wa_base(wB, rcb, row_bytes, t), rca,
-                                 rcb, xr, g, t, it_beg, it_fast, s_beg, s_len, acc, xs,
-                                 (uint32_t)__cvta_generic_to_shared(xs_smem) + (threadIdx.x >> 5) * S * U * 1024 +
-                                     (threadIdx.x & 31) * 16);
-    } else if constexpr (XS) {
-      stage_x<P>(a, xs_smem + ring_bytes / 16, s_beg, s_len);
-      __syncthreads();
-    }
+    // every warp calls it (the x staging's barrier), those without fast iterations with none to run
+    if (dynamic_smem_bytes() < ring_bytes + (XS ? xs_need<P>(a, s_len) : 0)) __trap();  // a launcher bug
+    ring_loop<P, MT, U, S, XS>(a, pa, pb, wa_base(wA, rca, row_bytes, t), wa_base(wB, rcb, row_bytes, t), rca, rcb,
+                               xr, g, t, it_beg, fast ? it_fast : it_beg, s_beg, s_len, acc, xs,
+                               (uint32_t)__cvta_generic_to_shared(xs_smem) + (threadIdx.x >> 5) * S * U * 1024 +
+                                   (threadIdx.x & 31) * 16);
     if (it_end > it_fast) {
       Stage<P, MT, U> cur;
       load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it_fast, it_end, cur);
