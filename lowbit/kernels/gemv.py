@@ -27,7 +27,11 @@ from lowbit.kernels.weights import GpuWeight
 
 WARPS = int(os.environ.get("LOWBIT_GEMV_WARPS", 8))
 #: compile-time knobs of cuda/common.cuh (see its header) and their defaults
-TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0, "GEMV_MAXREG": 0, "GEMV_RING": 4}
+TUNABLES = {"GEMV_MIN_BLOCKS": 1, "GEMV_UNROLL": 2, "GEMV_XPREFETCH": 0, "GEMV_MAXREG": 0, "GEMV_RING": 0}
+#: GEMV_RING (the MoE gate/up's per-warp cp.async weight ring, cuda/common.cuh) is off by default: with 4 stages
+#: (64 KiB an 8-warp CTA) Qwen3-30B-A3B fp8 gate/up alone took 11.4 us against 11.7, but the down launch after it
+#: could no longer get resident beside it and copy its weights early, and the experts step took 22.6 us against
+#: 17.6 (H200, 2026-11-28, benchmarks/moe_decode_kernels.py; GPU tests passed with it on). LOWBIT_GEMV_RING=S: on.
 #: per weight scheme: the knobs measured best on H200 (benchmarks/gemv_variants.py, RESULTS.md); the env
 #: variables LOWBIT_<KNOB> (LOWBIT_GEMV_UNROLL=3 ...) override them for experiments.
 COMPILE_TUNING = {"bf16": {"GEMV_MIN_BLOCKS": 3, "GEMV_UNROLL": 2},

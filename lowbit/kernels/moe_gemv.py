@@ -3,7 +3,8 @@
 Two launches per step, both with programmatic dependent launch (lowbit.kernels.launch):
   gate/up  gemv_moe_gate_up_*: a warp's 16-row mma tile holds 8 gate rows and the same 8 up rows of the
            expert of one (token, slot); the epilogue writes silu(gate) * up to h [T * k, I]. Its weight chunks
-           stream through a per-warp ring in shared memory (GEMV_RING stages in flight, ring_bytes).
+           may stream through a per-warp ring in shared memory (LOWBIT_GEMV_RING stages in flight, ring_bytes;
+           off by default, see gemv.TUNABLES).
   down     gemv_moe_down_smem_* where it fits (DOWN_SMEM): a CTA per 16 output rows and token, holding
            those rows of every chosen expert in shared memory. It reads the routing and copies the weights
            before its PDL wait, i.e. while the gate/up launch still runs (the gate/up kernel triggers its

@@ -268,25 +268,67 @@ def test_moe_decode_gemv_launch_plans(monkeypatch, scheme, opts, cfg, xs):
 
 
 def test_gate_up_ring_bytes(monkeypatch):
-    # the gate/up launch's per-warp weight rings (GEMV_RING stages of GEMV_UNROLL 1 KiB iterations a warp): 64 KiB
-    # for an 8-warp CTA by default; none with LOWBIT_GEMV_RING=0 or the x-prefetch build (no ring in the kernel)
+    # the gate/up launch's per-warp weight rings (LOWBIT_GEMV_RING stages of GEMV_UNROLL 1 KiB iterations a warp):
+    # none by default; 64 KiB for an 8-warp CTA at 4 stages; none in the x-prefetch build (no ring in the kernel)
     from lowbit.kernels import moe_gemv
 
     for var in ("LOWBIT_GEMV_RING", "LOWBIT_GEMV_UNROLL", "LOWBIT_GEMV_XPREFETCH"):
         monkeypatch.delenv(var, raising=False)
     moe_gemv.ring_bytes.cache_clear()
     try:
+        assert moe_gemv.ring_bytes("fp8-block", 8) == 0
+        moe_gemv.ring_bytes.cache_clear()
+        monkeypatch.setenv("LOWBIT_GEMV_RING", "4")
         assert moe_gemv.ring_bytes("fp8-block", 8) == 8 * 4 * 2 * 1024
         assert moe_gemv.ring_bytes("nvfp4", 2) == 2 * 4 * 2 * 1024
-        moe_gemv.ring_bytes.cache_clear()
-        monkeypatch.setenv("LOWBIT_GEMV_RING", "0")
-        assert moe_gemv.ring_bytes("fp8-block", 8) == 0
         moe_gemv.ring_bytes.cache_clear()
         monkeypatch.setenv("LOWBIT_GEMV_RING", "3")
         monkeypatch.setenv("LOWBIT_GEMV_XPREFETCH", "1")
         assert moe_gemv.ring_bytes("int4", 4) == 0
     finally:
         moe_gemv.ring_bytes.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme,opts", SCHEMES)
+@pytest.mark.parametrize("xs", [True, False])
+def test_moe_decode_gate_up_ring(monkeypatch, scheme, opts, xs):
+    # the gate/up launch with its weights through the per-warp cp.async ring (LOWBIT_GEMV_RING, off by default):
+    # 2 and 4 stages, CTA shapes with warps along K, K splits and the tail loop, x staged and through L1, ragged
+    # routings, poisoned outputs; the kernel and ring caches are switched to the ring build and back
+    import cupy
+
+    from lowbit.kernels import gemv as G
+    from lowbit.kernels import moe_gemv
+
+    def fresh():
+        moe_gemv._kernel.cache_clear()
+        moe_gemv.ring_bytes.cache_clear()
+        moe_gemv._TUNED.clear()
+
+    monkeypatch.setattr(G, "XS", xs)
+    e, k, h, i = 8, 3, 1152, 384
+    mw, dense = _experts(scheme, opts, e, h, i, seed=18)
+    rng = np.random.default_rng(19)
+    try:
+        for stages in (2, 4):
+            monkeypatch.setenv("LOWBIT_GEMV_RING", str(stages))
+            fresh()
+            assert moe_gemv.ring_bytes(mw.scheme, 8) == 8 * stages * G.compile_defines(mw.scheme)["GEMV_UNROLL"] * 1024
+            for cfg in (((8, 1, 1), ("smem", 2)), ((2, 4, 3), (4, 2, 2)), ((1, 1, 1), (1, 1, 1))):
+                for t in (1, 3):
+                    x = gc.random_bf16(rng, (t, h))
+                    ids = _ragged_ids(t, e, k, rng, "all_on_one" if t == 3 else "random")
+                    wts = rng.random((t, k)).astype(np.float32)
+                    out = cupy.full((t, h), np.nan, dtype=numerics.BF16)
+                    moe_gemv.decode_gemv(cupy.asarray(x), cupy.asarray(ids, dtype=cupy.int32), cupy.asarray(wts), mw,
+                                         out=out, cfg=cfg)
+                    want = ref.moe_experts_ref(x, ids, wts, *dense)
+                    err = gc.rel_err(out.get().astype(np.float32), want)
+                    assert err < gc.MOE_BOUND, f"{scheme} {opts} ring {stages} {cfg} T={t}: rel err {err:.3g}"
+    finally:
+        monkeypatch.delenv("LOWBIT_GEMV_RING", raising=False)
+        fresh()
 
 
 @pytest.mark.gpu

@@ -108,7 +108,8 @@
 
 // GEMV_RING: S > 0 = the MoE gate/up launch (MODE MOE_GATE_UP) keeps S stages of its weight chunks in flight
 // through a per-warp ring in shared memory filled by 16-byte cp.async copies (S * GEMV_UNROLL KiB a warp, before
-// the x slab), instead of one stage in registers; 0 = the register loop.
+// the x slab), instead of one stage in registers; 0 = the register loop (the default: lowbit/kernels/gemv.py
+// TUNABLES says why).
 #ifndef GEMV_RING
 #define GEMV_RING 0
 #endif
