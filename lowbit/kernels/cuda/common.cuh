@@ -612,6 +612,8 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
   const int rca = min(ra, a.n - 1), rcb = min(rb, a.n - 1);
   const uint8_t* wa = wA + (long)rca * row_bytes + t * 16;
   const uint8_t* wb = wB + (long)rcb * row_bytes + t * 16;
+  // double-buffered: stage i+1's loads are issued before stage i is computed
+  Stage<P, MT, U> cur;
 #if GEMV_RING
   if constexpr (S > 0) {
     // every warp calls it (the x staging's barrier), those without fast iterations with none to run
@@ -620,40 +622,28 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
                                xr, g, t, it_beg, fast ? it_fast : it_beg, s_beg, s_len, acc, xs,
                                (uint32_t)__cvta_generic_to_shared(xs_smem) + (threadIdx.x >> 5) * S * U * 1024 +
                                    (threadIdx.x & 31) * 16);
-    if (it_end > it_fast) {
-      Stage<P, MT, U> cur;
-      load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it_fast, it_end, cur);
-      for (int it0 = it_fast; it0 < it_end; it0 += U) {
+  } else
+#endif
+  {
+    if (fast) {
+#if GEMV_XPREFETCH
+      if (!XS) lb_pdl_wait();  // x is loaded with the weights
+#endif
+      load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it_beg, cur);
+    }
+    lb_pdl_wait();  // the first weights are in flight; x (an earlier kernel's output) is read from here on
+    if constexpr (XS) {  // every warp of the CTA, active or not, takes part (one barrier)
+      if (dynamic_smem_bytes() < xs_need<P>(a, s_len)) __trap();  // a launcher bug: never read past the slab
+      stage_x<P>(a, xs_smem, s_beg, s_len);
+      __syncthreads();
+    }
+    if (fast) {
+      for (int it0 = it_beg; it0 < it_fast; it0 += U) {
         Stage<P, MT, U> nxt;
-        load_stage<P, MT, U>(a, pa, pb, wA, wB, row_bytes, ra, rb, g, t, it0 + U, it_end, nxt);
-        compute_stage<P, MT, U, false, XS>(a, pa, pb, cur, xr, g, t, it0, it_end, acc, xs, s_beg);
+        if (it0 + U < it_fast) load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it0 + U, nxt);
+        compute_stage<P, MT, U, true, XS>(a, pa, pb, cur, xr, g, t, it0, it_fast, acc, xs, s_beg);
         cur = nxt;
       }
-    }
-    epilogue<P, MT, MODE>(a, pa, pb, acc, pl, wr, wk, wr_n);
-    return;
-  }
-#endif
-  // double-buffered: stage i+1's loads are issued before stage i is computed
-  Stage<P, MT, U> cur;
-  if (fast) {
-#if GEMV_XPREFETCH
-    if (!XS) lb_pdl_wait();  // x is loaded with the weights
-#endif
-    load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it_beg, cur);
-  }
-  lb_pdl_wait();  // the first weights are in flight; x (an earlier kernel's output) is read from here on
-  if constexpr (XS) {  // every warp of the CTA, active or not, takes part (one barrier)
-    if (dynamic_smem_bytes() < xs_need<P>(a, s_len)) __trap();  // a launcher bug: never read past the slab
-    stage_x<P>(a, xs_smem, s_beg, s_len);
-    __syncthreads();
-  }
-  if (fast) {
-    for (int it0 = it_beg; it0 < it_fast; it0 += U) {
-      Stage<P, MT, U> nxt;
-      if (it0 + U < it_fast) load_stage_fast<P, MT, U>(pa, pb, wa, wb, rca, rcb, xr, t, it0 + U, nxt);
-      compute_stage<P, MT, U, true, XS>(a, pa, pb, cur, xr, g, t, it0, it_fast, acc, xs, s_beg);
-      cur = nxt;
     }
   }
   if (it_end > it_fast) {
