@@ -500,10 +500,6 @@ __device__ __forceinline__ void compute_stage(const Args& a, const P& pa, const 
   }
 }
 
-__device__ __forceinline__ const uint8_t* wa_base(const uint8_t* w, int row, long row_bytes, int t) {
-  return w + (long)row * row_bytes + t * 16;
-}
-
 __device__ __forceinline__ void cp_async_cg16(uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
@@ -518,14 +514,15 @@ __device__ __forceinline__ uint4 lds16(uint32_t a) {
 // into slot j % S by the lane's own 16-byte cp.async copies S - 1 stages before it is computed, so that S - 1
 // stages of every warp are in flight while one is computed (the register loop holds one). Each lane reads back
 // only the chunks it copied itself: no barrier. The side data (scales) are loaded a stage ahead in registers.
-// ring: the shared address of the lane's first slot. Stages x (XS) after the prologue's copies are issued: every
-// warp of the CTA calls it (it_fast == it_beg: no stage of its own).
+// wa, wb: the lane's first chunk of its two rows; ring: the shared address of the lane's first slot; slab: where
+// x is staged (XS), after the prologue's copies are issued: every warp of the CTA calls it (it_fast == it_beg: no
+// stage of its own).
 template <class P, int MT, int U, int S, bool XS>
 __device__ __forceinline__ void ring_loop(const Args& a, const P& pa, const P& pb, const uint8_t* wa,
                                           const uint8_t* wb, int rca, int rcb, const uint16_t* const (&xr)[MT],
                                           int g, int t, int it_beg, int it_fast, int s_beg, int s_len,
-                                          float (&acc)[MT][4], const uint32_t (&xs)[MT], uint32_t ring) {
-  extern __shared__ uint4 xs_smem[];
+                                          float (&acc)[MT][4], const uint32_t (&xs)[MT], uint32_t ring,
+                                          uint4* slab) {
   const int nst = (it_fast - it_beg) / U;
   auto issue = [&](int j) {
     const uint32_t slot = ring + (uint32_t)(j % S) * U * 1024;
@@ -552,7 +549,7 @@ __device__ __forceinline__ void ring_loop(const Args& a, const P& pa, const P& p
   Stage<P, MT, U> cur;
   if (nst > 0) sides(cur, 0);
   if constexpr (XS) {  // every warp of the CTA takes part (one barrier)
-    stage_x<P>(a, xs_smem + (long)(blockDim.x >> 5) * S * U * 64, s_beg, s_len);
+    stage_x<P>(a, slab, s_beg, s_len);
     __syncthreads();
   }
   for (int j = 0; j < nst; ++j) {
@@ -618,10 +615,11 @@ __device__ __forceinline__ void gemv_core(const Args& a, const P& pa, const P& p
   if constexpr (S > 0) {
     // every warp calls it (the x staging's barrier), those without fast iterations with none to run
     if (dynamic_smem_bytes() < ring_bytes + (XS ? xs_need<P>(a, s_len) : 0)) __trap();  // a launcher bug
-    ring_loop<P, MT, U, S, XS>(a, pa, pb, wa_base(wA, rca, row_bytes, t), wa_base(wB, rcb, row_bytes, t), rca, rcb,
-                               xr, g, t, it_beg, fast ? it_fast : it_beg, s_beg, s_len, acc, xs,
+    ring_loop<P, MT, U, S, XS>(a, pa, pb, wa, wb, rca, rcb, xr, g, t, it_beg, fast ? it_fast : it_beg, s_beg, s_len,
+                               acc, xs,
                                (uint32_t)__cvta_generic_to_shared(xs_smem) + (threadIdx.x >> 5) * S * U * 1024 +
-                                   (threadIdx.x & 31) * 16);
+                                   (threadIdx.x & 31) * 16,
+                               xs_smem + ring_bytes / 16);
   } else
 #endif
   {
